@@ -1,0 +1,107 @@
+"""Diagnostics: every problem in a spec carries a span and is reported with its source line.
+
+Example:
+    >>> src = Source("m.attn", "attention A {\\n  mask caual\\n}\\n")
+    >>> d = Diagnostic("error", "unknown name `caual`", Span(2, 8, 2, 13), hint="did you mean `causal`?")
+    >>> print(d.format(src))
+    m.attn:2:8: error: unknown name `caual`
+      mask caual
+           ^^^^^
+      hint: did you mean `causal`?
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Span:
+    """A 1-based, end-exclusive region of a source file."""
+
+    line: int
+    col: int
+    end_line: int
+    end_col: int
+
+    @staticmethod
+    def point(line: int, col: int) -> Span:
+        return Span(line, col, line, col + 1)
+
+
+NO_SPAN = Span(1, 1, 1, 2)
+
+
+@dataclass(frozen=True)
+class Source:
+    """A spec's text and the name it is reported under."""
+
+    name: str
+    text: str
+
+    def line(self, number: int) -> str:
+        lines = self.text.splitlines()
+        return lines[number - 1] if 0 < number <= len(lines) else ""
+
+
+@dataclass(frozen=True)
+class Diagnostic:
+    severity: str  # "error" or "warning"
+    message: str
+    span: Span = NO_SPAN
+    hint: str | None = None
+    source_name: str | None = None
+
+    def format(self, source: Source | None = None) -> str:
+        name = source.name if source else (self.source_name or "<spec>")
+        head = f"{name}:{self.span.line}:{self.span.col}: {self.severity}: {self.message}"
+        parts = [head]
+        if source is not None:
+            text = _printable(source.line(self.span.line))
+            if text.strip():
+                width = self.span.end_col - self.span.col if self.span.end_line == self.span.line else 1
+                width = max(1, min(width, len(text) - self.span.col + 2))
+                parts.append("  " + text)
+                parts.append("  " + " " * (self.span.col - 1) + "^" * width)
+        if self.hint:
+            parts.append(f"  hint: {self.hint}")
+        return "\n".join(parts)
+
+
+def _printable(line: str) -> str:
+    """Keep a source line on one terminal line whatever bytes it holds."""
+    return "".join(ch if ch.isprintable() or ch == "\t" else "?" for ch in line)[:400]
+
+
+@dataclass
+class AttnSpecError(Exception):
+    """Raised by the API for any problem in a spec; holds every diagnostic found.
+
+    `str(err)` is the formatted report, the same text `attnspec check` prints.
+    """
+
+    diagnostics: list[Diagnostic] = field(default_factory=list)
+    source: Source | None = None
+
+    def __str__(self) -> str:
+        return "\n".join(d.format(self.source) for d in self.diagnostics)
+
+    @property
+    def errors(self) -> list[Diagnostic]:
+        return [d for d in self.diagnostics if d.severity == "error"]
+
+
+class UnsupportedBackendError(ValueError):
+    """A backend was requested that cannot run a spec; the message lists every reason."""
+
+
+def did_you_mean(name: str, candidates: Iterable[str]) -> str | None:
+    """A hint naming the closest candidate, or None.
+
+    >>> did_you_mean("caual", ["causal", "local"])
+    'did you mean `causal`?'
+    """
+    close = difflib.get_close_matches(name, sorted(set(candidates)), n=1, cutoff=0.6)
+    return f"did you mean `{close[0]}`?" if close else None

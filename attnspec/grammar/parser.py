@@ -1,0 +1,257 @@
+"""Parse `.attn` text into the AST (`attnspec.grammar.ast`).
+
+Example:
+    >>> f = parse("attention A {\\n heads = 2\\n mask causal\\n}", "a.attn")
+    >>> f.attentions[0].name
+    'A'
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+from lark import Lark, Token, Transformer, v_args
+from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
+
+from attnspec.errors import AttnSpecError, Diagnostic, Source, Span
+from attnspec.grammar import ast
+
+MAX_NESTING = 200  # brackets deeper than this are an error, long before Python's recursion limit
+
+KEYWORDS = frozenset(
+    "attention let input param tokens pattern mask bias score position mup true false inf in".split()
+)
+
+_TOKEN_NAMES = {
+    "_SEP": "end of statement", "NAME": "a name", "INT": "an integer", "FLOAT": "a number",
+    "LBRACE": "`{`", "RBRACE": "`}`", "LPAR": "`(`", "RPAR": "`)`", "LSQB": "`[`", "RSQB": "`]`",
+    "EQUAL": "`=`", "COLON": "`:`", "COMMA": "`,`", "CMP_OP": "a comparison",
+    "ADD_OP": "`+` or `-`", "MUL_OP": "an operator", "$END": "end of file",
+}
+
+
+class _BracketFilter:
+    """Post-lexer: drops newlines inside ( ) and [ ] and bounds bracket nesting."""
+
+    always_accept = ("_SEP",)
+
+    def process(self, stream):
+        depth = 0
+        for tok in stream:
+            if tok.type in ("LPAR", "LSQB"):
+                depth += 1
+                if depth > MAX_NESTING:
+                    raise _TooDeep(tok)
+            elif tok.type in ("RPAR", "RSQB"):
+                depth = max(0, depth - 1)
+            if tok.type == "_SEP" and depth > 0 and ";" not in tok.value:
+                continue
+            yield tok
+
+
+class _TooDeep(Exception):
+    def __init__(self, token: Token):
+        self.token = token
+
+
+@functools.lru_cache(maxsize=1)
+def _parser() -> Lark:
+    grammar = (Path(__file__).parent / "attnspec.lark").read_text()
+    return Lark(grammar, parser="lalr", postlex=_BracketFilter(), propagate_positions=True,
+                maybe_placeholders=False)
+
+
+def _span(meta_or_token) -> Span:
+    m = meta_or_token
+    if getattr(m, "empty", False):
+        return Span(1, 1, 1, 2)
+    return Span(m.line, m.column, m.end_line, m.end_column)
+
+
+def _number(text: str) -> int | float:
+    text = text.replace("_", "")
+    return float(text) if any(c in text for c in ".eE") else int(text)
+
+
+@v_args(meta=True, inline=True)
+class _ToAst(Transformer):
+    """Builds AST nodes; method names are the grammar's rule and alias names."""
+
+    # --- atoms
+    def int_lit(self, meta, tok):
+        return ast.Num(_number(tok), _span(tok))
+
+    def float_lit(self, meta, tok):
+        return ast.Num(_number(tok), _span(tok))
+
+    def true_lit(self, meta):
+        return ast.Bool(True, _span(meta))
+
+    def false_lit(self, meta):
+        return ast.Bool(False, _span(meta))
+
+    def inf_lit(self, meta):
+        return ast.Num(float("inf"), _span(meta))
+
+    def score_ref(self, meta):
+        return ast.ScoreRef(_span(meta))
+
+    def name(self, meta, tok):
+        return ast.Name(str(tok), _span(tok))
+
+    # --- operators
+    def or_(self, meta, left, right):
+        return ast.Binary("|", left, right, _span(meta))
+
+    def and_(self, meta, left, right):
+        return ast.Binary("&", left, right, _span(meta))
+
+    def compare(self, meta, left, op, right):
+        return ast.Binary(str(op), left, right, _span(meta))
+
+    def binary(self, meta, left, op, right):
+        return ast.Binary(str(op), left, right, _span(meta))
+
+    def in_group(self, meta, operand, group):
+        return ast.InGroup(operand, str(group), _span(group), _span(meta))
+
+    def neg(self, meta, operand):
+        return ast.Unary("-", operand, _span(meta))
+
+    def not_(self, meta, operand):
+        return ast.Unary("!", operand, _span(meta))
+
+    def index(self, meta, target, *indices):
+        return ast.Index(target, tuple(indices), _span(meta))
+
+    def field(self, meta, target, name):
+        return ast.Field(target, str(name), _span(name), _span(meta))
+
+    def call(self, meta, func, *args):
+        return ast.Call(str(func), _span(func), tuple(args), _span(meta))
+
+    def positional_arg(self, meta, value):
+        return ast.Arg(None, value, _span(meta))
+
+    def keyword_arg(self, meta, name, value):
+        return ast.Arg(str(name), value, _span(meta))
+
+    # --- statements
+    def setting(self, meta, name, value):
+        return ast.Setting(str(name), value, _span(meta), _span(name))
+
+    def group_size(self, meta, tok):
+        return None if tok.type == "STAR" else _number(tok)
+
+    def group_decl(self, meta, name, size):
+        return ast.GroupDecl(str(name), size, _span(name))
+
+    def tokens(self, meta, *groups):
+        return ast.Tokens(tuple(groups), _span(meta))
+
+    def name_list(self, meta, *names):
+        return tuple(ast.NameRef(str(n), _span(n)) for n in names)
+
+    def pattern(self, meta, queries, keys):
+        return ast.Pattern(queries, keys, _span(meta))
+
+    def tensor_type(self, meta, base, *dims):
+        return ast.TensorType(str(base), tuple(dims), _span(meta))
+
+    def call_type(self, meta, base, *args):
+        return ast.CallType(str(base), tuple(args), _span(meta))
+
+    def input_decl(self, meta, name, type_):
+        return ast.InputDecl(str(name), type_, _span(meta), _span(name))
+
+    def param_decl(self, meta, name, type_, init):
+        return ast.ParamDecl(str(name), type_, init, _span(meta), _span(name))
+
+    def mask(self, meta, expr):
+        return ast.Mask(expr, _span(meta))
+
+    def bias(self, meta, expr):
+        return ast.Bias(expr, _span(meta))
+
+    def score_assign(self, meta, expr):
+        return ast.ScoreAssign(expr, _span(meta))
+
+    def position(self, meta, kind, *args):
+        return ast.Position(str(kind), tuple(args), _span(meta), _span(kind))
+
+    def mup(self, meta, *settings):
+        return ast.Mup(tuple(settings), _span(meta))
+
+    def attention(self, meta, name, *body):
+        return ast.Attention(str(name), tuple(body), _span(meta), _span(name))
+
+    def let_param(self, meta, name, default=None):
+        return ast.LetParam(str(name), default, _span(name))
+
+    def let_params(self, meta, *params):
+        return tuple(params)
+
+    def let_def(self, meta, name, *rest):
+        params, body = (rest[0], rest[1]) if len(rest) == 2 else (None, rest[0])
+        return ast.Let(str(name), params, body, _span(meta), _span(name))
+
+    def start(self, meta, *items):
+        return tuple(items)
+
+
+def parse(text: str, source_name: str = "<spec>") -> ast.File:
+    """Parse spec text; raises `AttnSpecError` with one syntax diagnostic on bad input."""
+    source = Source(source_name, text)
+    try:
+        tree = _parser().parse(text)
+        items = _ToAst().transform(tree)
+    except _TooDeep as e:
+        raise _error(source, f"brackets nested deeper than {MAX_NESTING}", e.token) from None
+    except UnexpectedInput as e:
+        raise AttnSpecError([_syntax_diagnostic(e)], source) from None
+    except RecursionError:
+        raise AttnSpecError([Diagnostic("error", "expression nested too deeply")], source) from None
+    return ast.File(tuple(items), source_name)
+
+
+def _error(source: Source, message: str, token: Token) -> AttnSpecError:
+    return AttnSpecError([Diagnostic("error", message, _span(token))], source)
+
+
+def _syntax_diagnostic(e: UnexpectedInput) -> Diagnostic:
+    line, col = max(1, getattr(e, "line", 1) or 1), max(1, getattr(e, "column", 1) or 1)
+    if isinstance(e, UnexpectedCharacters):
+        char = e.char if e.char.isprintable() else repr(e.char)
+        return Diagnostic("error", f"unexpected character `{char}`", Span.point(line, col))
+    if isinstance(e, UnexpectedEOF):
+        return Diagnostic("error", "unexpected end of file", Span.point(line, col),
+                          hint="a `}` or `)` may be missing")
+    tok = e.token if isinstance(e, UnexpectedToken) else None
+    expected = sorted({_TOKEN_NAMES.get(t, _literal(t)) for t in getattr(e, "expected", ())})
+    what = _describe(tok)
+    span = _span(tok) if tok is not None and getattr(tok, "line", None) else Span.point(line, col)
+    return Diagnostic("error", f"unexpected {what}", span, hint=_expected_hint(tok, expected))
+
+
+def _describe(tok: Token | None) -> str:
+    if tok is None or tok.type == "$END":
+        return "end of file"
+    if tok.type == "_SEP":
+        return "end of line" if "\n" in tok.value else "`;`"
+    if tok.type == "NAME":
+        return f"name `{tok.value}`"
+    return f"`{tok.value}`"
+
+
+def _literal(terminal: str) -> str:
+    return f"`{terminal.lower()}`" if terminal.isalpha() else terminal
+
+
+def _expected_hint(tok: Token | None, expected: list[str]) -> str | None:
+    if tok is not None and tok.type == "NAME" and tok.value in KEYWORDS:
+        return f"`{tok.value}` is a keyword"
+    if not expected:
+        return None
+    shown = ", ".join(expected[:6]) + (", …" if len(expected) > 6 else "")
+    return f"expected {shown}"

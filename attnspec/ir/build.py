@@ -1,0 +1,630 @@
+"""AST -> IR for whole files and attention blocks: settings, groups, inputs, params, the
+score pipeline, positions, muP. Expressions are built by `expr_builder.ExprBuilder`.
+
+Example:
+    >>> m = build_text("attention A {\\n dim = 64\\n heads = 4\\n mask causal\\n}")
+    >>> [s.name for s in m.attentions[0].numeric][:3]
+    ['heads', 'dim', 'kv_heads']
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from attnspec.errors import AttnSpecError, Diagnostic, Source, Span, did_you_mean
+from attnspec.grammar import ast
+from attnspec.grammar.parser import parse
+from attnspec.ir import nodes as ir
+from attnspec.ir import scope
+from attnspec.ir.consts import ConstError, eval_const
+from attnspec.ir.expr_builder import (
+    AttnScope,
+    Diagnostics,
+    ExprBuilder,
+    Macro,
+    span_ir,
+    stdlib_file,
+)
+
+
+
+def macro_table(file: ast.File, diags: Diagnostics) -> dict[str, Macro]:
+    """Standard library first, then the file's lets (which shadow, with a warning)."""
+    table = {let.name: Macro(let, True) for let in stdlib_file().lets}
+    seen: set[str] = set()
+    for let in file.lets:
+        if let.name in seen:
+            diags.error(f"`let {let.name}` is defined twice", let.name_span)
+            continue
+        seen.add(let.name)
+        if let.name in table:
+            diags.warning(f"`let {let.name}` shadows the standard library's `{let.name}`",
+                          let.name_span)
+        clash = _let_clash(let.name)
+        if clash:
+            diags.error(clash, let.name_span)
+            continue
+        table[let.name] = Macro(let, False)
+    return table
+
+
+def _let_clash(name: str) -> str | None:
+    if name in scope.INDEX_NAMES or name in scope.SEQ_LEN_NAMES:
+        return f"`{name}` is a built-in name and cannot be redefined"
+    if name in scope.BUILTINS or name in scope.INTRINSIC_MACROS:
+        return f"`{name}` is a builtin function and cannot be redefined"
+    return None
+
+
+def build_file(file: ast.File, source: Source) -> tuple[ir.ModuleIR | None, list[Diagnostic]]:
+    """Build the IR of a parsed file; returns (module or None on errors, diagnostics)."""
+    diags = Diagnostics()
+    macros = macro_table(file, diags)
+    attentions = []
+    names: set[str] = set()
+    for attention in file.attentions:
+        if attention.name in names:
+            diags.error(f"attention `{attention.name}` is defined twice", attention.name_span)
+        names.add(attention.name)
+        built = build_attention(attention, macros, diags)
+        if built is not None:
+            attentions.append(built)
+    if not file.attentions and not diags.has_errors:
+        diags.warning("no `attention` block in this file", Span(1, 1, 1, 2))
+    if diags.has_errors:
+        return None, diags.items
+    module = ir.ModuleIR(source_name=source.name, source_text=source.text,
+                         attentions=tuple(attentions))
+    return module, diags.items
+
+
+def build_text(text: str, source_name: str = "<spec>") -> ir.ModuleIR:
+    """Parse, build and check spec text; raises `AttnSpecError` with every error found."""
+    from attnspec.ir.check import check_module
+
+    source = Source(source_name, text)
+    module, diagnostics = build_file(parse(text, source_name), source)
+    if module is not None:
+        diagnostics = diagnostics + check_module(module)
+    if any(d.severity == "error" for d in diagnostics):
+        raise AttnSpecError(diagnostics, source)
+    return module
+
+
+
+# --- attention blocks --------------------------------------------------------------------------
+_STATEMENT_KINDS = {
+    ast.Setting: "setting", ast.Tokens: "tokens", ast.Pattern: "pattern", ast.InputDecl: "input",
+    ast.ParamDecl: "param", ast.Mask: "mask", ast.Bias: "bias", ast.ScoreAssign: "score",
+    ast.Position: "position", ast.Mup: "mup",
+}
+
+
+def build_attention(node: ast.Attention, macros: Mapping[str, Macro],
+                    diags: Diagnostics) -> ir.AttentionIR | None:
+    """Build one attention block; errors go to `diags` and give None."""
+    before = len([d for d in diags.items if d.severity == "error"])
+    result = _AttentionBuilder(node, macros, diags).build()
+    after = len([d for d in diags.items if d.severity == "error"])
+    return result if after == before else None
+
+
+class _AttentionBuilder:
+    def __init__(self, node: ast.Attention, macros: Mapping[str, Macro], diags: Diagnostics):
+        self.node = node
+        self.diags = diags
+        self.by_kind: dict[str, list] = {k: [] for k in _STATEMENT_KINDS.values()}
+        for stmt in node.body:
+            self.by_kind[_STATEMENT_KINDS[type(stmt)]].append(stmt)
+        self.settings = self._unique_settings(self.by_kind["setting"], scope.ALL_SETTINGS)
+        mups = self.by_kind["mup"]
+        self.mup_settings = self._unique_settings(mups[0].settings, scope.ALL_MUP_SETTINGS) \
+            if mups else {}
+        self.layer = "dim" in self.settings
+        self.scope = AttnScope(settings=self._numeric_names(), inputs=self._declared("input"),
+                               params=self._declared("param"), groups=self._groups_by_name())
+        self.exprs = ExprBuilder(macros, self.scope, diags)
+
+    # declarations -----------------------------------------------------------------------------
+    def _unique_settings(self, stmts, allowed: tuple[str, ...]) -> dict[str, ast.Setting]:
+        found: dict[str, ast.Setting] = {}
+        for s in stmts:
+            if s.name not in allowed:
+                self.diags.error(f"unknown setting `{s.name}`", s.name_span,
+                                 hint=did_you_mean(s.name, allowed)
+                                 or f"settings: {', '.join(allowed)}")
+            elif s.name in found:
+                self.diags.error(f"setting `{s.name}` is set twice", s.name_span,
+                                 hint=f"first set on line {found[s.name].span.line}")
+            else:
+                found[s.name] = s
+        return found
+
+    def _numeric_names(self) -> dict[str, str]:
+        names = {"heads": "int", "kv_heads": "int", "head_dim": "int", "value_dim": "int",
+                 "scale": "float", "dropout": "float"}
+        if self.layer:
+            names["dim"] = "int"
+        if "context_dim" in self.settings:
+            names["context_dim"] = "int"
+        if self.by_kind["mup"]:
+            names.update(base_dim="int", base_head_dim="int", attn_mult="float",
+                         init_std="float")
+        return names
+
+    def _declared(self, kind: str) -> dict:
+        found: dict = {}
+        for decl in self.by_kind[kind]:
+            if decl.name in found:
+                self.diags.error(f"{kind} `{decl.name}` is declared twice", decl.name_span,
+                                 hint=f"first declared on line {found[decl.name].span.line}")
+                continue
+            found[decl.name] = decl
+        return found
+
+    def _groups_by_name(self) -> dict[str, ast.GroupDecl]:
+        tokens = self.by_kind["tokens"]
+        for extra in tokens[1:]:
+            self.diags.error("at most one `tokens` block is allowed", extra.span)
+        groups: dict[str, ast.GroupDecl] = {}
+        for g in tokens[0].groups if tokens else ():
+            if g.name in groups:
+                self.diags.error(f"group `{g.name}` is declared twice", g.span)
+            groups[g.name] = g
+        return groups
+
+    # the whole block --------------------------------------------------------------------------
+    def build(self) -> ir.AttentionIR | None:
+        self._check_names()
+        numeric = self._numeric()
+        inputs = tuple(filter(None, (self._input(d) for d in self.by_kind["input"])))
+        params = [p for p in (self._param(d) for d in self.by_kind["param"]) if p]
+        masks = tuple(self._mask(m) for m in self.by_kind["mask"])
+        pipeline = tuple(self._step(s) for s in self._pipeline_statements())
+        rope, absolute = self._positions()
+        params += self._implicit_params(absolute)
+        if self.diags.has_errors or numeric is None:
+            return None
+        return ir.AttentionIR(
+            name=self.node.name, mode="layer" if self.layer else "kernel",
+            cross="context_dim" in self.settings, numeric=numeric,
+            qk_norm=self._enum("qk_norm"), backend=self._enum("backend"),
+            qkv_bias=self._flag(self.settings, "qkv_bias", False),
+            out_bias=self._flag(self.settings, "out_bias", False),
+            sinks=self._flag(self.settings, "sinks", False),
+            groups=self._groups(), patterns=self._patterns(), inputs=inputs,
+            params=tuple(params), masks=masks, pipeline=pipeline, rope=rope,
+            absolute_position=absolute, mup=self._mup(), span=span_ir(self.node.span))
+
+    def _check_names(self) -> None:
+        inputs, params = self.scope.inputs, self.scope.params
+        for name in set(inputs) & set(params):
+            self.diags.error(f"`{name}` is declared as both an input and a param",
+                             params[name].name_span)
+        for name, decl in list(inputs.items()) + list(params.items()):
+            if name in scope.INDEX_NAMES or name in scope.SEQ_LEN_NAMES or name in scope.BUILTINS:
+                self.diags.error(f"`{name}` is a built-in name", decl.name_span)
+
+    # settings ---------------------------------------------------------------------------------
+    def _numeric(self) -> tuple[ir.NumericSetting, ...] | None:
+        exprs: dict[str, ir.Expr] = {}
+        explicit: set[str] = set()
+        for name in self.scope.settings:
+            stmt = self.settings.get(name) or self.mup_settings.get(name)
+            if stmt is None:
+                continue
+            built = self.exprs.build(stmt.value, "const")
+            if built is not None:
+                exprs[name] = built
+                explicit.add(name)
+        if "heads" not in self.settings:
+            self.diags.error(f"attention `{self.node.name}` needs `heads = N`",
+                             self.node.name_span)
+            return None
+        if not self.layer and "head_dim" not in self.settings:
+            self.diags.error(f"attention `{self.node.name}` needs `head_dim = N` (or `dim` for "
+                             "layer mode)", self.node.name_span)
+            return None
+        if self.by_kind["mup"] and "base_dim" not in self.mup_settings:
+            self.diags.error("`mup` needs `base_dim = N`", self.by_kind["mup"][0].span)
+            return None
+        for name, default in self._defaults(exprs).items():
+            exprs.setdefault(name, default)
+        return self._ordered(exprs, explicit)
+
+    def _defaults(self, exprs: dict[str, ir.Expr]) -> dict[str, ir.Expr]:
+        sp = span_ir(self.node.name_span)
+
+        def ref(name: str) -> ir.SettingRef:
+            return ir.SettingRef(name=name, type=self.scope.settings[name], span=sp)
+
+        def const(value) -> ir.Const:
+            return ir.Const(value=value, type="float" if isinstance(value, float) else "int",
+                            span=sp)
+
+        def binary(op: str, a: ir.Expr, b: ir.Expr, kind: str) -> ir.Binary:
+            return ir.Binary(op=op, left=a, right=b, type=kind, span=sp)
+
+        def sqrt(a: ir.Expr) -> ir.Call:
+            return ir.Call(func="sqrt", args=(a,), type="float", span=sp)
+
+        defaults: dict[str, ir.Expr] = {"kv_heads": ref("heads"), "value_dim": ref("head_dim"),
+                                        "dropout": const(0.0)}
+        if self.layer:
+            defaults["head_dim"] = binary("//", ref("dim"), ref("heads"), "int")
+        defaults["scale"] = binary("/", const(1.0), sqrt(ref("head_dim")), "float")
+        if self.by_kind["mup"]:
+            head_dim = exprs.get("head_dim", defaults.get("head_dim"))
+            defaults["base_head_dim"] = _substitute(head_dim, "dim", ref("base_dim"))
+            defaults["attn_mult"] = const(1.0)
+            defaults["init_std"] = const(0.02)
+            mult_root = binary("*", ref("attn_mult"), sqrt(ref("base_head_dim")), "float")
+            defaults["scale"] = binary("/", mult_root, ref("head_dim"), "float")
+        return defaults
+
+    def _ordered(self, exprs: dict[str, ir.Expr],
+                 explicit: set[str]) -> tuple[ir.NumericSetting, ...] | None:
+        """Settings in dependency order; a cycle is an error."""
+        order: list[str] = []
+        state: dict[str, str] = {}
+
+        def visit(name: str, chain: tuple[str, ...]) -> bool:
+            if state.get(name) == "done":
+                return True
+            if state.get(name) == "active":
+                cycle = " -> ".join(chain[chain.index(name):] + (name,))
+                self.diags.error(f"settings depend on each other: {cycle}",
+                                 self._setting_span(name))
+                return False
+            state[name] = "active"
+            deps = [n.name for n in _setting_refs(exprs[name])]
+            ok = all(visit(d, chain + (name,)) for d in deps if d in exprs)
+            state[name] = "done"
+            order.append(name)
+            return ok
+
+        if not all(visit(name, ()) for name in exprs):
+            return None
+        return tuple(self._numeric_setting(n, exprs[n], n in explicit) for n in order)
+
+    def _numeric_setting(self, name: str, expr: ir.Expr, explicit: bool) -> ir.NumericSetting:
+        kind = self.scope.settings[name]
+        if expr.type == "bool" or (kind == "int" and expr.type == "float"):
+            self.diags.error(f"`{name}` must be {'an integer' if kind == 'int' else 'a number'}"
+                             f", got {expr.type}", self._setting_span(name))
+        return ir.NumericSetting(name=name, expr=expr, type=kind, explicit=explicit,
+                                 span=span_ir(self._setting_span(name)))
+
+    def _setting_span(self, name: str) -> Span:
+        stmt = self.settings.get(name) or self.mup_settings.get(name)
+        return stmt.span if stmt else self.node.name_span
+
+    def _enum(self, name: str) -> str:
+        choices = scope.ENUM_SETTINGS[name]
+        stmt = self.settings.get(name)
+        if stmt is None:
+            return choices[0]
+        if isinstance(stmt.value, ast.Name) and stmt.value.name in choices:
+            return stmt.value.name
+        got = stmt.value.name if isinstance(stmt.value, ast.Name) else None
+        self.diags.error(f"`{name}` must be one of {', '.join(choices)}", stmt.value.span,
+                         hint=did_you_mean(got, choices) if got else None)
+        return choices[0]
+
+    def _flag(self, settings: dict[str, ast.Setting], name: str, default: bool) -> bool:
+        stmt = settings.get(name)
+        if stmt is None:
+            return default
+        if isinstance(stmt.value, ast.Bool):
+            return stmt.value.value
+        self.diags.error(f"`{name}` must be `true` or `false`", stmt.value.span)
+        return default
+
+    # groups and patterns ----------------------------------------------------------------------
+    def _groups(self) -> tuple[ir.Group, ...]:
+        return tuple(ir.Group(name=g.name, size=g.size, span=span_ir(g.span))
+                     for g in self.scope.groups.values())
+
+    def _patterns(self) -> tuple[ir.Pattern, ...]:
+        patterns = []
+        for p in self.by_kind["pattern"]:
+            names = [self._group_ref(r) for r in p.queries + p.keys]
+            if all(names):
+                patterns.append(ir.Pattern(queries=tuple(r.name for r in p.queries),
+                                           keys=tuple(r.name for r in p.keys),
+                                           span=span_ir(p.span)))
+        return tuple(patterns)
+
+    def _group_ref(self, ref: ast.NameRef) -> str | None:
+        if ref.name in self.scope.groups:
+            return ref.name
+        hint = did_you_mean(ref.name, self.scope.groups) or (
+            None if self.scope.groups else "declare groups in a `tokens { ... }` block")
+        self.diags.error(f"unknown token group `{ref.name}`", ref.span, hint=hint)
+        return None
+
+    # inputs and params ------------------------------------------------------------------------
+    def _input(self, decl: ast.InputDecl) -> ir.InputDecl | None:
+        t = decl.type
+        if isinstance(t, ast.CallType):
+            return self._edges_input(decl, t)
+        if t.base not in ("int", "float", "bool"):
+            self.diags.error(f"unknown input type `{t.base}`", t.span,
+                             hint=did_you_mean(t.base, ("int", "float", "bool", "edges")))
+            return None
+        dims = self._dims(t.dims, input_dims=True)
+        if dims is None:
+            return None
+        return ir.InputDecl(name=decl.name, dtype=t.base, dims=dims, span=span_ir(decl.span))
+
+    def _edges_input(self, decl: ast.InputDecl, t: ast.CallType) -> ir.InputDecl | None:
+        if t.base != "edges":
+            self.diags.error(f"unknown input type `{t.base}(...)`", t.span,
+                             hint="the only call type is `edges(types = T, max_distance = D)`")
+            return None
+        args = self._const_args(t.args, {"types": 1, "max_distance": 1, "self_loops": False},
+                                "edges", t.span)
+        if args is None:
+            return None
+        for key in ("types", "max_distance"):
+            if not isinstance(args[key], int) or isinstance(args[key], bool) or args[key] < 1:
+                self.diags.error(f"`edges({key} = ...)` must be a positive integer", t.span)
+                return None
+        if not isinstance(args["self_loops"], bool):
+            self.diags.error("`edges(self_loops = ...)` must be true or false", t.span)
+            return None
+        edges = ir.EdgesSpec(types=args["types"], max_distance=args["max_distance"],
+                             self_loops=args["self_loops"])
+        return ir.InputDecl(name=decl.name, dtype="edges", dims=(), edges=edges,
+                            span=span_ir(decl.span))
+
+    def _const_args(self, args: tuple[ast.Arg, ...], defaults: dict, what: str,
+                    span: Span) -> dict | None:
+        """Keyword-or-positional constant arguments, evaluated with default settings."""
+        names = list(defaults)
+        values = dict(defaults)
+        for i, arg in enumerate(args):
+            key = arg.name or (names[i] if i < len(names) else None)
+            if key not in defaults:
+                self.diags.error(f"unknown argument `{arg.name or i + 1}` for `{what}`",
+                                 arg.span, hint=did_you_mean(arg.name or "", names)
+                                 or f"arguments: {', '.join(names)}")
+                return None
+            value = self._const_value(arg.value)
+            if value is None:
+                return None
+            values[key] = value
+        return values
+
+    def _const_value(self, expr: ast.Expr):
+        if isinstance(expr, ast.Bool):
+            return expr.value
+        built = self.exprs.build(expr, "const")
+        if built is None:
+            return None
+        try:
+            return eval_const(built, self._default_values())
+        except ConstError as e:
+            self.diags.error(str(e), expr.span)
+            return None
+
+    def _default_values(self) -> dict:
+        values: dict = {}
+        for name in ("heads", "kv_heads", "head_dim", "dim", "value_dim", "context_dim"):
+            stmt = self.settings.get(name)
+            if stmt is not None and isinstance(stmt.value, ast.Num):
+                values[name] = stmt.value.value
+        values.setdefault("kv_heads", values.get("heads"))
+        if "dim" in values and "heads" in values and values["heads"]:
+            values.setdefault("head_dim", values["dim"] // values["heads"])
+        values.setdefault("value_dim", values.get("head_dim"))
+        return {k: v for k, v in values.items() if v is not None}
+
+    def _dims(self, dims: tuple[ast.Expr, ...], input_dims: bool) -> tuple[ir.Dim, ...] | None:
+        out = []
+        allowed = ("batch", "seq", "q_seq", "kv_seq", "heads", "kv_heads") if input_dims \
+            else ("heads", "kv_heads")
+        for d in dims:
+            if isinstance(d, ast.Name) and d.name in allowed:
+                out.append(ir.Dim(kind=d.name))
+                continue
+            if isinstance(d, ast.Name) and d.name in ("batch", "seq", "q_seq", "kv_seq"):
+                self.diags.error(f"a param cannot have a `{d.name}` dimension", d.span,
+                                 hint="params are fixed-size: use constants, heads, kv_heads")
+                return None
+            size = self.exprs.build(d, "const")
+            if size is None:
+                return None
+            if size.type != "int":
+                self.diags.error(f"a dimension must be an integer, got {size.type}", d.span)
+                return None
+            out.append(ir.Dim(kind="const", size=size))
+        return tuple(out)
+
+    def _param(self, decl: ast.ParamDecl) -> ir.ParamDecl | None:
+        t = decl.type
+        if not isinstance(t, ast.TensorType) or t.base != "float":
+            self.diags.error("a param must be `float[DIMS]`", t.span)
+            return None
+        dims = self._dims(t.dims, input_dims=False)
+        init = self._init(decl.init)
+        if dims is None or init is None:
+            return None
+        if init.kind == "alibi_slopes" and [d.kind for d in dims] != ["heads"]:
+            self.diags.error("`alibi_slopes` initialises a `float[heads]` param", decl.init.span)
+            return None
+        return ir.ParamDecl(name=decl.name, dims=dims, init=init, origin="param",
+                            span=span_ir(decl.span))
+
+    def _init(self, expr: ast.Expr) -> ir.Init | None:
+        name = expr.name if isinstance(expr, ast.Name) else \
+            expr.func if isinstance(expr, ast.Call) else None
+        if name not in scope.INIT_KINDS:
+            self.diags.error("unknown initialiser", expr.span,
+                             hint=did_you_mean(name or "", scope.INIT_KINDS)
+                             or "zeros, ones, normal(std), uniform(lo, hi), alibi_slopes")
+            return None
+        args = expr.args if isinstance(expr, ast.Call) else ()
+        if len(args) != scope.INIT_KINDS[name] or any(a.name for a in args):
+            self.diags.error(f"`{name}` takes {scope.INIT_KINDS[name]} positional argument(s)",
+                             expr.span)
+            return None
+        values = [self._const_value(a.value) for a in args]
+        if any(v is None or isinstance(v, bool) for v in values):
+            return None
+        return ir.Init(kind=name, args=tuple(float(v) for v in values))
+
+    # masks and the score pipeline -------------------------------------------------------------
+    def _mask(self, stmt: ast.Mask) -> ir.Expr | None:
+        built = self.exprs.build(stmt.expr, "pair")
+        if built is not None and built.type != "bool":
+            self.diags.error(f"a mask must be bool, got {built.type}", stmt.expr.span,
+                             hint="compare it, e.g. `q - k <= 128`, or use it as a `bias`")
+        return built
+
+    def _pipeline_statements(self) -> list:
+        return [s for s in self.node.body if isinstance(s, (ast.Bias, ast.ScoreAssign))]
+
+    def _step(self, stmt) -> ir.Step | None:
+        is_bias = isinstance(stmt, ast.Bias)
+        built = self.exprs.build(stmt.expr, "pair" if is_bias else "score")
+        if built is None:
+            return None
+        if built.type == "bool":
+            what = "a bias" if is_bias else "a score"
+            self.diags.error(f"{what} must be a number, got bool", stmt.expr.span,
+                             hint="use `mask` for bool conditions, or `where(c, 0.0, -inf)`")
+            return None
+        return ir.Step(kind="bias" if is_bias else "assign", expr=built, span=span_ir(stmt.span))
+
+    # positions --------------------------------------------------------------------------------
+    def _positions(self) -> tuple[ir.Rope | None, ir.AbsolutePosition | None]:
+        rope = absolute = None
+        for stmt in self.by_kind["position"]:
+            if stmt.kind not in scope.POSITION_KINDS:
+                self.diags.error(f"unknown position encoding `{stmt.kind}`", stmt.kind_span,
+                                 hint=did_you_mean(stmt.kind, scope.POSITION_KINDS)
+                                 or "rope, sinusoidal, learned; relative encodings are biases")
+            elif stmt.kind == "rope":
+                rope = self._once(rope, stmt, self._rope)
+            else:
+                absolute = self._once(absolute, stmt, self._absolute)
+        return rope, absolute
+
+    def _once(self, previous, stmt: ast.Position, build):
+        if previous is not None:
+            self.diags.error(f"a second `position {stmt.kind}`", stmt.span,
+                             hint="one rotary and one absolute encoding at most")
+            return previous
+        return build(stmt)
+
+    def _rope(self, stmt: ast.Position) -> ir.Rope | None:
+        sp = span_ir(stmt.span)
+        values: dict = {"base": 10000.0, "interleaved": False}
+        tensors: dict[str, str | None] = {"positions": None, "freqs": None}
+        dims: ir.Expr = ir.SettingRef(name="head_dim", type="int", span=sp)
+        for i, arg in enumerate(stmt.args):
+            key = arg.name or (scope.ROPE_ARGS[i] if i < len(scope.ROPE_ARGS) else None)
+            if key not in scope.ROPE_ARGS:
+                self.diags.error(f"unknown argument `{arg.name}` for `rope`", arg.span,
+                                 hint=did_you_mean(arg.name or "", scope.ROPE_ARGS))
+                return None
+            if key in tensors:
+                tensors[key] = self._rope_input(arg, key)
+            elif key == "dims":
+                dims = self.exprs.build(arg.value, "const") or dims
+            else:
+                values[key] = self._const_value(arg.value)
+        if tensors["positions"] and tensors["freqs"]:
+            self.diags.error("`rope` takes `positions` or `freqs`, not both", stmt.span)
+        if not isinstance(values["interleaved"], bool):
+            self.diags.error("`rope(interleaved = ...)` must be true or false", stmt.span)
+            return None
+        if isinstance(values["base"], bool) or not isinstance(values["base"], (int, float)):
+            return None
+        return ir.Rope(base=float(values["base"]), dims=dims, interleaved=values["interleaved"],
+                       positions=tensors["positions"], freqs=tensors["freqs"], span=sp)
+
+    def _rope_input(self, arg: ast.Arg, key: str) -> str | None:
+        if not isinstance(arg.value, ast.Name) or arg.value.name not in self.scope.inputs:
+            name = arg.value.name if isinstance(arg.value, ast.Name) else ""
+            self.diags.error(f"`rope({key} = ...)` must name an input", arg.value.span,
+                             hint=did_you_mean(name, self.scope.inputs)
+                             or f"declare e.g. `input {name or 'pos'}: int[batch, seq]`")
+            return None
+        return arg.value.name
+
+    def _absolute(self, stmt: ast.Position) -> ir.AbsolutePosition | None:
+        if stmt.kind == "sinusoidal":
+            if stmt.args:
+                self.diags.error("`sinusoidal` takes no arguments", stmt.span)
+            return ir.AbsolutePosition(kind="sinusoidal", span=span_ir(stmt.span))
+        args = self._const_args(stmt.args, {"max_len": None}, "learned", stmt.span)
+        if args is None:
+            return None
+        max_len = args["max_len"]
+        if not isinstance(max_len, int) or isinstance(max_len, bool) or max_len < 1:
+            self.diags.error("`learned` needs `max_len = N` (a positive integer)", stmt.span)
+            return None
+        return ir.AbsolutePosition(kind="learned", max_len=max_len, span=span_ir(stmt.span))
+
+    def _implicit_params(self, absolute: ir.AbsolutePosition | None) -> list[ir.ParamDecl]:
+        sp = span_ir(self.node.name_span)
+        out = list(self.scope.implicit_params.values())
+        if self._flag(self.settings, "sinks", False):
+            out.append(ir.ParamDecl(name="sink", dims=(ir.Dim(kind="heads"),),
+                                    init=ir.Init(kind="zeros"), origin="sinks", span=sp))
+        if self._enum("qk_norm") == "rms":
+            head_dim = ir.Dim(kind="const", size=ir.SettingRef(name="head_dim", type="int",
+                                                               span=sp))
+            for name in ("q_norm_weight", "k_norm_weight"):
+                out.append(ir.ParamDecl(name=name, dims=(head_dim,), init=ir.Init(kind="ones"),
+                                        origin="qk_norm", span=sp))
+        if absolute is not None and absolute.kind == "learned" and self.layer:
+            length = ir.Const(value=absolute.max_len, type="int", span=sp)
+            dim = ir.SettingRef(name="dim", type="int", span=sp)
+            out.append(ir.ParamDecl(name="position_embedding",
+                                    dims=(ir.Dim(kind="const", size=length),
+                                          ir.Dim(kind="const", size=dim)),
+                                    init=ir.Init(kind="normal", args=(0.02,)),
+                                    origin="position", span=sp))
+        for p in out:
+            if p.name in self.scope.params or p.name in self.scope.inputs:
+                self.diags.error(f"`{p.name}` is declared by attnspec here ({p.origin}); "
+                                 "rename your declaration", self._decl_span(p.name))
+        return out
+
+    def _decl_span(self, name: str) -> Span:
+        decl = self.scope.params.get(name) or self.scope.inputs.get(name)
+        return decl.name_span if decl else self.node.name_span
+
+    def _mup(self) -> ir.Mup | None:
+        if not self.by_kind["mup"]:
+            return None
+        stmt = self.by_kind["mup"][0]
+        for extra in self.by_kind["mup"][1:]:
+            self.diags.error("at most one `mup` block is allowed", extra.span)
+        return ir.Mup(zero_query=self._flag(self.mup_settings, "zero_query", True),
+                      span=span_ir(stmt.span))
+
+
+def _setting_refs(expr: ir.Expr) -> list[ir.SettingRef]:
+    from attnspec.ir.exprs import walk
+
+    return [n for n in walk(expr) if isinstance(n, ir.SettingRef)]
+
+
+def _substitute(expr: ir.Expr, name: str, replacement: ir.Expr) -> ir.Expr:
+    """Replace every `SettingRef(name)` in `expr`."""
+    if isinstance(expr, ir.SettingRef) and expr.name == name:
+        return replacement
+    updates = {}
+    for attr in ("operand", "left", "right"):
+        child = getattr(expr, attr, None)
+        if child is not None:
+            updates[attr] = _substitute(child, name, replacement)
+    for attr in ("args", "indices"):
+        items = getattr(expr, attr, None)
+        if items is not None:
+            updates[attr] = tuple(_substitute(c, name, replacement) for c in items)
+    return expr.model_copy(update=updates) if updates else expr

@@ -1,0 +1,537 @@
+"""Expressions AST -> IR: resolve names, expand `let` macros and the standard library, infer types.
+
+Macro arguments are passed by name: a parameter stands for the caller's expression, built in the
+caller's scope where the body uses it (so `same(doc)` can index `doc`). Bodies see only their
+parameters and global names, never the caller's parameters (hygiene).
+
+Example:
+    >>> from attnspec.ir.build import build_text
+    >>> m = build_text("attention A {\\n heads = 4\\n head_dim = 8\\n mask sliding_window(2)\\n}")
+    >>> m.attentions[0].masks[0].op
+    '&'
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from attnspec.errors import Diagnostic, Span, did_you_mean
+from attnspec.grammar import ast
+from attnspec.grammar.parser import parse
+from attnspec.ir import nodes as ir
+from attnspec.ir import scope
+from attnspec.ir.exprs import FLOAT_FUNCS, binary_type, free_vars, promote
+
+MAX_EXPANDED_NODES = 20_000  # per expression, after macro expansion
+
+
+def span_ir(span: Span) -> ir.SpanIR:
+    return ir.SpanIR(line=span.line, col=span.col, end_line=span.end_line, end_col=span.end_col)
+
+
+class Diagnostics:
+    def __init__(self) -> None:
+        self.items: list[Diagnostic] = []
+
+    def error(self, message: str, span: Span, hint: str | None = None) -> None:
+        self.items.append(Diagnostic("error", message, span, hint))
+
+    def warning(self, message: str, span: Span, hint: str | None = None) -> None:
+        self.items.append(Diagnostic("warning", message, span, hint))
+
+    @property
+    def has_errors(self) -> bool:
+        return any(d.severity == "error" for d in self.items)
+
+
+@dataclass(frozen=True)
+class Macro:
+    let: ast.Let
+    from_stdlib: bool
+
+
+@dataclass(frozen=True)
+class Binding:
+    """A macro argument: the caller's expression and the environment to build it in."""
+
+    expr: ast.Expr
+    env: Env
+
+
+@dataclass(frozen=True)
+class Env:
+    bindings: Mapping[str, Binding] = field(default_factory=dict)
+    expanding: tuple[str, ...] = ()
+    site: Span | None = None  # inside the standard library: the user's call site
+
+    def where(self, span: Span) -> Span:
+        return self.site or span
+
+
+@functools.lru_cache(maxsize=1)
+def stdlib_file() -> ast.File:
+    text = (Path(__file__).parent.parent / "stdlib.attn").read_text()
+    return parse(text, "<stdlib>")
+
+
+# --- the attention's names ---------------------------------------------------------------------
+@dataclass
+class AttnScope:
+    """What names mean inside one attention block."""
+
+    settings: dict[str, str]  # numeric setting -> "int" | "float"
+    inputs: dict[str, ast.InputDecl]
+    params: dict[str, ast.ParamDecl]
+    groups: dict[str, ast.GroupDecl]
+    implicit_params: dict[str, ir.ParamDecl] = field(default_factory=dict)
+    input_types: dict[str, ir.InputDecl] = field(default_factory=dict)
+    param_types: dict[str, ir.ParamDecl] = field(default_factory=dict)
+
+
+class ExprBuilder:
+    """Builds typed IR expressions. `ctx` is "const" (settings and literals only), "pair"
+    (masks and biases: indices, inputs, params, groups) or "score" (pair plus `score`)."""
+
+    def __init__(self, macros: Mapping[str, Macro], attn: AttnScope, diags: Diagnostics):
+        self.macros = macros
+        self.attn = attn
+        self.diags = diags
+        self.count = 0
+
+    # entry point ------------------------------------------------------------------------------
+    def build(self, expr: ast.Expr, ctx: str, env: Env | None = None) -> ir.Expr | None:
+        self.count = 0
+        try:
+            return self._build(expr, env or Env(), ctx)
+        except _TooLarge as e:
+            self.diags.error(f"expression has more than {MAX_EXPANDED_NODES} nodes after macro "
+                             "expansion", e.span, hint="a macro may use its argument many times")
+            return None
+        except RecursionError:
+            self.diags.error("expression nested too deeply", expr.span)
+            return None
+
+    def _build(self, expr: ast.Expr, env: Env, ctx: str) -> ir.Expr | None:
+        self.count += 1
+        if self.count > MAX_EXPANDED_NODES:
+            raise _TooLarge(env.where(expr.span))
+        method = getattr(self, "_" + type(expr).__name__.lower())
+        return method(expr, env, ctx)
+
+    def _error(self, message: str, span: Span, env: Env, hint: str | None = None) -> None:
+        self.diags.error(message, env.where(span), hint)
+
+    # literals ---------------------------------------------------------------------------------
+    def _num(self, e: ast.Num, env: Env, ctx: str):
+        if isinstance(e.value, int) and abs(e.value) >= 2**53:
+            self._error(f"integer literal {e.value} is too large", e.span, env,
+                        hint="integers must stay below 2^31 in kernels")
+            return None
+        kind = "float" if isinstance(e.value, float) else "int"
+        return ir.Const(value=e.value, type=kind, span=span_ir(env.where(e.span)))
+
+    def _bool(self, e: ast.Bool, env: Env, ctx: str):
+        return ir.Const(value=e.value, type="bool", span=span_ir(env.where(e.span)))
+
+    def _scoreref(self, e: ast.ScoreRef, env: Env, ctx: str):
+        if ctx != "score":
+            self._error("`score` is only defined inside `score = ...`", e.span, env,
+                        hint="a bias is added to the score: `bias EXPR`")
+            return None
+        return ir.ScoreRef(span=span_ir(env.where(e.span)))
+
+    # names ------------------------------------------------------------------------------------
+    def _name(self, e: ast.Name, env: Env, ctx: str):
+        if e.name in env.bindings:
+            binding = env.bindings[e.name]
+            return self._build(binding.expr, binding.env, ctx)
+        span = span_ir(env.where(e.span))
+        if e.name in scope.INDEX_NAMES:
+            if ctx == "const":
+                return self._not_constant(e, env)
+            return ir.IndexVar(name=e.name, span=span)
+        if e.name in self.attn.settings:
+            return ir.SettingRef(name=e.name, type=self.attn.settings[e.name], span=span)
+        if e.name in scope.SEQ_LEN_NAMES:
+            return self._not_constant(e, env) if ctx == "const" else ir.SeqLen(name=e.name,
+                                                                               span=span)
+        if e.name in self.macros:
+            return self._expand(e.name, (), e.span, env, ctx)
+        if e.name in self.attn.inputs or e.name in self.attn.params:
+            return self._bare_tensor(e, env, ctx)
+        return self._unknown_name(e.name, e.span, env)
+
+    def _not_constant(self, e: ast.Name, env: Env):
+        self._error(f"`{e.name}` is not a constant here", e.span, env,
+                    hint="settings and sizes must be constant expressions")
+        return None
+
+    def _bare_tensor(self, e: ast.Name, env: Env, ctx: str):
+        if e.name in self.attn.inputs and self._input_rank(e.name) == 0:
+            return self._index_ref(e.name, (), e.span, env, ctx)
+        if e.name in self.attn.inputs and self._is_edges(e.name):
+            self._error(f"edges input `{e.name}` is used through its fields", e.span, env,
+                        hint=f"`{e.name}.edge`, `{e.name}.type` or `{e.name}.distance`")
+            return None
+        self._error(f"`{e.name}` must be indexed", e.span, env,
+                    hint=f"e.g. `{e.name}[{', '.join(self._index_example(e.name))}]`")
+        return None
+
+    def _unknown_name(self, name: str, span: Span, env: Env):
+        if name in self.attn.groups:
+            self._error(f"group `{name}` is not a value", span, env,
+                        hint=f"use `q in {name}`, `{name}.start`, `{name}.end` or `{name}.size`")
+            return None
+        if name in scope.ALL_SETTINGS or name in scope.ALL_MUP_SETTINGS:
+            self._error(f"setting `{name}` is not set in this attention", span, env)
+            return None
+        known = (list(scope.INDEX_NAMES) + list(self.attn.settings) + list(self.macros)
+                 + list(self.attn.inputs) + list(self.attn.params) + list(scope.SEQ_LEN_NAMES))
+        self._error(f"unknown name `{name}`", span, env, hint=did_you_mean(name, known))
+        return None
+
+    # operators --------------------------------------------------------------------------------
+    def _unary(self, e: ast.Unary, env: Env, ctx: str):
+        operand = self._build(e.operand, env, ctx)
+        if operand is None:
+            return None
+        want_bool = e.op == "!"
+        if (operand.type == "bool") != want_bool:
+            need = "a bool" if want_bool else "a number"
+            self._error(f"`{e.op}` needs {need}, got {operand.type}", e.span, env)
+            return None
+        return ir.Unary(op=e.op, operand=operand, type=operand.type,
+                        span=span_ir(env.where(e.span)))
+
+    def _binary(self, e: ast.Binary, env: Env, ctx: str):
+        left, right = self._build(e.left, env, ctx), self._build(e.right, env, ctx)
+        if left is None or right is None:
+            return None
+        result = binary_type(e.op, left.type, right.type)
+        if result is None:
+            self._error(f"`{e.op}` cannot combine {left.type} and {right.type}", e.span, env,
+                        hint=_operator_hint(e.op))
+            return None
+        if e.op in ("/", "//", "%") and isinstance(right, ir.Const) and right.value == 0:
+            self._error("division by zero", e.right.span, env)
+            return None
+        return ir.Binary(op=e.op, left=left, right=right, type=result,
+                         span=span_ir(env.where(e.span)))
+
+    def _ingroup(self, e: ast.InGroup, env: Env, ctx: str):
+        group = self._group_name(e.group, e.group_span, env)
+        operand = self._build(e.operand, env, ctx)
+        if group is None or operand is None:
+            return None
+        if operand.type != "int":
+            self._error(f"`in {group}` needs an int position, got {operand.type}", e.span, env)
+            return None
+        return ir.InGroup(operand=operand, group=group, span=span_ir(env.where(e.span)))
+
+    def _group_name(self, name: str, span: Span, env: Env) -> str | None:
+        """A group named directly or through a macro parameter bound to a name."""
+        binding = env.bindings.get(name)
+        if binding is not None and isinstance(binding.expr, ast.Name):
+            return self._group_name(binding.expr.name, binding.expr.span, binding.env)
+        if name in self.attn.groups:
+            return name
+        hint = did_you_mean(name, self.attn.groups) or (
+            "declare groups in a `tokens { ... }` block" if not self.attn.groups else None)
+        self._error(f"unknown token group `{name}`", span, env, hint=hint)
+        return None
+
+    # fields and indexing ----------------------------------------------------------------------
+    def _field(self, e: ast.Field, env: Env, ctx: str):
+        target = self._target_name(e.target, env)
+        if target is None:
+            self._error("only groups and edges inputs have fields", e.span, env)
+            return None
+        name, tspan, tenv = target
+        span = span_ir(env.where(e.span))
+        if name in self.attn.groups:
+            if e.name not in ("start", "end", "size"):
+                return self._bad_field(e, env, name, ("start", "end", "size"))
+            return ir.GroupBound(group=name, which=e.name, span=span)
+        if name in self.attn.inputs and self._is_edges(name):
+            if ctx == "const":
+                return self._not_constant(ast.Name(name, tspan), tenv)
+            if e.name not in ("edge", "type", "distance"):
+                return self._bad_field(e, env, name, ("edge", "type", "distance"))
+            kind = "bool" if e.name == "edge" else "int"
+            return ir.EdgeField(input=name, field=e.name, type=kind, span=span)
+        return self._unknown_target(name, tspan, tenv, "has no fields")
+
+    def _bad_field(self, e: ast.Field, env: Env, owner: str, fields: tuple[str, ...]):
+        self._error(f"`{owner}` has no field `{e.name}`", e.name_span, env,
+                    hint=did_you_mean(e.name, fields) or f"fields: {', '.join(fields)}")
+        return None
+
+    def _target_name(self, target: ast.Expr, env: Env) -> tuple[str, Span, Env] | None:
+        """Resolve `NAME` in `NAME[...]` / `NAME.f`, following macro parameters."""
+        if not isinstance(target, ast.Name):
+            return None
+        binding = env.bindings.get(target.name)
+        if binding is not None:
+            return self._target_name(binding.expr, binding.env)
+        return target.name, target.span, env
+
+    def _unknown_target(self, name: str, span: Span, env: Env, what: str):
+        if name in self.macros or name in scope.INDEX_NAMES or name in self.attn.settings:
+            self._error(f"`{name}` {what}", span, env)
+            return None
+        return self._unknown_name(name, span, env)
+
+    def _index(self, e: ast.Index, env: Env, ctx: str):
+        target = self._target_name(e.target, env)
+        if target is None:
+            self._error("only inputs and params can be indexed", e.span, env)
+            return None
+        name, tspan, tenv = target
+        if name not in self.attn.inputs and name not in self.attn.params:
+            return self._unknown_target(name, tspan, tenv, "cannot be indexed")
+        return self._index_ref(name, e.indices, e.span, env, ctx)
+
+    def _index_ref(self, name: str, indices: tuple, span: Span, env: Env, ctx: str):
+        if ctx == "const":
+            self._error(f"`{name}` is not a constant", span, env)
+            return None
+        if self._is_edges(name):
+            self._error(f"edges input `{name}` cannot be indexed", span, env,
+                        hint=f"use `{name}.edge`, `{name}.type` or `{name}.distance`")
+            return None
+        rank = self._input_rank(name) if name in self.attn.inputs else self._param_rank(name)
+        if len(indices) != rank:
+            self._error(f"`{name}` has {rank} dimension(s), indexed with {len(indices)}", span,
+                        env, hint=f"e.g. `{name}[{', '.join(self._index_example(name))}]`")
+            return None
+        built = [self._build(i, env, ctx) for i in indices]
+        if any(b is None for b in built):
+            return None
+        for index_ast, index in zip(indices, built):
+            if index.type != "int":
+                self._error(f"index must be int, got {index.type}", index_ast.span, env)
+                return None
+        sp = span_ir(env.where(span))
+        if name in self.attn.params:
+            return ir.ParamRef(name=name, indices=tuple(built), span=sp)
+        dtype = _tensor_base(self.attn.inputs[name])
+        return ir.InputRef(name=name, indices=tuple(built), type=dtype, span=sp)
+
+    def _is_edges(self, name: str) -> bool:
+        decl = self.attn.inputs.get(name)
+        return decl is not None and isinstance(decl.type, ast.CallType)
+
+    def _input_rank(self, name: str) -> int:
+        t = self.attn.inputs[name].type
+        return len(t.dims) if isinstance(t, ast.TensorType) else 0
+
+    def _param_rank(self, name: str) -> int:
+        if name in self.attn.implicit_params:
+            return len(self.attn.implicit_params[name].dims)
+        t = self.attn.params[name].type
+        return len(t.dims) if isinstance(t, ast.TensorType) else 0
+
+    def _index_example(self, name: str) -> list[str]:
+        decl = self.attn.inputs.get(name) or self.attn.params.get(name)
+        dims = decl.type.dims if decl is not None and isinstance(decl.type, ast.TensorType) else ()
+        names = {"batch": "b", "heads": "h", "seq": "q", "q_seq": "q", "kv_seq": "k"}
+        return [names.get(d.name, "i") if isinstance(d, ast.Name) else "i" for d in dims]
+
+    # calls ------------------------------------------------------------------------------------
+    def _call(self, e: ast.Call, env: Env, ctx: str):
+        if e.func in env.bindings:
+            self._error(f"macro parameter `{e.func}` cannot be called", e.func_span, env)
+            return None
+        if e.func in self.macros:
+            return self._expand(e.func, e.args, e.span, env, ctx)
+        if e.func == "t5":
+            return self._t5(e, env, ctx)
+        if e.func in scope.BUILTINS:
+            return self._builtin(e, env, ctx)
+        known = list(scope.BUILTINS) + list(self.macros) + list(scope.INTRINSIC_MACROS)
+        self._error(f"unknown function `{e.func}`", e.func_span, env,
+                    hint=did_you_mean(e.func, known))
+        return None
+
+    def _builtin(self, e: ast.Call, env: Env, ctx: str):
+        lo, hi = scope.BUILTINS[e.func]
+        if any(a.name is not None for a in e.args):
+            self._error(f"builtin `{e.func}` takes positional arguments only", e.span, env)
+            return None
+        if len(e.args) < lo or (hi is not None and len(e.args) > hi):
+            self._error(f"`{e.func}` takes {_arity(lo, hi)}, got {len(e.args)}", e.span, env)
+            return None
+        args = [self._build(a.value, env, ctx) for a in e.args]
+        if any(a is None for a in args):
+            return None
+        if e.func in ("min", "max") and len(args) > 2:
+            return self._fold_minmax(e, args, env)
+        result = self._builtin_type(e, args, env)
+        if result is None:
+            return None
+        return ir.Call(func=e.func, args=tuple(args), type=result, span=span_ir(env.where(e.span)))
+
+    def _fold_minmax(self, e: ast.Call, args: list, env: Env):
+        acc = args[0]
+        for arg in args[1:]:
+            if "bool" in (acc.type, arg.type):
+                self._error(f"`{e.func}` needs numbers", e.span, env)
+                return None
+            acc = ir.Call(func=e.func, args=(acc, arg), type=promote(acc.type, arg.type),
+                          span=span_ir(env.where(e.span)))
+        return acc
+
+    def _builtin_type(self, e: ast.Call, args: list, env: Env) -> str | None:
+        types = [a.type for a in args]
+        f = e.func
+        if f == "where":
+            if types[0] != "bool":
+                self._error("`where` needs a bool condition", e.args[0].span, env)
+                return None
+            if (types[1] == "bool") != (types[2] == "bool"):
+                self._error("`where` branches must both be bool or both numbers", e.span, env)
+                return None
+            return "bool" if types[1] == "bool" else promote(types[1], types[2])
+        if "bool" in types and f != "t5_bucket":
+            self._error(f"`{f}` needs numbers, got bool", e.span, env)
+            return None
+        if f == "t5_bucket":
+            return self._t5_bucket_type(e, args, env)
+        if f == "alibi_slope":
+            return "float" if types[0] == "int" else self._int_arg_error(e, env)
+        if f in FLOAT_FUNCS:
+            return "float"
+        if f in ("floor", "ceil"):
+            return "int"
+        return promote(*types)
+
+    def _int_arg_error(self, e: ast.Call, env: Env):
+        self._error(f"`{e.func}` needs an int argument", e.span, env)
+        return None
+
+    def _t5_bucket_type(self, e: ast.Call, args: list, env: Env) -> str | None:
+        want = ("int", "int", "int", "bool")
+        for a_ast, a, t in zip(e.args, args, want):
+            if a.type != t:
+                self._error(f"`t5_bucket` argument must be {t}, got {a.type}", a_ast.span, env,
+                            hint="t5_bucket(rel, buckets, max_distance, bidirectional)")
+                return None
+        for a_ast, a in zip(e.args[1:], args[1:]):
+            if free_vars(a):
+                self._error("`t5_bucket` needs constant buckets, max_distance, bidirectional",
+                            a_ast.span, env)
+                return None
+        return "int"
+
+    # t5: a macro that declares a learned table ------------------------------------------------
+    def _t5(self, e: ast.Call, env: Env, ctx: str):
+        bound = self._bind(("buckets", "max_distance"), {"buckets": _num(32),
+                                                         "max_distance": _num(128)},
+                           "t5", e, env)
+        if bound is None:
+            return None
+        if ctx == "const":
+            self._error("`t5` is not a constant", e.span, env)
+            return None
+        buckets = self._build(bound["buckets"].expr, bound["buckets"].env, "const")
+        max_distance = self._build(bound["max_distance"].expr, bound["max_distance"].env, "const")
+        if buckets is None or max_distance is None:
+            return None
+        sp = span_ir(env.where(e.span))
+        table = ir.ParamDecl(name="t5_bias", dims=(ir.Dim(kind="heads"),
+                                                   ir.Dim(kind="const", size=buckets)),
+                             init=ir.Init(kind="zeros"), origin="t5", span=sp)
+        previous = self.attn.implicit_params.get("t5_bias")
+        if previous is not None and previous.dims != table.dims:
+            self._error("a second `t5` with other buckets would need a second `t5_bias` table",
+                        e.span, env)
+            return None
+        self.attn.implicit_params["t5_bias"] = table
+        rel = ir.Binary(op="-", left=ir.IndexVar(name="k", span=sp),
+                        right=ir.IndexVar(name="q", span=sp), type="int", span=sp)
+        bucket = ir.Call(func="t5_bucket", type="int", span=sp, args=(
+            rel, buckets, max_distance, ir.Const(value=True, type="bool", span=sp)))
+        return ir.ParamRef(name="t5_bias", indices=(ir.IndexVar(name="h", span=sp), bucket),
+                           span=sp)
+
+    # macros -----------------------------------------------------------------------------------
+    def _expand(self, name: str, args: tuple, span: Span, env: Env, ctx: str):
+        macro = self.macros[name]
+        let = macro.let
+        if name in env.expanding:
+            chain = " -> ".join(env.expanding[env.expanding.index(name):] + (name,))
+            self._error(f"recursive macro: {chain}", span, env)
+            return None
+        if let.params is None:
+            if args:
+                self._error(f"`{name}` takes no arguments", span, env,
+                            hint=f"write `{name}` without parentheses")
+                return None
+            bindings: dict[str, Binding] = {}
+        else:
+            defaults = {p.name: p.default for p in let.params if p.default is not None}
+            call = ast.Call(name, span, args, span)
+            bindings = self._bind(tuple(p.name for p in let.params), defaults, name, call, env)
+            if bindings is None:
+                return None
+        site = env.site or (span if macro.from_stdlib else None)
+        body_env = Env(bindings=bindings, expanding=env.expanding + (name,), site=site)
+        return self._build(let.body, body_env, ctx)
+
+    def _bind(self, params: tuple[str, ...], defaults: Mapping[str, ast.Expr], name: str,
+              call: ast.Call, env: Env) -> dict[str, Binding] | None:
+        """Match call arguments to parameters (positional, then keyword, then defaults)."""
+        signature = f"{name}({', '.join(params)})"
+        positional = [a for a in call.args if a.name is None]
+        keywords = [a for a in call.args if a.name is not None]
+        if len(positional) > len(params):
+            self._error(f"`{name}` takes {len(params)} argument(s), got {len(call.args)}",
+                        call.span, env, hint=f"`{signature}`")
+            return None
+        bound = {p: Binding(a.value, env) for p, a in zip(params, positional)}
+        for kw in keywords:
+            if kw.name not in params or kw.name in bound:
+                problem = "unknown" if kw.name not in params else "repeated"
+                self._error(f"{problem} argument `{kw.name}` for `{name}`", kw.span, env,
+                            hint=did_you_mean(kw.name, params) or f"`{signature}`")
+                return None
+            bound[kw.name] = Binding(kw.value, env)
+        for p in params:
+            if p not in bound and p in defaults:
+                bound[p] = Binding(defaults[p], Env(site=env.where(call.span)))
+        missing = [p for p in params if p not in bound]
+        if missing:
+            self._error(f"`{name}` takes {len(params)} argument(s), got {len(call.args)}",
+                        call.span, env, hint=f"missing {', '.join(missing)}: `{signature}`")
+            return None
+        return bound
+
+
+class _TooLarge(Exception):
+    def __init__(self, span: Span):
+        self.span = span
+
+
+def _num(value) -> ast.Num:
+    return ast.Num(value, Span(1, 1, 1, 2))
+
+
+def _arity(lo: int, hi: int | None) -> str:
+    if hi is None:
+        return f"at least {lo} arguments"
+    return f"{lo} argument" + ("s" if lo != 1 else "") if lo == hi else f"{lo} to {hi} arguments"
+
+
+def _operator_hint(op: str) -> str | None:
+    if op in ("&", "|"):
+        return "`&` and `|` combine bools; compare numbers first, e.g. `q - k <= w`"
+    if op in ("+", "-", "*", "/", "//", "%"):
+        return "bools cannot be used in arithmetic; use `where(cond, a, b)`"
+    return None
+
+
+def _tensor_base(decl: ast.InputDecl) -> str:
+    return decl.type.base if isinstance(decl.type, ast.TensorType) else "bool"

@@ -1,0 +1,82 @@
+"""Typed construction of IR expressions and small queries over them (free of any AST)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from attnspec.ir import nodes as ir
+
+ARITHMETIC = {"+", "-", "*", "/", "//", "%"}
+COMPARISON = {"==", "!=", "<", "<=", ">", ">="}
+LOGICAL = {"&", "|"}
+FLOAT_FUNCS = {"exp", "exp2", "log", "log2", "sqrt", "tanh", "sigmoid"}
+
+
+def promote(*types: str) -> str:
+    """int op float gives float."""
+    return "float" if "float" in types else "int"
+
+
+def binary_type(op: str, left: str, right: str) -> str | None:
+    """The result type of `left op right`, or None when the operand types are not allowed."""
+    if op in LOGICAL:
+        return "bool" if left == right == "bool" else None
+    if op in ("==", "!="):
+        same_kind = (left == "bool") == (right == "bool")
+        return "bool" if same_kind else None
+    if "bool" in (left, right):
+        return None
+    if op in COMPARISON:
+        return "bool"
+    return "float" if op == "/" else promote(left, right)
+
+
+def children(expr: ir.Expr) -> tuple[ir.Expr, ...]:
+    if isinstance(expr, (ir.Unary, ir.InGroup)):
+        return (expr.operand,)
+    if isinstance(expr, ir.Binary):
+        return (expr.left, expr.right)
+    if isinstance(expr, (ir.Call,)):
+        return expr.args
+    if isinstance(expr, (ir.InputRef, ir.ParamRef)):
+        return expr.indices
+    return ()
+
+
+def walk(expr: ir.Expr) -> Iterator[ir.Expr]:
+    """Every node of an expression, parents before children."""
+    stack = [expr]
+    while stack:
+        node = stack.pop()
+        yield node
+        stack.extend(reversed(children(node)))
+
+
+def free_vars(expr: ir.Expr) -> frozenset[str]:
+    """What an expression varies with: index names, `input`, `param`, `edge`, `score`,
+    `seq_len`, `group` (group bounds can depend on call-time sizes).
+
+    >>> from attnspec.ir.nodes import IndexVar, SpanIR
+    >>> sorted(free_vars(IndexVar(name="q", span=SpanIR(line=1, col=1, end_line=1, end_col=2))))
+    ['q']
+    """
+    found: set[str] = set()
+    for node in walk(expr):
+        if isinstance(node, ir.IndexVar):
+            found.add(node.name)
+        elif isinstance(node, ir.EdgeField):
+            found |= {"edge", "q", "k"}
+        elif isinstance(node, (ir.InputRef, ir.ParamRef, ir.ScoreRef, ir.SeqLen)):
+            found.add(node.kind)
+        elif isinstance(node, (ir.GroupBound, ir.InGroup)):
+            found.add("group")
+    return frozenset(found)
+
+
+def is_constant(expr: ir.Expr) -> bool:
+    """True when only literals and settings appear (fixed for a module instance)."""
+    return not free_vars(expr)
+
+
+def node_count(expr: ir.Expr) -> int:
+    return sum(1 for _ in walk(expr))

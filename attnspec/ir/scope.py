@@ -1,0 +1,63 @@
+"""Name tables the builder and checker share: settings, builtins, reserved identifiers."""
+
+from __future__ import annotations
+
+import keyword
+
+INT_SETTINGS = ("heads", "kv_heads", "head_dim", "value_dim", "dim", "context_dim")
+FLOAT_SETTINGS = ("scale", "dropout")
+BOOL_SETTINGS = ("qkv_bias", "out_bias", "sinks")
+ENUM_SETTINGS = {
+    "qk_norm": ("none", "rms"),
+    "backend": ("auto", "flex", "sdpa", "flash", "eager"),
+}
+ALL_SETTINGS = INT_SETTINGS + FLOAT_SETTINGS + BOOL_SETTINGS + tuple(ENUM_SETTINGS)
+
+MUP_INT_SETTINGS = ("base_dim", "base_head_dim")
+MUP_FLOAT_SETTINGS = ("attn_mult", "init_std")
+MUP_BOOL_SETTINGS = ("zero_query",)
+ALL_MUP_SETTINGS = MUP_INT_SETTINGS + MUP_FLOAT_SETTINGS + MUP_BOOL_SETTINGS
+
+INDEX_NAMES = ("b", "h", "q", "k")
+SEQ_LEN_NAMES = ("q_len", "kv_len")
+
+# name -> (min args, max args); None = variadic upper bound
+BUILTINS = {
+    "abs": (1, 1), "min": (2, None), "max": (2, None), "clamp": (3, 3), "where": (3, 3),
+    "exp": (1, 1), "exp2": (1, 1), "log": (1, 1), "log2": (1, 1), "sqrt": (1, 1),
+    "tanh": (1, 1), "sigmoid": (1, 1), "floor": (1, 1), "ceil": (1, 1),
+    "alibi_slope": (1, 1), "t5_bucket": (4, 4),
+}
+INTRINSIC_MACROS = ("t5",)  # expanded by the builder (they declare params)
+
+INIT_KINDS = {"zeros": 0, "ones": 0, "normal": 1, "uniform": 2, "alibi_slopes": 0}
+POSITION_KINDS = ("rope", "sinusoidal", "learned")
+ROPE_ARGS = ("base", "dims", "interleaved", "positions", "freqs")
+
+# Names a generated module already uses for its own attributes, arguments and locals.
+RESERVED = frozenset(
+    """self q k v x b h context sizes backend overrides torch math training forward parameters
+    buffers children modules state_dict to cuda cpu float half double bfloat16 type eval train
+    apply zero_grad extra_repr add_module register_buffer register_parameter register_module
+    load_state_dict named_parameters named_buffers named_children named_modules requires_grad_
+    get_parameter get_buffer get_submodule share_memory dump_patches call_super_init
+    q_proj k_proj v_proj o_proj mup_param_groups settings score inputs graph_type graph_distance
+    """.split()
+) | frozenset(ALL_SETTINGS) | frozenset(ALL_MUP_SETTINGS)
+
+
+def identifier_problem(name: str) -> str | None:
+    """Why `name` may not become a Python identifier, or None when it may (contract §2).
+
+    >>> identifier_problem("class")
+    '`class` is a Python keyword'
+    >>> identifier_problem("doc") is None
+    True
+    """
+    if not name.isidentifier() or not name.isascii():
+        return f"`{name}` is not a valid Python identifier"
+    if keyword.iskeyword(name):
+        return f"`{name}` is a Python keyword"
+    if name.startswith("__"):
+        return f"`{name}` starts with `__`"
+    return None
