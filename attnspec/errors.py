@@ -2,11 +2,12 @@
 
 Example:
     >>> src = Source("m.attn", "attention A {\\n  mask caual\\n}\\n")
-    >>> d = Diagnostic("error", "unknown name `caual`", Span(2, 8, 2, 13), hint="did you mean `causal`?")
+    >>> d = Diagnostic("error", "unknown name `caual`", Span(2, 8, 2, 13),
+    ...                hint="did you mean `causal`?")
     >>> print(d.format(src))
     m.attn:2:8: error: unknown name `caual`
-      mask caual
-           ^^^^^
+        mask caual
+             ^^^^^
       hint: did you mean `causal`?
 """
 
@@ -61,7 +62,8 @@ class Diagnostic:
         if source is not None:
             text = _printable(source.line(self.span.line))
             if text.strip():
-                width = self.span.end_col - self.span.col if self.span.end_line == self.span.line else 1
+                one_line = self.span.end_line == self.span.line
+                width = self.span.end_col - self.span.col if one_line else 1
                 width = max(1, min(width, len(text) - self.span.col + 2))
                 parts.append("  " + text)
                 parts.append("  " + " " * (self.span.col - 1) + "^" * width)

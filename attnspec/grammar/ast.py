@@ -7,7 +7,6 @@ The AST is exactly what was written; names are not resolved and macros are not e
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Union
 
 from attnspec.errors import Span
 
@@ -89,7 +88,7 @@ class Field:
     span: Span
 
 
-Expr = Union[Num, Bool, Name, ScoreRef, Unary, Binary, InGroup, Call, Index, Field]
+Expr = Num | Bool | Name | ScoreRef | Unary | Binary | InGroup | Call | Index | Field
 
 
 # --- statements --------------------------------------------------------------------------------
@@ -111,7 +110,7 @@ class CallType:
     span: Span
 
 
-TypeExpr = Union[TensorType, CallType]
+TypeExpr = TensorType | CallType
 
 
 @dataclass(frozen=True)
@@ -197,8 +196,8 @@ class Mup:
     span: Span
 
 
-Statement = Union[Setting, Tokens, Pattern, InputDecl, ParamDecl, Mask, Bias, ScoreAssign,
-                  Position, Mup]
+Statement = (Setting | Tokens | Pattern | InputDecl | ParamDecl | Mask | Bias | ScoreAssign
+             | Position | Mup)
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,8 @@ from attnspec.grammar import ast
 MAX_NESTING = 200  # brackets deeper than this are an error, long before Python's recursion limit
 
 KEYWORDS = frozenset(
-    "attention let input param tokens pattern mask bias score position mup true false inf in".split()
+    "attention let input param tokens pattern mask bias score position mup true false inf in"
+    .split()
 )
 
 _TOKEN_NAMES = {

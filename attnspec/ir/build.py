@@ -27,7 +27,6 @@ from attnspec.ir.expr_builder import (
 )
 
 
-
 def macro_table(file: ast.File, diags: Diagnostics) -> dict[str, Macro]:
     """Standard library first, then the file's lets (which shadow, with a warning)."""
     table = {let.name: Macro(let, True) for let in stdlib_file().lets}
@@ -56,8 +55,9 @@ def _let_clash(name: str) -> str | None:
     return None
 
 
-def build_file(file: ast.File, source: Source) -> tuple[ir.ModuleIR | None, list[Diagnostic]]:
-    """Build the IR of a parsed file; returns (module or None on errors, diagnostics)."""
+def build_file(file: ast.File, source: Source) -> tuple[ir.ModuleIR, list[Diagnostic]]:
+    """Build the IR of a parsed file; returns (module, diagnostics). With errors, the module
+    holds what could be built (for further checking) and must not be compiled."""
     diags = Diagnostics()
     macros = macro_table(file, diags)
     attentions = []
@@ -71,8 +71,6 @@ def build_file(file: ast.File, source: Source) -> tuple[ir.ModuleIR | None, list
             attentions.append(built)
     if not file.attentions and not diags.has_errors:
         diags.warning("no `attention` block in this file", Span(1, 1, 1, 2))
-    if diags.has_errors:
-        return None, diags.items
     module = ir.ModuleIR(source_name=source.name, source_text=source.text,
                          attentions=tuple(attentions))
     return module, diags.items
@@ -84,8 +82,9 @@ def build_text(text: str, source_name: str = "<spec>") -> ir.ModuleIR:
 
     source = Source(source_name, text)
     module, diagnostics = build_file(parse(text, source_name), source)
-    if module is not None:
-        diagnostics = diagnostics + check_module(module)
+    built_ok = not any(d.severity == "error" for d in diagnostics)
+    diagnostics = diagnostics + check_module(module, warnings=built_ok)
+    diagnostics = sorted(diagnostics, key=lambda d: (d.span.line, d.span.col))
     if any(d.severity == "error" for d in diagnostics):
         raise AttnSpecError(diagnostics, source)
     return module
@@ -102,11 +101,9 @@ _STATEMENT_KINDS = {
 
 def build_attention(node: ast.Attention, macros: Mapping[str, Macro],
                     diags: Diagnostics) -> ir.AttentionIR | None:
-    """Build one attention block; errors go to `diags` and give None."""
-    before = len([d for d in diags.items if d.severity == "error"])
-    result = _AttentionBuilder(node, macros, diags).build()
-    after = len([d for d in diags.items if d.severity == "error"])
-    return result if after == before else None
+    """Build one attention block; errors go to `diags`. What could not be built is left out,
+    so the checker can still report the rest; None only when the settings are unusable."""
+    return _AttentionBuilder(node, macros, diags).build()
 
 
 class _AttentionBuilder:
@@ -121,6 +118,8 @@ class _AttentionBuilder:
         self.mup_settings = self._unique_settings(mups[0].settings, scope.ALL_MUP_SETTINGS) \
             if mups else {}
         self.layer = "dim" in self.settings
+        self.sinks = self._flag(self.settings, "sinks", False)
+        self.qk_norm = self._enum("qk_norm")
         self.scope = AttnScope(settings=self._numeric_names(), inputs=self._declared("input"),
                                params=self._declared("param"), groups=self._groups_by_name())
         self.exprs = ExprBuilder(macros, self.scope, diags)
@@ -179,22 +178,22 @@ class _AttentionBuilder:
         numeric = self._numeric()
         inputs = tuple(filter(None, (self._input(d) for d in self.by_kind["input"])))
         params = [p for p in (self._param(d) for d in self.by_kind["param"]) if p]
-        masks = tuple(self._mask(m) for m in self.by_kind["mask"])
-        pipeline = tuple(self._step(s) for s in self._pipeline_statements())
+        masks = tuple(filter(None, (self._mask(m) for m in self.by_kind["mask"])))
+        pipeline = tuple(filter(None, (self._step(s) for s in self._pipeline_statements())))
         rope, absolute = self._positions()
         params += self._implicit_params(absolute)
-        if self.diags.has_errors or numeric is None:
+        if numeric is None:
             return None
         return ir.AttentionIR(
             name=self.node.name, mode="layer" if self.layer else "kernel",
             cross="context_dim" in self.settings, numeric=numeric,
-            qk_norm=self._enum("qk_norm"), backend=self._enum("backend"),
+            qk_norm=self.qk_norm, backend=self._enum("backend"),
             qkv_bias=self._flag(self.settings, "qkv_bias", False),
             out_bias=self._flag(self.settings, "out_bias", False),
-            sinks=self._flag(self.settings, "sinks", False),
+            sinks=self.sinks,
             groups=self._groups(), patterns=self._patterns(), inputs=inputs,
             params=tuple(params), masks=masks, pipeline=pipeline, rope=rope,
-            absolute_position=absolute, mup=self._mup(), span=span_ir(self.node.span))
+            absolute_position=absolute, mup=self._mup(), span=span_ir(self.node.name_span))
 
     def _check_names(self) -> None:
         inputs, params = self.scope.inputs, self.scope.params
@@ -214,9 +213,10 @@ class _AttentionBuilder:
             if stmt is None:
                 continue
             built = self.exprs.build(stmt.value, "const")
-            if built is not None:
-                exprs[name] = built
-                explicit.add(name)
+            if built is None:
+                return None  # reported; the other settings may depend on it
+            exprs[name] = built
+            explicit.add(name)
         if "heads" not in self.settings:
             self.diags.error(f"attention `{self.node.name}` needs `heads = N`",
                              self.node.name_span)
@@ -480,6 +480,7 @@ class _AttentionBuilder:
         if built is not None and built.type != "bool":
             self.diags.error(f"a mask must be bool, got {built.type}", stmt.expr.span,
                              hint="compare it, e.g. `q - k <= 128`, or use it as a `bias`")
+            return None
         return built
 
     def _pipeline_statements(self) -> list:
@@ -571,10 +572,10 @@ class _AttentionBuilder:
     def _implicit_params(self, absolute: ir.AbsolutePosition | None) -> list[ir.ParamDecl]:
         sp = span_ir(self.node.name_span)
         out = list(self.scope.implicit_params.values())
-        if self._flag(self.settings, "sinks", False):
+        if self.sinks:
             out.append(ir.ParamDecl(name="sink", dims=(ir.Dim(kind="heads"),),
                                     init=ir.Init(kind="zeros"), origin="sinks", span=sp))
-        if self._enum("qk_norm") == "rms":
+        if self.qk_norm == "rms":
             head_dim = ir.Dim(kind="const", size=ir.SettingRef(name="head_dim", type="int",
                                                                span=sp))
             for name in ("q_norm_weight", "k_norm_weight"):

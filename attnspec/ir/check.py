@@ -1,11 +1,335 @@
-"""Semantic checks on the IR (run after build): identifier safety, index ranges, int32 range,
-patterns, mode requirements, setting values. Returns diagnostics; never raises."""
+"""Semantic checks on the IR, run after build: identifier safety (contract §2/§9), setting values,
+mode requirements, pattern coverage, index ranges and int32 range (contract §5).
+
+All problems are returned at once as diagnostics; nothing here raises.
+
+Example:
+    >>> from attnspec.ir.build import build_file
+    >>> from attnspec.grammar.parser import parse
+    >>> from attnspec.errors import Source
+    >>> text = "attention A {\\n heads = 4\\n head_dim = 8\\n mask q * k > 0\\n}"
+    >>> module, _ = build_file(parse(text), Source("a", text))
+    >>> [d.message for d in check_module(module)]
+    ['integer expression may overflow int32 (range up to 281474943156225)']
+"""
 
 from __future__ import annotations
 
-from attnspec.errors import Diagnostic
+from attnspec.errors import Diagnostic, Span
 from attnspec.ir import nodes as ir
+from attnspec.ir import scope
+from attnspec.ir.consts import ConstError, eval_const, resolve_settings
+from attnspec.ir.exprs import children, walk
+from attnspec.ir.intervals import INT32_MAX, INT32_MIN, Intervals
 
 
-def check_module(module: ir.ModuleIR) -> list[Diagnostic]:
-    return []
+def check_module(module: ir.ModuleIR, warnings: bool = True) -> list[Diagnostic]:
+    """Every problem in the module. `warnings=False` drops warnings (after build errors they
+    are mostly echoes, e.g. an input unused because its use failed to build)."""
+    out: list[Diagnostic] = []
+    for attn in module.attentions:
+        out += AttentionChecker(attn).run()
+    return [d for d in out if warnings or d.severity == "error"]
+
+
+def _span(s: ir.SpanIR) -> Span:
+    return Span(s.line, s.col, s.end_line, s.end_col)
+
+
+class AttentionChecker:
+    def __init__(self, attn: ir.AttentionIR):
+        self.attn = attn
+        self.out: list[Diagnostic] = []
+        self.values: dict | None = None
+
+    def error(self, message: str, span: ir.SpanIR, hint: str | None = None) -> None:
+        self.out.append(Diagnostic("error", message, _span(span), hint))
+
+    def warning(self, message: str, span: ir.SpanIR, hint: str | None = None) -> None:
+        self.out.append(Diagnostic("warning", message, _span(span), hint))
+
+    def run(self) -> list[Diagnostic]:
+        self._identifiers()
+        self._settings()
+        self._mode()
+        self._groups_and_patterns()
+        self._inputs()
+        self._positions()
+        if self.values is not None:
+            intervals = Intervals(self.attn, self.values)
+            for expr in self._expressions():
+                self._indices(expr, intervals)
+                self._int32(expr, intervals)
+        self._unused_inputs()
+        return self.out
+
+    def _expressions(self) -> list[ir.Expr]:
+        """Masks and pipeline expressions whose inputs and params were all built (after build
+        errors the IR is partial)."""
+        exprs = list(self.attn.masks) + [s.expr for s in self.attn.pipeline]
+        return [e for e in exprs if self._declarations_built(e)]
+
+    def _declarations_built(self, expr: ir.Expr) -> bool:
+        for node in walk(expr):
+            if isinstance(node, ir.InputRef) and self.attn.input(node.name) is None:
+                return False
+            if isinstance(node, ir.ParamRef) and self.attn.param(node.name) is None:
+                return False
+            if isinstance(node, ir.EdgeField) and self.attn.input(node.input) is None:
+                return False
+        return True
+
+    # names ------------------------------------------------------------------------------------
+    def _identifiers(self) -> None:
+        a = self.attn
+        self._identifier(a.name, a.span, "attention")
+        declared = [(i.name, i.span, "input") for i in a.inputs]
+        declared += [(p.name, p.span, "param") for p in a.params if p.origin == "param"]
+        declared += [(g.name, g.span, "group") for g in a.groups]
+        for name, span, what in declared:
+            if self._identifier(name, span, what) and what != "group" \
+                    and name in scope.RESERVED:
+                self.error(f"{what} name `{name}` is reserved by the generated module", span,
+                           hint="choose another name")
+        names = {i.name for i in a.inputs}
+        for i in a.inputs:
+            for extra in (f"{i.name}_type", f"{i.name}_distance") if i.edges else ():
+                if extra in names:
+                    self.error(f"input `{extra}` clashes with the `{extra}=` argument of edges "
+                               f"input `{i.name}`", i.span)
+
+    def _identifier(self, name: str, span: ir.SpanIR, what: str) -> bool:
+        problem = scope.identifier_problem(name)
+        if problem is None and name.startswith("_"):
+            problem = f"`{name}` starts with `_` (reserved for attnspec)"
+        if problem is not None:
+            self.error(f"{what} name cannot become Python: {problem}", span,
+                       hint="names become Python identifiers in the generated module")
+            return False
+        return True
+
+    # settings ---------------------------------------------------------------------------------
+    def _settings(self) -> None:
+        try:
+            self.values = resolve_settings(self.attn)
+        except ConstError as e:
+            self.error(str(e), self.attn.span)
+            return
+        v = self.values
+        for name in ("heads", "kv_heads", "head_dim", "value_dim", "dim", "context_dim",
+                     "base_dim", "base_head_dim"):
+            if name in v and v[name] < 1:
+                self._setting_error(name, f"`{name}` must be at least 1, got {v[name]}")
+        if v["kv_heads"] >= 1 and v["heads"] % v["kv_heads"]:
+            self._setting_error("kv_heads", f"kv_heads = {v['kv_heads']} must divide heads = "
+                                f"{v['heads']}")
+        if not 0.0 <= v["dropout"] < 1.0:
+            self._setting_error("dropout", f"dropout must be in [0, 1), got {v['dropout']}")
+        if self.attn.mode == "layer" and v["head_dim"] < 1:
+            self._setting_error("head_dim", "dim // heads is 0: set head_dim or a larger dim")
+        if any(v.get(n, 1) < 1 for n in ("heads", "kv_heads", "head_dim", "value_dim")):
+            self.values = None  # later checks would divide by these
+
+    def _setting_error(self, name: str, message: str) -> None:
+        setting = self.attn.setting(name)
+        self.error(message, setting.span if setting else self.attn.span)
+
+    def _mode(self) -> None:
+        a = self.attn
+        if a.mode == "kernel":
+            for name in ("qkv_bias", "out_bias"):
+                if getattr(a, name):
+                    self.error(f"`{name}` needs layer mode (set `dim`)", a.span)
+            if a.mup is not None:
+                self.error("`mup` needs layer mode: the width multiplier is dim / base_dim",
+                           a.mup.span, hint="set `dim = N`")
+            if a.absolute_position is not None:
+                self.error(f"`position {a.absolute_position.kind}` needs layer mode: it is "
+                           "added to x", a.absolute_position.span, hint="set `dim = N`")
+        if a.cross and (a.groups or a.patterns):
+            self.error("token groups split one sequence; they cannot be used with "
+                       "cross-attention (`context_dim`)", a.groups[0].span if a.groups else a.span)
+        if self.values and a.absolute_position and a.absolute_position.kind == "sinusoidal" \
+                and self.values.get("dim", 0) % 2:
+            self.error("`position sinusoidal` needs an even `dim`", a.absolute_position.span)
+
+    # groups -----------------------------------------------------------------------------------
+    def _groups_and_patterns(self) -> None:
+        a = self.attn
+        for g in a.groups:
+            if g.size is not None and g.size < 1:
+                self.error(f"group `{g.name}` must have at least 1 token", g.span)
+        if not a.patterns:
+            return
+        as_query: dict[str, list[ir.Pattern]] = {g.name: [] for g in a.groups}
+        for p in a.patterns:
+            for name in p.queries:
+                as_query[name].append(p)
+        for g in a.groups:
+            uses = as_query[g.name]
+            if not uses:
+                self.error(f"group `{g.name}` is not a query in any pattern", g.span,
+                           hint=f"add e.g. `pattern {g.name} -> {g.name}`; every group must be "
+                           "a query in exactly one pattern")
+            for extra in uses[1:]:
+                self.error(f"group `{g.name}` is a query in more than one pattern", extra.span,
+                           hint=f"first used on line {uses[0].span.line}; merge the key lists")
+
+    # inputs and positions ---------------------------------------------------------------------
+    def _inputs(self) -> None:
+        for i in self.attn.inputs:
+            kinds = [d.kind for d in i.dims]
+            if self.attn.cross and "seq" in kinds:
+                self.error(f"input `{i.name}`: in cross-attention use `q_seq` or `kv_seq`",
+                           i.span)
+            for d in i.dims:
+                self._const_dim(d, i.span)
+        for p in self.attn.params:
+            for d in p.dims:
+                self._const_dim(d, p.span)
+
+    def _const_dim(self, dim: ir.Dim, span: ir.SpanIR) -> None:
+        if dim.kind != "const" or self.values is None:
+            return
+        try:
+            size = eval_const(dim.size, self.values)
+        except ConstError as e:
+            self.error(str(e), span)
+            return
+        if not isinstance(size, int) or size < 1:
+            self.error(f"dimension must be a positive integer, got {size}", span)
+
+    def _positions(self) -> None:
+        rope = self.attn.rope
+        if rope is None:
+            return
+        if self.values is not None:
+            try:
+                dims = eval_const(rope.dims, self.values)
+            except ConstError as e:
+                self.error(str(e), rope.span)
+                return
+            if not isinstance(dims, int) or dims < 2 or dims % 2 or dims > self.values["head_dim"]:
+                self.error(f"rope dims must be even and in [2, head_dim = "
+                           f"{self.values['head_dim']}], got {dims}", rope.span)
+        if rope.base <= 0:
+            self.error("rope base must be positive", rope.span)
+        self._rope_input(rope.positions, ("int", "float"), 2, rope.span)
+        self._rope_input(rope.freqs, ("float",), 3, rope.span)
+
+    def _rope_input(self, name: str | None, dtypes, rank: int, span: ir.SpanIR) -> None:
+        if name is None:
+            return
+        decl = self.attn.input(name)
+        if decl is None:
+            return  # its declaration failed to build and was reported
+        shape = "[batch, seq]" if rank == 2 else "[batch, seq, dims/2]"
+        kinds = [d.kind for d in decl.dims]
+        if decl.dtype not in dtypes or len(kinds) != rank or kinds[:2] != ["batch", "seq"]:
+            self.error(f"rope input `{name}` must be {'/'.join(dtypes)}{shape}", span)
+
+    def _unused_inputs(self) -> None:
+        used = set()
+        for expr in self._expressions():
+            used |= {n.name if hasattr(n, "name") else None for n in walk(expr)
+                     if isinstance(n, ir.InputRef)}
+            used |= {n.input for n in walk(expr) if isinstance(n, ir.EdgeField)}
+        if self.attn.rope:
+            used |= {self.attn.rope.positions, self.attn.rope.freqs}
+        for i in self.attn.inputs:
+            if i.name not in used:
+                self.warning(f"input `{i.name}` is never used", i.span)
+
+    # index ranges -----------------------------------------------------------------------------
+    def _indices(self, expr: ir.Expr, intervals: Intervals) -> None:
+        for node in walk(expr):
+            if isinstance(node, (ir.InputRef, ir.ParamRef)):
+                decl = self.attn.input(node.name) or self.attn.param(node.name)
+                for dim, index in zip(decl.dims, node.indices):
+                    problem = self._index_problem(dim, index, intervals)
+                    if problem:
+                        self.error(f"`{node.name}`: {problem}", index.span,
+                                   hint=_index_hint(dim.kind))
+
+    def _index_problem(self, dim: ir.Dim, index: ir.Expr, iv: Intervals) -> str | None:
+        kind = dim.kind
+        if kind == "batch":
+            return None if _is_index(index, "b") else "a batch dimension is indexed with `b`"
+        if kind in ("seq", "q_seq", "kv_seq"):
+            allowed = {"seq": ("q", "k"), "q_seq": ("q",), "kv_seq": ("k",)}[kind]
+            if any(_is_index(index, n) for n in allowed) or _clamped_to_seq(index, kind, iv):
+                return None
+            return f"a `{kind}` dimension is indexed with {' or '.join(allowed)} (or a clamp)"
+        if kind == "heads":
+            return None if _is_index(index, "h") else "a heads dimension is indexed with `h`"
+        if kind == "kv_heads":
+            return None if self._kv_head_index(index) else \
+                "a kv_heads dimension is indexed with `h // (heads // kv_heads)`"
+        size = eval_const(dim.size, self.values)
+        lo, hi = iv.of(index) or (None, None)
+        if lo is None or lo < 0 or hi > size - 1:
+            shown = "unknown" if lo is None else f"[{lo}, {hi}]"
+            return f"index may be out of range [0, {size - 1}] (its range is {shown})"
+        return None
+
+    def _kv_head_index(self, index: ir.Expr) -> bool:
+        if _is_index(index, "h"):
+            kv = self.attn.setting("kv_heads")
+            return kv is not None and not kv.explicit
+        if not (isinstance(index, ir.Binary) and index.op == "//" and _is_index(index.left, "h")):
+            return False
+        r = index.right
+        return (isinstance(r, ir.Binary) and r.op == "//" and _is_setting(r.left, "heads")
+                and _is_setting(r.right, "kv_heads"))
+
+    def _int32(self, expr: ir.Expr, intervals: Intervals) -> None:
+        for node in _post_order(expr):
+            if node.type != "int":
+                continue
+            r = intervals.of(node)
+            if r is not None and (r[0] < INT32_MIN or r[1] > INT32_MAX):
+                worst = r[1] if r[1] > INT32_MAX else r[0]
+                self.error(f"integer expression may overflow int32 (range up to {worst})",
+                           node.span, hint="kernels use int32 indices; sequences may be up to "
+                           "2^24 long")
+                return
+
+
+def _post_order(expr: ir.Expr) -> list[ir.Expr]:
+    out: list[ir.Expr] = []
+
+    def visit(node: ir.Expr) -> None:
+        for child in children(node):
+            visit(child)
+        out.append(node)
+
+    visit(expr)
+    return out
+
+
+def _is_index(expr: ir.Expr, name: str) -> bool:
+    return isinstance(expr, ir.IndexVar) and expr.name == name
+
+
+def _is_setting(expr: ir.Expr, name: str) -> bool:
+    return isinstance(expr, ir.SettingRef) and expr.name == name
+
+
+def _clamped_to_seq(index: ir.Expr, kind: str, iv: Intervals) -> bool:
+    """`clamp(e, lo, L - c)` with lo >= 0, c >= 1 and L the dimension's length."""
+    if not (isinstance(index, ir.Call) and index.func == "clamp"):
+        return False
+    _, lo, hi = index.args
+    lo_range = iv.of(lo)
+    lengths = {"seq": ("q_len", "kv_len"), "q_seq": ("q_len",), "kv_seq": ("kv_len",)}[kind]
+    return (lo_range is not None and lo_range[0] >= 0 and isinstance(hi, ir.Binary)
+            and hi.op == "-" and isinstance(hi.left, ir.SeqLen) and hi.left.name in lengths
+            and isinstance(hi.right, ir.Const) and hi.right.value >= 1)
+
+
+def _index_hint(kind: str) -> str | None:
+    return {
+        "const": "clamp it, e.g. `clamp(e, 0, N - 1)`",
+        "seq": "use `q` or `k`, or `clamp(e, 0, q_len - 1)`",
+        "kv_heads": "query head h uses kv head `h // (heads // kv_heads)`",
+    }.get(kind)

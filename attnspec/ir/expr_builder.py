@@ -23,6 +23,7 @@ from attnspec.grammar import ast
 from attnspec.grammar.parser import parse
 from attnspec.ir import nodes as ir
 from attnspec.ir import scope
+from attnspec.ir.consts import ConstError, eval_const
 from attnspec.ir.exprs import FLOAT_FUNCS, binary_type, free_vars, promote
 
 MAX_EXPANDED_NODES = 20_000  # per expression, after macro expansion
@@ -218,8 +219,9 @@ class ExprBuilder:
         if e.op in ("/", "//", "%") and isinstance(right, ir.Const) and right.value == 0:
             self._error("division by zero", e.right.span, env)
             return None
-        return ir.Binary(op=e.op, left=left, right=right, type=result,
+        node = ir.Binary(op=e.op, left=left, right=right, type=result,
                          span=span_ir(env.where(e.span)))
+        return _fold(node) if isinstance(left, ir.Const) and isinstance(right, ir.Const) else node
 
     def _ingroup(self, e: ast.InGroup, env: Env, ctx: str):
         group = self._group_name(e.group, e.group_span, env)
@@ -318,6 +320,8 @@ class ExprBuilder:
         if name in self.attn.params:
             return ir.ParamRef(name=name, indices=tuple(built), span=sp)
         dtype = _tensor_base(self.attn.inputs[name])
+        if dtype not in ("int", "float", "bool"):
+            return None  # the declaration's bad type is reported there
         return ir.InputRef(name=name, indices=tuple(built), type=dtype, span=sp)
 
     def _is_edges(self, name: str) -> bool:
@@ -508,6 +512,18 @@ class ExprBuilder:
                         call.span, env, hint=f"missing {', '.join(missing)}: `{signature}`")
             return None
         return bound
+
+
+def _fold(node: ir.Binary) -> ir.Expr:
+    """Literal op literal -> literal (settings are never folded: overrides may change them)."""
+    try:
+        value = eval_const(node, {})
+    except ConstError:
+        return node
+    if node.type == "int" and abs(value) >= 2**53:
+        return node
+    value = {"bool": bool, "int": int, "float": float}[node.type](value)
+    return ir.Const(value=value, type=node.type, span=node.span)
 
 
 class _TooLarge(Exception):

@@ -12,7 +12,7 @@ Example:
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -171,8 +171,8 @@ class ScoreRef(Node):
 
 
 Expr = Annotated[
-    Union[Const, IndexVar, SettingRef, SeqLen, GroupBound, InGroup, Unary, Binary, Call, InputRef,
-          ParamRef, EdgeField, ScoreRef],
+    Const | IndexVar | SettingRef | SeqLen | GroupBound | InGroup | Unary | Binary | Call
+    | InputRef | ParamRef | EdgeField | ScoreRef,
     Field(discriminator="kind"),
 ]
 

@@ -1,0 +1,162 @@
+"""The `attnspec` command line: check, compile, verify.
+
+Every problem in a spec is reported as `file:LINE:COL: error: message` with the source line and a
+caret; the exit code is 1 on any error and never a Python traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+from attnspec.errors import AttnSpecError, Diagnostic, Source
+
+EMIT_CHOICES = ("py", "ast", "ir", "ir-json")
+BACKENDS = ("auto", "eager", "flex", "sdpa", "flash")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 1
+    try:
+        return args.run(args)
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0
+    except Exception as e:  # noqa: BLE001 — the CLI never shows a traceback
+        print(f"attnspec: internal error ({type(e).__name__}: {e}); please report it",
+              file=sys.stderr)
+        return 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="attnspec", description="A compiler for attention "
+                                "mechanisms: .attn specs to verified PyTorch modules.")
+    sub = p.add_subparsers(dest="command")
+    check = sub.add_parser("check", help="report every problem in specs")
+    check.add_argument("paths", nargs="+", help=".attn files or directories")
+    check.set_defaults(run=cmd_check)
+    comp = sub.add_parser("compile", help="compile a spec to a Python module")
+    comp.add_argument("path", help="an .attn file")
+    comp.add_argument("-o", "--output", help="output file (default: NAME_attn.py beside the "
+                      "spec; `-` for stdout)")
+    comp.add_argument("--backend", choices=BACKENDS, help="the module's default backend")
+    comp.add_argument("--emit", choices=EMIT_CHOICES, default="py",
+                      help="what to write: the module (py) or a pipeline stage")
+    comp.set_defaults(run=cmd_compile)
+    ver = sub.add_parser("verify", help="check generated modules against the eager interpreter")
+    ver.add_argument("paths", nargs="+", help=".attn files or directories")
+    ver.add_argument("--backend", default="all", help="comma-separated backends, or all")
+    ver.add_argument("--device", default="cpu")
+    ver.add_argument("--dtype", default="float32", help="float64, float32, bfloat16, float16")
+    ver.add_argument("--json", action="store_true", help="print results as JSON")
+    ver.add_argument("--seed", type=int, default=0)
+    ver.set_defaults(run=cmd_verify)
+    return p
+
+
+def spec_files(paths: list[str]) -> Iterator[Path]:
+    """Files as given; directories searched recursively for *.attn, in sorted order."""
+    for p in map(Path, paths):
+        if p.is_dir():
+            yield from sorted(p.rglob("*.attn"))
+        else:
+            yield p
+
+
+def _report(diagnostics: list[Diagnostic], source: Source | None) -> None:
+    for d in diagnostics:
+        print(d.format(source), file=sys.stderr)
+
+
+def _load(path: Path):
+    """(source, IR) or (source, None) after printing the diagnostics."""
+    from attnspec.compiler import build, read_spec
+
+    source = None
+    try:
+        source = read_spec(path)
+        return source, build(source)
+    except AttnSpecError as e:
+        _report(e.diagnostics, e.source or source)
+        return source, None
+
+
+def cmd_check(args) -> int:
+    files = list(spec_files(args.paths))
+    if not files:
+        print("attnspec: no .attn files found", file=sys.stderr)
+        return 1
+    failed = 0
+    for path in files:
+        _, module = _load(path)
+        failed += module is None
+    print(f"checked {len(files)} file(s): {failed} with errors", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def cmd_compile(args) -> int:
+    from attnspec.compiler import parse_source, read_spec
+
+    path = Path(args.path)
+    try:
+        source = read_spec(path)
+        if args.emit == "ast":
+            return _write(_ast_text(parse_source(source)), args.output or "-")
+        _, module = _load(path)
+        if module is None:
+            return 1
+        return _write(_emit(module, args), args.output or _default_output(path, args.emit))
+    except AttnSpecError as e:
+        _report(e.diagnostics, e.source)
+        return 1
+    except ValueError as e:  # e.g. UnsupportedBackendError
+        print(f"{path}: error: {e}", file=sys.stderr)
+        return 1
+
+
+def _emit(module, args) -> str:
+    if args.emit == "ir":
+        from attnspec.ir.printer import module_text
+
+        return module_text(module)
+    if args.emit == "ir-json":
+        return module.model_dump_json(indent=1) + "\n"
+    from attnspec.codegen.emit import generate
+
+    return generate(module, args.backend)
+
+
+def _default_output(path: Path, emit: str) -> str:
+    return str(path.with_name(path.stem + "_attn.py")) if emit == "py" else "-"
+
+
+def _write(text: str, output: str) -> int:
+    if output == "-":
+        sys.stdout.write(text)
+    else:
+        Path(output).write_text(text)
+        print(f"wrote {output}", file=sys.stderr)
+    return 0
+
+
+def _ast_text(file) -> str:
+    from attnspec.grammar.printer import ast_text
+
+    return ast_text(file)
+
+
+def cmd_verify(args) -> int:
+    from attnspec.verify import run_cli
+
+    return run_cli(args, [(p, *_load(p)) for p in spec_files(args.paths)])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,78 @@
+"""The pipeline as one call: spec text -> AST -> IR (checked) -> Python source. Imports no torch.
+
+Example:
+    >>> ir_module = build(Source("a.attn", "attention A {\\n heads = 2\\n head_dim = 8\\n}"))
+    >>> ir_module.attentions[0].name
+    'A'
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from attnspec.errors import AttnSpecError, Diagnostic, Source
+from attnspec.grammar import ast
+from attnspec.grammar.parser import parse
+from attnspec.ir import nodes as ir
+from attnspec.ir.build import build_text
+
+MAX_SPEC_BYTES = 4 * 1024 * 1024
+
+
+def read_spec(path: str | Path) -> Source:
+    """Read a spec file as UTF-8; unreadable or binary files raise `AttnSpecError`."""
+    path = Path(path)
+    name = str(path)
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise AttnSpecError([Diagnostic("error", f"cannot read file: {e.strerror or e}")],
+                            Source(name, "")) from None
+    return decode_spec(data, name)
+
+
+def decode_spec(data: bytes, name: str) -> Source:
+    if len(data) > MAX_SPEC_BYTES:
+        raise AttnSpecError([Diagnostic("error", f"file is larger than {MAX_SPEC_BYTES} bytes")],
+                            Source(name, ""))
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        from attnspec.errors import Span
+
+        message = f"file is not UTF-8 text (invalid byte at offset {e.start})"
+        raise AttnSpecError([Diagnostic("error", message, Span.point(line, 1))],
+                            Source(name, "")) from None
+    if "\x00" in text:
+        raise AttnSpecError([Diagnostic("error", "file contains NUL bytes: not a spec")],
+                            Source(name, ""))
+    return Source(name, text.removeprefix("\ufeff"))
+
+
+def parse_source(source: Source) -> ast.File:
+    return parse(source.text, source.name)
+
+
+def build(source: Source) -> ir.ModuleIR:
+    """Parse, build and check; raises `AttnSpecError` listing every error."""
+    return build_text(source.text, source.name)
+
+
+def compile_source(source: Source, backend: str | None = None) -> str:
+    """Spec text -> the generated module's Python source."""
+    from attnspec.codegen.emit import generate
+
+    return generate(build(source), backend)
+
+
+def as_source(path_or_text: str | Path) -> Source:
+    """A `Path`, or a string naming an existing `.attn` file, is read; other strings are text."""
+    if isinstance(path_or_text, Path):
+        return read_spec(path_or_text)
+    looks_like_path = "\n" not in path_or_text and "{" not in path_or_text
+    if looks_like_path and Path(path_or_text).is_file():
+        return read_spec(path_or_text)
+    if looks_like_path and path_or_text.endswith(".attn"):
+        return read_spec(path_or_text)  # reports the missing file
+    return Source("<spec>", path_or_text)

@@ -1,0 +1,732 @@
+"""The eager interpreter: the reference semantics of an attention, read directly from the IR.
+
+Every backend is verified against this module (in float64), so it is written for clarity, not
+speed: every score is materialised as a dense `[B, heads, Sq, Sk]` tensor. It shares no code with
+lowering or code generation; it uses only the IR and `attnspec.ir.consts` for constant settings.
+
+Example:
+    >>> import torch
+    >>> from attnspec.ir.build import build_text
+    >>> spec = "attention A {\\n heads = 2\\n head_dim = 4\\n mask causal\\n}"
+    >>> attn = build_text(spec).attentions[0]
+    >>> q = k = v = torch.randn(1, 2, 3, 4, dtype=torch.float64)
+    >>> run(attn, {}, q, k, v).shape
+    torch.Size([1, 2, 3, 4])
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import reduce
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from attnspec.ir import nodes as ir
+from attnspec.ir.consts import eval_const, resolve_settings
+
+__all__ = ["run", "evaluate_mask", "alibi_slopes", "t5_bucket", "ExprInterpreter", "Frame"]
+
+RMS_EPS = 1e-6
+_COMPARE = {
+    "==": torch.eq, "!=": torch.ne, "<": torch.lt, "<=": torch.le, ">": torch.gt, ">=": torch.ge,
+}
+_ARITH = {"+": torch.add, "-": torch.sub, "*": torch.mul}
+_FLOAT_FUNCS = {
+    "exp": torch.exp, "exp2": torch.exp2, "log": torch.log, "log2": torch.log2,
+    "sqrt": torch.sqrt, "tanh": torch.tanh, "sigmoid": torch.sigmoid,
+}
+
+
+# --- public helpers ----------------------------------------------------------------------------
+def alibi_slopes(heads: int) -> list[float]:
+    """The ALiBi paper's per-head slopes (`_get_slopes(heads)` of Press et al.).
+
+    >>> alibi_slopes(4)
+    [0.25, 0.0625, 0.015625, 0.00390625]
+    >>> alibi_slopes(6)[4:]
+    [0.5, 0.125]
+    """
+    if heads < 1:
+        raise ValueError(f"alibi_slopes needs heads >= 1, got {heads}")
+    n = 1 << (heads.bit_length() - 1)  # the largest power of two <= heads
+    slopes = [2.0 ** (-8.0 * (i + 1) / n) for i in range(n)]
+    if n == heads:
+        return slopes
+    return slopes + alibi_slopes(2 * n)[0::2][: heads - n]
+
+
+def t5_bucket(rel: Tensor, buckets: int, max_distance: int, bidirectional: bool) -> Tensor:
+    """HF T5's `_relative_position_bucket(rel, bidirectional, buckets, max_distance)` (int64),
+    with the logarithm taken in float64.
+
+    >>> t5_bucket(torch.tensor([-1, 0, 1, -200]), 32, 128, True).tolist()
+    [1, 0, 17, 15]
+    """
+    rel = torch.as_tensor(rel).to(torch.int64)
+    n = int(buckets) // 2 if bidirectional else int(buckets)
+    max_exact = n // 2
+    if max_exact < 1 or max_distance <= max_exact:
+        raise ValueError(f"t5_bucket needs more buckets ({buckets}) and max_distance "
+                         f"({max_distance}) > {max_exact}")
+    offset = torch.zeros_like(rel)
+    if bidirectional:
+        offset = (rel > 0).to(torch.int64) * n
+        rel = rel.abs()
+    else:
+        rel = -rel.clamp(max=0)
+    # The large branch is only used where rel >= max_exact; clamping keeps log() finite elsewhere.
+    ratio = rel.clamp(min=max_exact).to(torch.float64) / max_exact
+    large = max_exact + (torch.log(ratio) / math.log(max_distance / max_exact)
+                         * (n - max_exact)).to(torch.int64)
+    large = large.clamp(max=n - 1)
+    return offset + torch.where(rel < max_exact, rel, large)
+
+
+# --- call-time state ---------------------------------------------------------------------------
+@dataclass
+class Frame:
+    """Everything an expression may read during one call (all tensors on `device`)."""
+
+    attn: ir.AttentionIR
+    settings: Mapping[str, int | float]
+    dtype: torch.dtype  # the float compute dtype
+    device: torch.device
+    batch: int
+    q_len: int
+    kv_len: int
+    groups: Mapping[str, tuple[int, int]] = field(default_factory=dict)  # name -> (start, end)
+    inputs: Mapping[str, Tensor] = field(default_factory=dict)
+    params: Mapping[str, Tensor] = field(default_factory=dict)
+    edges: Mapping[str, Mapping[str, Tensor]] = field(default_factory=dict)
+
+    @property
+    def heads(self) -> int:
+        return int(self.settings["heads"])
+
+
+class ExprInterpreter:
+    """Evaluates IR expressions to tensors broadcastable to `[B, heads, Sq, Sk]`.
+
+    One method per node kind (`eval_<kind>`) and per builtin (`call_<func>`), in the style of
+    `torch.fx.Interpreter`. Ints are int64, floats the frame's dtype, bools bool.
+
+    >>> from attnspec.ir.build import build_text
+    >>> a = build_text("attention A {\\n heads = 1\\n head_dim = 4\\n mask q - k <= 1\\n}")
+    >>> attn = a.attentions[0]
+    >>> frame = Frame(attn, resolve_settings(attn), torch.float64, torch.device("cpu"), 1, 3, 3)
+    >>> ExprInterpreter(frame).run(attn.masks[0]).int().squeeze().tolist()
+    [[1, 1, 1], [1, 1, 1], [0, 1, 1]]
+    """
+
+    def __init__(self, frame: Frame, score: Tensor | None = None):
+        self.frame = frame
+        self.score = score
+        dev = frame.device
+        self.grids = {
+            "b": torch.arange(frame.batch, device=dev).view(-1, 1, 1, 1),
+            "h": torch.arange(frame.heads, device=dev).view(1, -1, 1, 1),
+            "q": torch.arange(frame.q_len, device=dev).view(1, 1, -1, 1),
+            "k": torch.arange(frame.kv_len, device=dev).view(1, 1, 1, -1),
+        }
+
+    def run(self, node: ir.Expr) -> Tensor:
+        return getattr(self, f"eval_{node.kind}")(node)
+
+    # values of a type --------------------------------------------------------------------------
+    def scalar(self, value, kind: str) -> Tensor:
+        return torch.tensor(value, dtype=self.dtype_of(kind), device=self.frame.device)
+
+    def dtype_of(self, kind: str) -> torch.dtype:
+        return {"bool": torch.bool, "int": torch.int64, "float": self.frame.dtype}[kind]
+
+    def cast(self, value: Tensor, kind: str) -> Tensor:
+        return value.to(self.dtype_of(kind))
+
+    # leaves ------------------------------------------------------------------------------------
+    def eval_const(self, node: ir.Const) -> Tensor:
+        return self.scalar(node.value, node.type)
+
+    def eval_index(self, node: ir.IndexVar) -> Tensor:
+        return self.grids[node.name]
+
+    def eval_setting(self, node: ir.SettingRef) -> Tensor:
+        return self.scalar(self.frame.settings[node.name], node.type)
+
+    def eval_seq_len(self, node: ir.SeqLen) -> Tensor:
+        return self.scalar(self.frame.q_len if node.name == "q_len" else self.frame.kv_len, "int")
+
+    def eval_group_bound(self, node: ir.GroupBound) -> Tensor:
+        start, end = self.frame.groups[node.group]
+        value = {"start": start, "end": end, "size": end - start}[node.which]
+        return self.scalar(value, "int")
+
+    def eval_edge(self, node: ir.EdgeField) -> Tensor:
+        return self.frame.edges[node.input][node.field]
+
+    def eval_score(self, node: ir.ScoreRef) -> Tensor:
+        if self.score is None:
+            raise ValueError("`score` is only defined inside `score = ...`")
+        return self.score
+
+    # tensors -----------------------------------------------------------------------------------
+    def eval_input(self, node: ir.InputRef) -> Tensor:
+        return self._gather(self.frame.inputs[node.name], node.indices)
+
+    def eval_param(self, node: ir.ParamRef) -> Tensor:
+        if node.name not in self.frame.params:
+            raise ValueError(f"param `{node.name}` is missing from the state")
+        return self._gather(self.frame.params[node.name], node.indices)
+
+    def _gather(self, tensor: Tensor, indices: Sequence[ir.Expr]) -> Tensor:
+        if not indices:
+            return tensor
+        # Advanced indexing with broadcast int64 index tensors; differentiable in `tensor`.
+        return tensor[tuple(self.run(i) for i in indices)]
+
+    # operators ---------------------------------------------------------------------------------
+    def eval_in_group(self, node: ir.InGroup) -> Tensor:
+        start, end = self.frame.groups[node.group]
+        x = self.run(node.operand)
+        return (x >= start) & (x < end)
+
+    def eval_unary(self, node: ir.Unary) -> Tensor:
+        operand = self.run(node.operand)
+        if node.op == "!":
+            return torch.logical_not(operand)
+        return torch.neg(self.cast(operand, node.type))
+
+    def eval_binary(self, node: ir.Binary) -> Tensor:
+        left, right = self.run(node.left), self.run(node.right)
+        op = node.op
+        if op in ("&", "|"):
+            return (torch.logical_and if op == "&" else torch.logical_or)(left, right)
+        if op in _COMPARE:
+            common = _common_type(node.left.type, node.right.type)
+            return _COMPARE[op](self.cast(left, common), self.cast(right, common))
+        left, right = self.cast(left, node.type), self.cast(right, node.type)
+        if op == "/":
+            return left / right
+        if op == "//":
+            return torch.div(left, right, rounding_mode="floor")
+        if op == "%":
+            return torch.remainder(left, right)  # sign of the divisor, as Python
+        return _ARITH[op](left, right)
+
+    def eval_call(self, node: ir.Call) -> Tensor:
+        if node.func in _FLOAT_FUNCS:
+            return _FLOAT_FUNCS[node.func](self.cast(self.run(node.args[0]), "float"))
+        return getattr(self, f"call_{node.func}")(node)
+
+    # builtins ----------------------------------------------------------------------------------
+    def _args(self, node: ir.Call) -> list[Tensor]:
+        return [self.cast(self.run(a), node.type) for a in node.args]
+
+    def call_abs(self, node: ir.Call) -> Tensor:
+        return torch.abs(self._args(node)[0])
+
+    def call_min(self, node: ir.Call) -> Tensor:
+        return reduce(torch.minimum, self._args(node))
+
+    def call_max(self, node: ir.Call) -> Tensor:
+        return reduce(torch.maximum, self._args(node))
+
+    def call_clamp(self, node: ir.Call) -> Tensor:
+        x, lo, hi = self._args(node)
+        return torch.minimum(torch.maximum(x, lo), hi)
+
+    def call_where(self, node: ir.Call) -> Tensor:
+        cond = self.run(node.args[0])
+        a, b = (self.cast(self.run(x), node.type) for x in node.args[1:])
+        return torch.where(cond, a, b)
+
+    def call_floor(self, node: ir.Call) -> Tensor:
+        return self._round(node, torch.floor)
+
+    def call_ceil(self, node: ir.Call) -> Tensor:
+        return self._round(node, torch.ceil)
+
+    def _round(self, node: ir.Call, fn) -> Tensor:
+        x = self.run(node.args[0])
+        return x if node.args[0].type == "int" else fn(x).to(torch.int64)
+
+    def call_alibi_slope(self, node: ir.Call) -> Tensor:
+        slopes = torch.tensor(alibi_slopes(self.frame.heads), dtype=self.frame.dtype,
+                              device=self.frame.device)
+        return slopes[self.cast(self.run(node.args[0]), "int")]
+
+    def call_t5_bucket(self, node: ir.Call) -> Tensor:
+        rel = self.cast(self.run(node.args[0]), "int")
+        buckets, max_distance, bidirectional = (self.run(a).item() for a in node.args[1:])
+        return t5_bucket(rel, int(buckets), int(max_distance), bool(bidirectional))
+
+
+def _common_type(left: str, right: str) -> str:
+    if "bool" in (left, right):
+        return "bool"
+    return "float" if "float" in (left, right) else "int"
+
+
+# --- validation and call-time tables -----------------------------------------------------------
+def _shape_text(labels: Sequence[str], sizes: Sequence[int | None]) -> str:
+    parts = [label if size is None else f"{label}={size}" for label, size in
+             zip(labels, sizes, strict=True)]
+    return "[" + ", ".join(parts) + "]"
+
+
+def _check_shape(what: str, t: Tensor, labels: Sequence[str], sizes: Sequence[int | None]):
+    """Raise ValueError naming `what` unless `t` has len(labels) dims matching `sizes`."""
+    ok = t.dim() == len(sizes) and all(s is None or s == n for s, n in
+                                       zip(sizes, t.shape, strict=False))
+    if not ok:
+        raise ValueError(f"{what} must have shape {_shape_text(labels, sizes)}, "
+                         f"got {tuple(t.shape)}")
+
+
+def _compute_dtype(t: Tensor, name: str) -> tuple[torch.dtype, torch.dtype]:
+    """(compute dtype, output dtype): float64 stays float64, half types compute in float32."""
+    if not isinstance(t, Tensor) or not t.is_floating_point():
+        got = t.dtype if isinstance(t, Tensor) else type(t).__name__
+        raise ValueError(f"`{name}` must be a floating-point tensor, got {got}")
+    if t.dtype == torch.float64:
+        return torch.float64, torch.float64
+    return torch.float32, t.dtype
+
+
+def _check_settings(settings: Mapping[str, int | float]) -> None:
+    heads, kv_heads = int(settings["heads"]), int(settings["kv_heads"])
+    if heads < 1 or kv_heads < 1 or heads % kv_heads:
+        raise ValueError(f"kv_heads ({kv_heads}) must divide heads ({heads})")
+
+
+def _dim_size(dim: ir.Dim, frame: Frame, name: str) -> tuple[str, int]:
+    if dim.kind == "const":
+        return "const", int(eval_const(dim.size, frame.settings))
+    if dim.kind == "seq" and frame.q_len != frame.kv_len:
+        raise ValueError(f"input `{name}` has a `seq` dimension, which needs q_len == kv_len; "
+                         f"got q_len={frame.q_len}, kv_len={frame.kv_len} (use q_seq / kv_seq)")
+    sizes = {"batch": frame.batch, "seq": frame.q_len, "q_seq": frame.q_len,
+             "kv_seq": frame.kv_len, "heads": frame.heads,
+             "kv_heads": int(frame.settings["kv_heads"])}
+    return dim.kind, sizes[dim.kind]
+
+
+def _expected(decl_dims: Sequence[ir.Dim], frame: Frame, name: str):
+    pairs = [_dim_size(d, frame, name) for d in decl_dims]
+    return [p[0] for p in pairs], [p[1] for p in pairs]
+
+
+_DTYPE_OK = {
+    "bool": lambda t: t.dtype == torch.bool,
+    "int": lambda t: not t.is_floating_point() and not t.is_complex() and t.dtype != torch.bool,
+    "float": lambda t: t.is_floating_point(),
+}
+
+
+def _tensor_input(decl: ir.InputDecl, value, frame: Frame) -> Tensor:
+    labels, sizes = _expected(decl.dims, frame, decl.name)
+    want = f"{decl.dtype}{_shape_text(labels, sizes)}"
+    if value is None:
+        raise ValueError(f"missing input `{decl.name}`: expected {want}")
+    t = torch.as_tensor(value)
+    if not _DTYPE_OK[decl.dtype](t):
+        raise ValueError(f"input `{decl.name}` must be {want}, got dtype {t.dtype}")
+    _check_shape(f"input `{decl.name}` ({decl.dtype})", t, labels, sizes)
+    return t.to(device=frame.device, dtype={"bool": torch.bool, "int": torch.int64,
+                                            "float": frame.dtype}[decl.dtype])
+
+
+def _int_vector(name: str, value, length: int) -> Tensor:
+    t = torch.as_tensor(value)
+    if not _DTYPE_OK["int"](t) or t.shape != (length,):
+        raise ValueError(f"input `{name}` must be int[E] with E={length} (one per edge), "
+                         f"got {t.dtype} {tuple(t.shape)}")
+    return t.to(torch.int64)
+
+
+def _edge_tables(decl: ir.InputDecl, inputs: Mapping[str, Tensor], frame: Frame):
+    """Dense `[1, 1, Sq, Sk]` tables `edge`, `type`, `distance`; the last duplicate edge wins."""
+    name, spec, sq, sk = decl.name, decl.edges, frame.q_len, frame.kv_len
+    index = inputs.get(name)
+    if index is None:
+        raise ValueError(f"missing input `{name}`: expected edge_index int[2, E]")
+    index = torch.as_tensor(index)
+    if not _DTYPE_OK["int"](index) or index.dim() != 2 or index.shape[0] != 2:
+        raise ValueError(f"input `{name}` (edge_index) must be int[2, E], "
+                         f"got {index.dtype} {tuple(index.shape)}")
+    index = index.to(device=frame.device, dtype=torch.int64)
+    n_edges = index.shape[1]
+    src, dst = index[0], index[1]
+    if n_edges and (src.min() < 0 or src.max() >= sq or dst.min() < 0 or dst.max() >= sk):
+        raise ValueError(f"input `{name}` (edge_index) must hold query positions in [0, {sq}) "
+                         f"in row 0 and key positions in [0, {sk}) in row 1")
+    zeros = torch.zeros(n_edges, dtype=torch.int64, device=frame.device)
+    types = zeros if inputs.get(f"{name}_type") is None else \
+        _int_vector(f"{name}_type", inputs[f"{name}_type"], n_edges).to(frame.device)
+    if n_edges and (types.min() < 0 or types.max() >= spec.types):
+        raise ValueError(f"input `{name}_type` values must lie in [0, {spec.types})")
+    dist = zeros if inputs.get(f"{name}_distance") is None else \
+        _int_vector(f"{name}_distance", inputs[f"{name}_distance"], n_edges).to(frame.device)
+    dist = dist.clamp(0, spec.max_distance - 1)
+    # The winner of each cell is its highest edge number (-1: none); slot 0 holds "no edge".
+    order = torch.arange(n_edges, device=frame.device)
+    winner = torch.full((sq * sk,), -1, dtype=torch.int64, device=frame.device)
+    winner = winner.scatter_reduce(0, src * sk + dst, order, reduce="amax")
+    pad = torch.zeros(1, dtype=torch.int64, device=frame.device)
+    edge = winner >= 0
+    if spec.self_loops:
+        diag = torch.arange(min(sq, sk), device=frame.device)
+        edge[diag * sk + diag] = True  # type and distance stay 0 where the loop is implicit
+    tables = {"edge": edge, "type": torch.cat([pad, types])[winner + 1],
+              "distance": torch.cat([pad, dist])[winner + 1]}
+    return {k: t.view(1, 1, sq, sk) for k, t in tables.items()}
+
+
+def _prepare_inputs(frame: Frame, inputs: Mapping[str, Tensor]) -> None:
+    attn = frame.attn
+    allowed = {d.name for d in attn.inputs}
+    allowed |= {f"{d.name}_{f}" for d in attn.inputs if d.dtype == "edges"
+                for f in ("type", "distance")}
+    unknown = sorted(set(inputs) - allowed)
+    if unknown:
+        raise ValueError(f"unknown input(s) {', '.join(unknown)} for {attn.name}; "
+                         f"inputs: {', '.join(sorted(allowed)) or 'none'}")
+    tensors, edges = {}, {}
+    for decl in attn.inputs:
+        if decl.dtype == "edges":
+            edges[decl.name] = _edge_tables(decl, inputs, frame)
+        else:
+            tensors[decl.name] = _tensor_input(decl, inputs.get(decl.name), frame)
+    frame.inputs, frame.edges = tensors, edges
+
+
+def _prepare_params(frame: Frame, state: Mapping[str, Tensor], required: bool) -> None:
+    params = {}
+    for decl in frame.attn.params:
+        labels, sizes = _expected(decl.dims, frame, decl.name)
+        value = state.get(decl.name)
+        if value is None:
+            if required:
+                raise ValueError(f"missing param `{decl.name}` in state: expected float"
+                                 f"{_shape_text(labels, sizes)}")
+            continue
+        _check_shape(f"param `{decl.name}`", value, labels, sizes)
+        params[decl.name] = value.to(device=frame.device, dtype=frame.dtype)
+    frame.params = params
+
+
+def _group_layout(attn: ir.AttentionIR, q_len: int, kv_len: int,
+                  sizes: Mapping[str, int] | None) -> dict[str, tuple[int, int]]:
+    """Each token group's (start, end); a single `*` group not in `sizes` takes the rest."""
+    sizes = {name: int(n) for name, n in (sizes or {}).items()}
+    names = [g.name for g in attn.groups]
+    unknown = sorted(set(sizes) - set(names))
+    if unknown:
+        raise ValueError(f"sizes= names unknown token group(s) {', '.join(unknown)}; "
+                         f"groups: {', '.join(names) or 'none'}")
+    if not attn.groups:
+        return {}
+    if q_len != kv_len:
+        raise ValueError(f"token groups need q_len == kv_len, got {q_len} and {kv_len}")
+    resolved, open_groups = _group_sizes(attn.groups, sizes)
+    if len(open_groups) > 1:
+        raise ValueError(f"groups {', '.join(open_groups)} have size `*`: give all but one "
+                         "of them in sizes=")
+    if open_groups:
+        resolved[open_groups[0]] = q_len - sum(resolved.values())
+    total = sum(resolved.values())
+    if total != q_len or min(resolved.values()) < 0:
+        listing = " + ".join(f"{g}={n}" for g, n in resolved.items())
+        raise ValueError(f"token groups ({listing}) must add up to the sequence length {q_len}")
+    layout, start = {}, 0
+    for name in names:
+        layout[name] = (start, start + resolved[name])
+        start += resolved[name]
+    return layout
+
+
+def _group_sizes(groups: Sequence[ir.Group], sizes: Mapping[str, int]):
+    resolved: dict[str, int] = {}
+    open_groups = []
+    for g in groups:
+        if g.name in sizes:
+            if sizes[g.name] < 0 or (g.size is not None and sizes[g.name] != g.size):
+                raise ValueError(f"sizes={{'{g.name}': {sizes[g.name]}}} does not fit group "
+                                 f"`{g.name}` of size {g.size if g.size is not None else '*'}")
+            resolved[g.name] = sizes[g.name]
+        elif g.size is not None:
+            resolved[g.name] = g.size
+        else:
+            open_groups.append(g.name)
+    return resolved, open_groups
+
+
+def _make_frame(attn, settings, dtype, device, batch, q_len, kv_len, state, inputs, sizes,
+                params_required: bool = True) -> Frame:
+    frame = Frame(attn, settings, dtype, device, batch, q_len, kv_len,
+                  groups=_group_layout(attn, q_len, kv_len, sizes))
+    _prepare_inputs(frame, dict(inputs or {}))
+    _prepare_params(frame, state or {}, params_required)
+    return frame
+
+
+# --- masks and the softmax ---------------------------------------------------------------------
+def _combined_mask(interp: ExprInterpreter) -> Tensor | None:
+    """AND of every mask and of the pattern predicate; None when everything is attended."""
+    attn = interp.frame.attn
+    parts = [interp.run(m) for m in attn.masks]
+    if attn.patterns:
+        parts.append(_pattern_predicate(interp))
+    return reduce(torch.logical_and, parts) if parts else None
+
+
+def _pattern_predicate(interp: ExprInterpreter) -> Tensor:
+    groups = interp.frame.groups
+
+    def inside(x: Tensor, names: Sequence[str]) -> Tensor:
+        return reduce(torch.logical_or, [(x >= groups[n][0]) & (x < groups[n][1])
+                                         for n in names])
+
+    q, k = interp.grids["q"], interp.grids["k"]
+    return reduce(torch.logical_or, [inside(q, p.queries) & inside(k, p.keys)
+                                     for p in interp.frame.attn.patterns])
+
+
+def _softmax(score: Tensor, sink: Tensor | None) -> Tensor:
+    """Softmax over keys where an all -inf row gives 0 (never NaN); `sink` [1, H, 1, 1] joins
+    every row's denominator. The shift `m` is detached: the result does not depend on it."""
+    m = score.detach().amax(-1, keepdim=True)
+    if sink is not None:
+        m = torch.maximum(m, sink.detach())
+    m = torch.where(torch.isneginf(m), torch.zeros_like(m), m)
+    e = torch.exp(score - m)
+    denom = e.sum(-1, keepdim=True)
+    if sink is not None:
+        denom = denom + torch.exp(sink - m)
+    # Rows with nothing to attend have e == 0: divide by 1 to give 0 with finite gradients.
+    return e / torch.where(denom > 0, denom, torch.ones_like(denom))
+
+
+# --- q/k transforms ----------------------------------------------------------------------------
+def _rms_norm(x: Tensor, weight: Tensor) -> Tensor:
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + RMS_EPS) * weight
+
+
+def _rope_angles(frame: Frame, rope: ir.Rope, length: int, half: int, dims: int) -> Tensor:
+    """Angles `[B or 1, 1, length, half]` for positions 0..length-1 (or the given ones)."""
+    if rope.freqs is not None:
+        angles = frame.inputs[rope.freqs]
+        _check_shape(f"input `{rope.freqs}` (rope freqs)", angles, ("batch", "seq", "dims/2"),
+                     (frame.batch, length, half))
+        return angles[:, None]
+    if rope.positions is not None:
+        pos = frame.inputs[rope.positions]
+        _check_shape(f"input `{rope.positions}` (rope positions)", pos, ("batch", "seq"),
+                     (frame.batch, length))
+        pos = pos.to(frame.dtype)
+    else:
+        pos = torch.arange(length, device=frame.device, dtype=frame.dtype)[None]
+    i = torch.arange(half, device=frame.device, dtype=frame.dtype)
+    inv_freq = rope.base ** (-2.0 * i / dims)
+    return (pos[..., None] * inv_freq)[:, None]
+
+
+def _rotate(x: Tensor, angles: Tensor, dims: int, interleaved: bool) -> Tensor:
+    cos, sin = torch.cos(angles), torch.sin(angles)
+    rot, rest = x[..., :dims], x[..., dims:]
+    if interleaved:
+        x1, x2 = rot[..., 0::2], rot[..., 1::2]
+        out = torch.stack((x1 * cos - x2 * sin, x2 * cos + x1 * sin), -1).flatten(-2)
+    else:
+        x1, x2 = rot[..., : dims // 2], rot[..., dims // 2:]
+        out = torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), -1)
+    return torch.cat((out, rest), -1)
+
+
+def _apply_rope(frame: Frame, q: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
+    rope = frame.attn.rope
+    dims = int(eval_const(rope.dims, frame.settings))
+    head_dim = int(frame.settings["head_dim"])
+    if dims < 2 or dims % 2 or dims > head_dim:
+        raise ValueError(f"rope dims must be even and in [2, head_dim={head_dim}], got {dims}")
+    half = dims // 2
+    q_angles = _rope_angles(frame, rope, frame.q_len, half, dims)
+    k_angles = _rope_angles(frame, rope, frame.kv_len, half, dims)
+    return (_rotate(q, q_angles, dims, rope.interleaved),
+            _rotate(k, k_angles, dims, rope.interleaved))
+
+
+# --- the attention core ------------------------------------------------------------------------
+def _attend(frame: Frame, q: Tensor, k: Tensor, v: Tensor, training: bool) -> Tensor:
+    """q [B, H, Sq, D], k [B, KVH, Sk, D], v [B, KVH, Sk, Dv] in the compute dtype."""
+    attn, settings = frame.attn, frame.settings
+    if attn.qk_norm == "rms":
+        q = _rms_norm(q, frame.params["q_norm_weight"])
+        k = _rms_norm(k, frame.params["k_norm_weight"])
+    if attn.rope is not None:
+        q, k = _apply_rope(frame, q, k)
+    group = int(settings["heads"]) // int(settings["kv_heads"])  # head h reads kv head h // group
+    k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
+    score = float(settings["scale"]) * (q @ k.transpose(-1, -2))
+    for step in attn.pipeline:
+        value = ExprInterpreter(frame, score).run(step.expr).to(frame.dtype)
+        score = score + value if step.kind == "bias" else torch.broadcast_to(value, score.shape)
+    mask = _combined_mask(ExprInterpreter(frame))
+    if mask is not None:
+        score = score.masked_fill(~mask, float("-inf"))
+    sink = frame.params["sink"].view(1, -1, 1, 1) if attn.sinks else None
+    p = _softmax(score, sink)
+    if training and float(settings["dropout"]) > 0:
+        p = F.dropout(p, float(settings["dropout"]), training=True)
+    return p @ v
+
+
+def _run_kernel(attn, settings, state, args, inputs, sizes, training) -> Tensor:
+    if len(args) != 3:
+        raise ValueError(f"{attn.name} is a kernel-mode attention: pass (q, k, v), "
+                         f"got {len(args)} tensor(s)")
+    q, k, v = args
+    dtype, out_dtype = _compute_dtype(q, "q")
+    for name, t in (("k", k), ("v", v)):
+        _compute_dtype(t, name)
+    heads, kv_heads = int(settings["heads"]), int(settings["kv_heads"])
+    head_dim, value_dim = int(settings["head_dim"]), int(settings["value_dim"])
+    _check_shape("q", q, ("B", "heads", "Sq", "head_dim"), (None, heads, None, head_dim))
+    batch, q_len = q.shape[0], q.shape[2]
+    _check_shape("k", k, ("B", "kv_heads", "Sk", "head_dim"), (batch, kv_heads, None, head_dim))
+    kv_len = k.shape[2]
+    _check_shape("v", v, ("B", "kv_heads", "Sk", "value_dim"),
+                 (batch, kv_heads, kv_len, value_dim))
+    frame = _make_frame(attn, settings, dtype, q.device, batch, q_len, kv_len, state, inputs,
+                        sizes)
+    out = _attend(frame, q.to(dtype), k.to(dtype), v.to(dtype), training)
+    return out.to(out_dtype)
+
+
+def _weight(state: Mapping[str, Tensor], name: str, shape: tuple[int, ...],
+            labels: tuple[str, ...], like: Tensor) -> Tensor:
+    value = state.get(name)
+    if value is None:
+        raise ValueError(f"missing `{name}` in state: expected shape {_shape_text(labels, shape)}")
+    _check_shape(f"`{name}`", value, labels, shape)
+    return value.to(device=like.device, dtype=like.dtype)
+
+
+def _linear(state, prefix: str, n_in: int, n_out: int, bias: bool, x: Tensor,
+            labels: tuple[str, str]) -> Tensor:
+    """`nn.Linear(n_in, n_out)` named `prefix` in `state`, applied in x's dtype."""
+    w = _weight(state, f"{prefix}.weight", (n_out, n_in), labels, x)
+    b = _weight(state, f"{prefix}.bias", (n_out,), labels[:1], x) if bias else None
+    return F.linear(x, w, b)
+
+
+def _absolute_position(frame: Frame, length: int, dim: int) -> Tensor:
+    pos = frame.attn.absolute_position
+    if pos.kind == "learned":
+        if length > pos.max_len:
+            raise ValueError(f"`x` has {length} positions, more than the learned position "
+                             f"embedding's max_len={pos.max_len}")
+        return frame.params["position_embedding"][:length]
+    position = torch.arange(length, dtype=frame.dtype, device=frame.device)[:, None]
+    i = torch.arange(0, dim, 2, dtype=frame.dtype, device=frame.device)
+    angle = position / 10000.0 ** (i / dim)
+    pe = torch.zeros(length, dim, dtype=frame.dtype, device=frame.device)
+    pe[:, 0::2] = torch.sin(angle)
+    pe[:, 1::2] = torch.cos(angle)[:, : dim // 2]
+    return pe
+
+
+def _run_layer(attn, settings, state, args, inputs, sizes, training) -> Tensor:
+    if len(args) not in (1, 2):
+        raise ValueError(f"{attn.name} is a layer-mode attention: pass (x,) or (x, context), "
+                         f"got {len(args)} tensor(s)")
+    x, context = args[0], (args[1] if len(args) == 2 else None)
+    dtype, out_dtype = _compute_dtype(x, "x")
+    dim, heads, kv_heads = (int(settings[n]) for n in ("dim", "heads", "kv_heads"))
+    head_dim, value_dim = int(settings["head_dim"]), int(settings["value_dim"])
+    context_dim = int(settings.get("context_dim", dim))
+    _check_shape("x", x, ("B", "S", "dim"), (None, None, dim))
+    batch, length = x.shape[0], x.shape[1]
+    if context is None and attn.cross:
+        raise ValueError(f"{attn.name} is cross-attention: pass context "
+                         f"[B={batch}, S_kv, context_dim={context_dim}]")
+    if context is not None:
+        _compute_dtype(context, "context")
+        _check_shape("context", context, ("B", "S_kv", "context_dim"),
+                     (batch, None, context_dim))
+    kv_len = length if context is None else context.shape[1]
+    frame = _make_frame(attn, settings, dtype, x.device, batch, length, kv_len, state, inputs,
+                        sizes)
+    x = x.to(dtype)
+    if attn.absolute_position is not None:
+        x = x + _absolute_position(frame, length, dim)
+    source = x if context is None else context.to(dtype)
+    qkv = attn.qkv_bias
+    q = _linear(state, "q_proj", dim, heads * head_dim, qkv, x,
+                ("heads*head_dim", "dim"))
+    k = _linear(state, "k_proj", context_dim, kv_heads * head_dim, qkv, source,
+                ("kv_heads*head_dim", "context_dim"))
+    v = _linear(state, "v_proj", context_dim, kv_heads * value_dim, qkv, source,
+                ("kv_heads*value_dim", "context_dim"))
+    q = q.view(batch, length, heads, head_dim).transpose(1, 2)
+    k = k.view(batch, kv_len, kv_heads, head_dim).transpose(1, 2)
+    v = v.view(batch, kv_len, kv_heads, value_dim).transpose(1, 2)
+    out = _attend(frame, q, k, v, training).transpose(1, 2).reshape(batch, length, -1)
+    out = _linear(state, "o_proj", heads * value_dim, dim, attn.out_bias, out,
+                  ("dim", "heads*value_dim"))
+    return out.to(out_dtype)
+
+
+# --- public entry points -----------------------------------------------------------------------
+def run(attn: ir.AttentionIR, state: Mapping[str, Tensor], *args: Tensor,
+        inputs: Mapping[str, Tensor] | None = None, sizes: Mapping[str, int] | None = None,
+        overrides: Mapping[str, float] | None = None, training: bool = False) -> Tensor:
+    """Run one attention on tensors, exactly as the language defines it (the reference).
+
+    Kernel mode: `run(attn, state, q, k, v)` with q `[B, heads, Sq, head_dim]`, k
+    `[B, kv_heads, Sk, head_dim]`, v `[B, kv_heads, Sk, value_dim]` -> `[B, heads, Sq, value_dim]`.
+    Layer mode: `run(attn, state, x)` or `run(attn, state, x, context)` -> `[B, S, dim]`, with
+    the projections in `state` (`q_proj.weight`, ...). `state` also holds every param by name;
+    `inputs` the call-time tensors (an edges input `G` as `G`, `G_type`, `G_distance`).
+    Computes in float64 for float64 inputs and in float32 (cast back) for float32/16 and bf16.
+
+    >>> from attnspec.ir.build import build_text
+    >>> spec = "attention A {\\n heads = 2\\n head_dim = 4\\n sinks = true\\n mask causal\\n}"
+    >>> attn = build_text(spec).attentions[0]
+    >>> q = k = v = torch.randn(1, 2, 5, 4, dtype=torch.float64)
+    >>> run(attn, {"sink": torch.zeros(2)}, q, k, v).dtype
+    torch.float64
+    """
+    settings = resolve_settings(attn, overrides)
+    _check_settings(settings)
+    runner = _run_kernel if attn.mode == "kernel" else _run_layer
+    return runner(attn, settings, state, args, inputs, sizes, training)
+
+
+def evaluate_mask(attn: ir.AttentionIR, B: int, Sq: int, Sk: int,
+                  inputs: Mapping[str, Tensor] | None = None,
+                  sizes: Mapping[str, int] | None = None,
+                  overrides: Mapping[str, float] | None = None, *,
+                  state: Mapping[str, Tensor] | None = None,
+                  device: torch.device | str | None = None) -> Tensor:
+    """The combined mask (every `mask` ANDed with the pattern predicate) as a bool tensor
+    `[B, heads, Sq, Sk]`; true = attend. `state` is needed only when a mask reads a param.
+
+    >>> from attnspec.ir.build import build_text
+    >>> spec = "attention A {\\n heads = 1\\n head_dim = 4\\n mask causal\\n}"
+    >>> attn = build_text(spec).attentions[0]
+    >>> evaluate_mask(attn, 1, 2, 3).int().tolist()
+    [[[[1, 0, 0], [1, 1, 0]]]]
+    """
+    settings = resolve_settings(attn, overrides)
+    _check_settings(settings)
+    frame = _make_frame(attn, settings, torch.float64, torch.device(device or "cpu"), B, Sq, Sk,
+                        state, inputs, sizes, params_required=False)
+    mask = _combined_mask(ExprInterpreter(frame))
+    shape = (B, frame.heads, Sq, Sk)
+    if mask is None:
+        return torch.ones(shape, dtype=torch.bool, device=frame.device)
+    return torch.broadcast_to(mask, shape).clone()
