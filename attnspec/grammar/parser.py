@@ -16,19 +16,15 @@ from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput
 
 from attnspec.errors import AttnSpecError, Diagnostic, Source, Span
 from attnspec.grammar import ast
+from attnspec.ir.scope import KEYWORDS
 
 MAX_NESTING = 200  # brackets deeper than this are an error, long before Python's recursion limit
 
-KEYWORDS = frozenset(
-    "attention let input param tokens pattern mask bias score position mup true false inf in"
-    .split()
-)
 
 _TOKEN_NAMES = {
     "_SEP": "end of statement", "NAME": "a name", "INT": "an integer", "FLOAT": "a number",
-    "LBRACE": "`{`", "RBRACE": "`}`", "LPAR": "`(`", "RPAR": "`)`", "LSQB": "`[`", "RSQB": "`]`",
-    "EQUAL": "`=`", "COLON": "`:`", "COMMA": "`,`", "CMP_OP": "a comparison",
-    "ADD_OP": "`+` or `-`", "MUL_OP": "an operator", "$END": "end of file",
+    "CMP_OP": "a comparison", "ADD_OP": "`+` or `-`", "MUL_OP": "`*`, `/`, `//` or `%`",
+    "$END": "end of file",
 }
 
 
@@ -246,7 +242,11 @@ def _describe(tok: Token | None) -> str:
 
 
 def _literal(terminal: str) -> str:
-    return f"`{terminal.lower()}`" if terminal.isalpha() else terminal
+    """A grammar terminal as the user would type it: `(` rather than LPAR."""
+    for t in _parser().terminals:
+        if t.name == terminal and t.pattern.type == "str":
+            return f"`{t.pattern.value}`"
+    return terminal.lower()
 
 
 def _expected_hint(tok: Token | None, expected: list[str]) -> str | None:
@@ -254,5 +254,8 @@ def _expected_hint(tok: Token | None, expected: list[str]) -> str | None:
         return f"`{tok.value}` is a keyword"
     if not expected:
         return None
+    closers = [c for c in ("`}`", "`)`", "`]`") if c in expected]
+    if tok is not None and tok.type == "$END" and closers:
+        return f"a {closers[0]} may be missing"
     shown = ", ".join(expected[:6]) + (", …" if len(expected) > 6 else "")
     return f"expected {shown}"

@@ -48,6 +48,8 @@ def macro_table(file: ast.File, diags: Diagnostics) -> dict[str, Macro]:
 
 
 def _let_clash(name: str) -> str | None:
+    if name in scope.KEYWORDS:
+        return f"`{name}` is a keyword"
     if name in scope.INDEX_NAMES or name in scope.SEQ_LEN_NAMES:
         return f"`{name}` is a built-in name and cannot be redefined"
     if name in scope.BUILTINS or name in scope.INTRINSIC_MACROS:

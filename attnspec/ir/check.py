@@ -100,6 +100,8 @@ class AttentionChecker:
 
     def _identifier(self, name: str, span: ir.SpanIR, what: str) -> bool:
         problem = scope.identifier_problem(name)
+        if problem is None and name in scope.KEYWORDS:
+            problem = f"`{name}` is a keyword of the language"
         if problem is None and name.startswith("_"):
             problem = f"`{name}` starts with `_` (reserved for attnspec)"
         if problem is not None:

@@ -18,6 +18,10 @@ MUP_FLOAT_SETTINGS = ("attn_mult", "init_std")
 MUP_BOOL_SETTINGS = ("zero_query",)
 ALL_MUP_SETTINGS = MUP_INT_SETTINGS + MUP_FLOAT_SETTINGS + MUP_BOOL_SETTINGS
 
+KEYWORDS = frozenset(
+    "attention let input param tokens pattern mask bias score position mup true false inf in"
+    .split()
+)
 INDEX_NAMES = ("b", "h", "q", "k")
 SEQ_LEN_NAMES = ("q_len", "kv_len")
 

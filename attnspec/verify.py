@@ -1,0 +1,304 @@
+"""The verification harness: run a generated module against the eager interpreter (the reference,
+in float64) on fresh random inputs, outputs and gradients, with flash-attn's tolerance rule:
+
+    |out - ref|_max <= 2 * |eager_t - ref|_max + atol(t)
+
+where `eager_t` is the interpreter run in the backend's dtype `t`. `attnspec verify` and the
+test-suite use this module.
+
+Example:
+    >>> import attnspec
+    >>> spec = "attention A {\\n heads = 2\\n head_dim = 8\\n mask causal\\n}"
+    >>> results = verify_spec(attnspec.build(spec), attnspec.load(spec), backends=["eager"])
+    >>> all(r.ok for r in results)
+    True
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import torch
+
+from attnspec import eager
+from attnspec.ir import nodes as ir
+from attnspec.ir.consts import eval_const, resolve_settings
+
+ATOL = {torch.float64: 1e-9, torch.float32: 2e-5, torch.bfloat16: 2e-2, torch.float16: 2e-3}
+DTYPES = {"float64": torch.float64, "float32": torch.float32, "bfloat16": torch.bfloat16,
+          "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+AVAILABLE_BACKENDS = ("eager",)
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    batch: int
+    q_len: int
+    kv_len: int
+
+
+@dataclass
+class Result:
+    spec: str
+    attention: str
+    backend: str
+    case: str
+    ok: bool
+    worst_ratio: float  # max over tensors of err / (2 * eager_err + atol); <= 1 passes
+    worst_tensor: str
+    detail: str = ""
+
+
+# --- cases and inputs --------------------------------------------------------------------------
+def cases_for(attn: ir.AttentionIR) -> list[Case]:
+    """Lengths that are not multiples of 128; q_len != kv_len where the spec allows it."""
+    fixed = _group_total(attn)
+    if fixed is not None:
+        return [Case(f"groups S={fixed}", 2, fixed, fixed)]
+    cases = [Case("S=37", 2, 37, 37), Case("S=1", 1, 1, 1)]
+    if _allows_different_lengths(attn):
+        cases.append(Case("Sq=19,Sk=45", 2, 19, 45))
+    return cases
+
+
+def _group_total(attn: ir.AttentionIR) -> int | None:
+    if not attn.groups:
+        return None
+    return sum(g.size if g.size is not None else 7 for g in attn.groups)
+
+
+def _allows_different_lengths(attn: ir.AttentionIR) -> bool:
+    if attn.mode == "layer" and not attn.cross:
+        return False
+    if attn.rope is not None and (attn.rope.positions or attn.rope.freqs):
+        return False
+    return not any(d.kind == "seq" for i in attn.inputs for d in i.dims) and not attn.groups
+
+
+def make_inputs(attn: ir.AttentionIR, case: Case, dtype: torch.dtype, device: str,
+                gen: torch.Generator) -> tuple[tuple, dict, dict]:
+    """(positional args, input kwargs, sizes) of fresh random values for one case."""
+    values = resolve_settings(attn)
+    B, Sq, Sk = case.batch, case.q_len, case.kv_len
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=gen, dtype=torch.float64).to(device, dtype)
+
+    if attn.mode == "kernel":
+        args = (randn(B, values["heads"], Sq, values["head_dim"]),
+                randn(B, values["kv_heads"], Sk, values["head_dim"]),
+                randn(B, values["kv_heads"], Sk, values["value_dim"]))
+    else:
+        args = (randn(B, Sq, values["dim"]),)
+        if attn.cross:
+            args += (randn(B, Sk, values["context_dim"]),)
+    inputs: dict = {}
+    for decl in attn.inputs:
+        inputs.update(_input_values(attn, decl, values, case, device, gen))
+    sizes = {g.name: 7 for g in attn.groups if g.size is None}
+    return args, inputs, sizes
+
+
+def _input_values(attn, decl: ir.InputDecl, values: dict, case: Case, device: str,
+                  gen: torch.Generator) -> dict:
+    if decl.edges is not None:
+        return _edges(decl, case, device, gen)
+    shape = [_dim_size(d, values, case) for d in decl.dims]
+    if decl.dtype == "float":
+        return {decl.name: torch.randn(*shape, generator=gen, dtype=torch.float64).to(device)}
+    if decl.dtype == "bool":
+        valid = torch.rand(*shape, generator=gen) < 0.7
+        if valid.dim() >= 1:
+            valid[0] = False  # a batch row with nothing to attend
+        return {decl.name: valid.to(device)}
+    return {decl.name: _int_values(attn, decl, shape, case, gen).to(device)}
+
+
+def _int_values(attn, decl: ir.InputDecl, shape: list[int], case: Case,
+                gen: torch.Generator) -> torch.Tensor:
+    kinds = [d.kind for d in decl.dims]
+    if kinds == ["batch"]:  # lengths, prefixes: include 0 (empty rows) and full length
+        out = torch.randint(0, case.kv_len + 1, shape, generator=gen)
+        out[0] = 0
+        return out
+    if kinds[:1] == ["batch"] and len(kinds) == 2 and kinds[1] in ("seq", "q_seq", "kv_seq"):
+        if attn.rope is not None and attn.rope.positions == decl.name:
+            return _document_positions(shape, gen)
+        # segment ids: non-decreasing runs, like packed documents
+        starts = (torch.rand(shape, generator=gen) < 0.15).long()
+        return torch.cumsum(starts, dim=-1)
+    return torch.randint(0, 4, shape, generator=gen)
+
+
+def _document_positions(shape: list[int], gen: torch.Generator) -> torch.Tensor:
+    starts = torch.rand(shape, generator=gen) < 0.15
+    starts[..., 0] = True
+    index = torch.arange(shape[-1]).expand(shape)
+    last_start = torch.cummax(torch.where(starts, index, torch.zeros_like(index)), dim=-1).values
+    return index - last_start
+
+
+def _dim_size(d: ir.Dim, values: dict, case: Case) -> int:
+    if d.kind == "const":
+        return int(eval_const(d.size, values))
+    return {"batch": case.batch, "seq": case.q_len, "q_seq": case.q_len,
+            "kv_seq": case.kv_len, "heads": values["heads"],
+            "kv_heads": values["kv_heads"]}[d.kind]
+
+
+def _edges(decl: ir.InputDecl, case: Case, device: str, gen: torch.Generator) -> dict:
+    spec = decl.edges
+    count = max(1, case.q_len * case.kv_len // 4)
+    src = torch.randint(0, case.q_len, (count,), generator=gen)
+    dst = torch.randint(0, case.kv_len, (count,), generator=gen)
+    return {
+        decl.name: torch.stack([src, dst]).to(device),
+        f"{decl.name}_type": torch.randint(0, spec.types, (count,), generator=gen).to(device),
+        # up to twice the maximum, to exercise clamping
+        f"{decl.name}_distance": torch.randint(0, 2 * spec.max_distance, (count,),
+                                               generator=gen).to(device),
+    }
+
+
+# --- comparison --------------------------------------------------------------------------------
+def check_case(attn: ir.AttentionIR, module_cls, backend: str, case: Case, dtype: torch.dtype,
+               device: str, seed: int, spec_name: str = "") -> Result:
+    """Outputs and gradients of one module instance against the interpreter."""
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    module = module_cls(backend=backend).to(device=device, dtype=dtype).eval()
+    _randomise_params(module, gen)
+    args, inputs, sizes = make_inputs(attn, case, dtype, device, gen)
+    grad_out = torch.randn(_output_shape(attn, case), generator=gen, dtype=torch.float64)
+    runs = {name: _run(attn, module, name, args, inputs, sizes, run_dtype, grad_out)
+            for name, run_dtype in (("module", dtype), ("ref", torch.float64),
+                                    ("eager_t", dtype))}
+    return _compare(runs, dtype, Result(spec_name, attn.name, backend, case.name, True, 0.0, ""))
+
+
+def _output_shape(attn: ir.AttentionIR, case: Case) -> tuple[int, ...]:
+    values = resolve_settings(attn)
+    if attn.mode == "kernel":
+        return (case.batch, values["heads"], case.q_len, values["value_dim"])
+    return (case.batch, case.q_len, values["dim"])
+
+
+def _randomise_params(module: torch.nn.Module, gen: torch.Generator) -> None:
+    """Zero-initialised tables would hide bugs: give every parameter random values."""
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen, dtype=torch.float64) * 0.5)
+
+
+def _run(attn, module, which: str, args, inputs, sizes, dtype, grad_out):
+    """One forward and backward: the module, or the interpreter in `dtype`."""
+    leaves = [a.detach().to(dtype).requires_grad_(True) for a in args]
+    state = {k: v.detach().to(dtype).requires_grad_(v.is_floating_point())
+             for k, v in module.state_dict().items()}
+    call_inputs = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in inputs.items()}
+    if which == "module":
+        out = module(*leaves, **call_inputs, **({"sizes": sizes} if sizes else {}))
+        named = dict(module.named_parameters())
+    else:
+        out = eager.run(attn, state, *leaves, inputs=call_inputs, sizes=sizes or None)
+        named = {k: v for k, v in state.items() if v.requires_grad}
+    out.backward(grad_out.to(device=out.device, dtype=out.dtype))
+    arg_names = ("q", "k", "v") if attn.mode == "kernel" else ("x", "context")
+    grads = {f"d{n}": leaf.grad for n, leaf in zip(arg_names, leaves)}
+    grads.update({f"d{n}": p.grad for n, p in named.items()})
+    return out.detach(), grads
+
+
+def _compare(runs: dict, dtype: torch.dtype, result: Result) -> Result:
+    out, grads = runs["module"]
+    ref, ref_grads = runs["ref"]
+    eager_t, eager_grads = runs["eager_t"]
+    tensors = {"out": (out, ref, eager_t)}
+    for name, g in grads.items():
+        tensors[name] = (g, ref_grads.get(name), eager_grads.get(name))
+    for name, (got, want, base) in tensors.items():
+        ratio, detail = _ratio(got, want, base, dtype)
+        if ratio > result.worst_ratio or math.isnan(ratio):
+            result.worst_ratio, result.worst_tensor, result.detail = ratio, name, detail
+    result.ok = result.worst_ratio <= 1.0
+    return result
+
+
+def _ratio(got, want, base, dtype) -> tuple[float, str]:
+    if got is None and want is None:
+        return 0.0, ""
+    if got is None or want is None or base is None:
+        return math.inf, "gradient missing on one side"
+    got, want, base = got.double().cpu(), want.double().cpu(), base.double().cpu()
+    if not torch.isfinite(got).all():
+        return math.inf, "non-finite values"
+    err = (got - want).abs().max().item() if got.numel() else 0.0
+    allowed = 2 * ((base - want).abs().max().item() if base.numel() else 0.0) + ATOL[dtype]
+    return err / allowed, f"max error {err:.3g}, allowed {allowed:.3g}"
+
+
+# --- whole specs -------------------------------------------------------------------------------
+def verify_spec(module_ir: ir.ModuleIR, py_module, backends: Sequence[str] = AVAILABLE_BACKENDS,
+                dtype: torch.dtype = torch.float32, device: str = "cpu",
+                seed: int | None = None) -> list[Result]:
+    """Every attention x backend x case of one compiled spec."""
+    seed = random.randrange(2**31) if seed is None else seed
+    results = []
+    for attn in module_ir.attentions:
+        cls = getattr(py_module, attn.name)
+        for backend in backends:
+            for i, case in enumerate(cases_for(attn)):
+                results.append(_safe_check(attn, cls, backend, case, dtype, device, seed + i,
+                                           module_ir.source_name))
+    return results
+
+
+def _safe_check(attn, cls, backend, case, dtype, device, seed, spec_name) -> Result:
+    try:
+        return check_case(attn, cls, backend, case, dtype, device, seed, spec_name)
+    except Exception as e:  # noqa: BLE001 — a crash is a failed check, reported in the table
+        return Result(spec_name, attn.name, backend, case.name, False, math.inf, "",
+                      f"{type(e).__name__}: {e}")
+
+
+def format_table(results: list[Result]) -> str:
+    header = ("spec", "attention", "backend", "case", "ratio", "result")
+    rows = [(r.spec, r.attention, r.backend, r.case, f"{r.worst_ratio:.3f}",
+             "pass" if r.ok else f"FAIL {r.worst_tensor} {r.detail}".strip()) for r in results]
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip()
+             for row in (header, *rows)]
+    failed = sum(not r.ok for r in results)
+    lines.append(f"{len(results) - failed} passed, {failed} failed")
+    return "\n".join(lines)
+
+
+def run_cli(args, loaded) -> int:
+    """`attnspec verify`: `loaded` is [(path, source, module_ir or None)]."""
+    import attnspec
+
+    dtype = DTYPES.get(args.dtype)
+    if dtype is None:
+        print(f"attnspec: unknown dtype {args.dtype!r}; use one of {', '.join(DTYPES)}",
+              file=sys.stderr)
+        return 1
+    backends = AVAILABLE_BACKENDS if args.backend == "all" else tuple(args.backend.split(","))
+    seed = args.seed
+    results, broken = [], 0
+    for path, _source, module_ir in loaded:
+        if module_ir is None:
+            broken += 1
+            continue
+        module = attnspec.load(path)
+        results += verify_spec(module_ir, module, backends, dtype, args.device, seed)
+    if args.json:
+        print(json.dumps([asdict(r) for r in results], indent=1))
+    else:
+        print(format_table(results))
+    return 1 if broken or any(not r.ok for r in results) else 0
