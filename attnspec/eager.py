@@ -660,10 +660,11 @@ def _run_layer(attn, settings, state, args, inputs, sizes, training) -> Tensor:
     kv_len = length if context is None else context.shape[1]
     frame = _make_frame(attn, settings, dtype, x.device, batch, length, kv_len, state, inputs,
                         sizes)
-    x = x.to(dtype)
+    # Projections run in the input's dtype, as nn.Linear does in a user's model; the attention
+    # core runs in `dtype` (float32 or wider).
     if attn.absolute_position is not None:
-        x = x + _absolute_position(frame, length, dim)
-    source = x if context is None else context.to(dtype)
+        x = x + _absolute_position(frame, length, dim).to(x.dtype)
+    source = x if context is None else context.to(x.dtype)
     qkv = attn.qkv_bias
     q = _linear(state, "q_proj", dim, heads * head_dim, qkv, x,
                 ("heads*head_dim", "dim"))
@@ -671,10 +672,11 @@ def _run_layer(attn, settings, state, args, inputs, sizes, training) -> Tensor:
                 ("kv_heads*head_dim", "context_dim"))
     v = _linear(state, "v_proj", context_dim, kv_heads * value_dim, qkv, source,
                 ("kv_heads*value_dim", "context_dim"))
-    q = q.view(batch, length, heads, head_dim).transpose(1, 2)
-    k = k.view(batch, kv_len, kv_heads, head_dim).transpose(1, 2)
-    v = v.view(batch, kv_len, kv_heads, value_dim).transpose(1, 2)
+    q = q.view(batch, length, heads, head_dim).transpose(1, 2).to(dtype)
+    k = k.view(batch, kv_len, kv_heads, head_dim).transpose(1, 2).to(dtype)
+    v = v.view(batch, kv_len, kv_heads, value_dim).transpose(1, 2).to(dtype)
     out = _attend(frame, q, k, v, training).transpose(1, 2).reshape(batch, length, -1)
+    out = out.to(x.dtype)
     out = _linear(state, "o_proj", heads * value_dim, dim, attn.out_bias, out,
                   ("dim", "heads*value_dim"))
     return out.to(out_dtype)

@@ -190,10 +190,16 @@ def _output_shape(attn: ir.AttentionIR, case: Case) -> tuple[int, ...]:
 
 
 def _randomise_params(module: torch.nn.Module, gen: torch.Generator) -> None:
-    """Zero-initialised tables would hide bugs: give every parameter random values."""
+    """Zero-initialised tables (and muP's zero query) would hide bugs: give every parameter
+    random values, projections at the usual 1/sqrt(fan_in) scale so scores stay moderate."""
     with torch.no_grad():
-        for p in module.parameters():
-            p.copy_(torch.randn(p.shape, generator=gen, dtype=torch.float64) * 0.5)
+        for name, p in module.named_parameters():
+            std = 0.5
+            if name.endswith("_proj.weight"):
+                std = p.shape[1] ** -0.5
+            elif name.endswith("_proj.bias"):
+                std = 0.1
+            p.copy_(torch.randn(p.shape, generator=gen, dtype=torch.float64) * std)
 
 
 def _run(attn, module, which: str, args, inputs, sizes, dtype, grad_out):

@@ -20,7 +20,7 @@ from attnspec.ir import nodes as ir
 from attnspec.ir import scope
 from attnspec.ir.consts import ConstError, eval_const, resolve_settings
 from attnspec.ir.exprs import children, walk
-from attnspec.ir.intervals import INT32_MAX, INT32_MIN, Intervals
+from attnspec.ir.intervals import INT32_MAX, INT32_MIN, INT64_MAX, INT64_MIN, Intervals
 
 
 def check_module(module: ir.ModuleIR, warnings: bool = True) -> list[Diagnostic]:
@@ -82,13 +82,14 @@ class AttentionChecker:
     # names ------------------------------------------------------------------------------------
     def _identifiers(self) -> None:
         a = self.attn
-        self._identifier(a.name, a.span, "attention")
+        if self._identifier(a.name, a.span, "attention") \
+                and a.name in scope.RESERVED_BY_KIND["attention"]:
+            self.error(f"attention name `{a.name}` is reserved by the generated module", a.span)
         declared = [(i.name, i.span, "input") for i in a.inputs]
         declared += [(p.name, p.span, "param") for p in a.params if p.origin == "param"]
         declared += [(g.name, g.span, "group") for g in a.groups]
         for name, span, what in declared:
-            if self._identifier(name, span, what) and what != "group" \
-                    and name in scope.RESERVED:
+            if self._identifier(name, span, what) and name in scope.RESERVED_BY_KIND[what]:
                 self.error(f"{what} name `{name}` is reserved by the generated module", span,
                            hint="choose another name")
         names = {i.name for i in a.inputs}
@@ -289,7 +290,9 @@ class AttentionChecker:
             if node.type != "int":
                 continue
             r = intervals.of(node)
-            if r is not None and (r[0] < INT32_MIN or r[1] > INT32_MAX):
+            if r is None or INT64_MIN in r or INT64_MAX in r:
+                continue  # call-time values: unknown, no claim (see intervals.py)
+            if r[0] < INT32_MIN or r[1] > INT32_MAX:
                 worst = r[1] if r[1] > INT32_MAX else r[0]
                 self.error(f"integer expression may overflow int32 (range up to {worst})",
                            node.span, hint="kernels use int32 indices; sequences may be up to "

@@ -24,6 +24,7 @@ from attnspec.ir.exprs import is_constant
 MAX_SEQ = 2**24
 MAX_BATCH = 2**16  # batch sizes the checker guarantees int32 arithmetic for
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 Range = tuple[int, int] | None
 
@@ -93,6 +94,13 @@ class Intervals:
 
     def _call(self, e: ir.Call) -> Range:
         args = [self.of(a) for a in e.args]
+        if e.func == "clamp" and args[1] is not None and args[2] is not None:
+            # known bounds make the result known whatever the operand (contract §5)
+            x = args[0] or (args[1][0], args[2][1])
+            return (max(min(x[0], args[2][1]), args[1][0]), min(max(x[1], args[1][0]),
+                                                              args[2][1]))
+        if e.func in ("min", "max"):
+            return _min_max(e.func, args)
         if e.func == "t5_bucket":
             buckets = self.of(e.args[1])
             return None if buckets is None else (0, max(0, buckets[1] - 1))
@@ -103,9 +111,6 @@ class Intervals:
         if e.func == "abs":
             lo, hi = args[0]
             return (0 if lo <= 0 <= hi else min(abs(lo), abs(hi)), max(abs(lo), abs(hi)))
-        if e.func in ("min", "max"):
-            pick = min if e.func == "min" else max
-            return (pick(r[0] for r in args), pick(r[1] for r in args))
         if e.func == "clamp":
             x, lo, hi = args
             return (max(min(x[0], hi[1]), lo[0]), min(max(x[1], lo[0]), hi[1]))
@@ -127,3 +132,20 @@ def _floordiv(a: tuple[int, int], b: tuple[int, int]) -> Range:
         return None
     quotients = [math.floor(x / y) if abs(x) < 2**52 else x // y for x in a for y in b]
     return (min(quotients), max(quotients))
+
+
+def _min_max(func: str, args: list[Range]) -> Range:
+    """min(x, c) is bounded above by c even when x is unknown; max(x, c) below."""
+    known = [r for r in args if r is not None]
+    if func == "min":
+        if len(known) < len(args):
+            return None if not known else _half(lo=None, hi=min(r[1] for r in known))
+        return (min(r[0] for r in args), min(r[1] for r in args))
+    if len(known) < len(args):
+        return None if not known else _half(lo=max(r[0] for r in known), hi=None)
+    return (max(r[0] for r in args), max(r[1] for r in args))
+
+
+def _half(lo: int | None, hi: int | None) -> Range:
+    """A range open on one side: stands for the int64 range on that side."""
+    return (INT64_MIN if lo is None else lo, INT64_MAX if hi is None else hi)
