@@ -82,7 +82,10 @@ def _load(path: Path):
     source = None
     try:
         source = read_spec(path)
-        return source, build(source)
+        warnings: list[Diagnostic] = []
+        module = build(source, warnings)
+        _report(warnings, source)
+        return source, module
     except AttnSpecError as e:
         _report(e.diagnostics, e.source or source)
         return source, None

@@ -54,9 +54,10 @@ def parse_source(source: Source) -> ast.File:
     return parse(source.text, source.name)
 
 
-def build(source: Source) -> ir.ModuleIR:
-    """Parse, build and check; raises `AttnSpecError` listing every error."""
-    return build_text(source.text, source.name)
+def build(source: Source, warnings: list[Diagnostic] | None = None) -> ir.ModuleIR:
+    """Parse, build and check; raises `AttnSpecError` listing every error. Warnings are
+    appended to `warnings` when a list is given."""
+    return build_text(source.text, source.name, warnings)
 
 
 def compile_source(source: Source, backend: str | None = None) -> str:

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import attnspec
 from attnspec.codegen.emit import GENERATED_NAMES, generate
 from attnspec.codegen.layout import reflow
 from attnspec.errors import UnsupportedBackendError
@@ -326,7 +327,8 @@ def test_overrides_change_shapes():
     ({"heads": 2.5}, "heads must be an integer"),
     ({"heads": True}, "heads must be an integer"),
     ({"kv_heads": 5}, "heads (12) must be a multiple of kv_heads (5)"),
-    ({"dropout": 1.5}, "dropout must be in [0.0, 1.0]"),
+    ({"dropout": 1.5}, "dropout must be in [0.0, 1.0)"),
+    ({"dropout": 1.0}, "dropout must be in [0.0, 1.0)"),
     ({"scale": "big"}, "scale must be a number"),
 ])
 def test_bad_overrides_raise(overrides, message):
@@ -539,3 +541,15 @@ def test_reflow_keeps_the_ast():
     out = reflow(line + "\n")
     assert ast.dump(ast.parse(out)) == ast.dump(ast.parse(line))
     assert max(len(x) for x in out.splitlines()) <= 100
+
+
+def test_override_that_breaks_an_index_proof_is_a_value_error():
+    """The checker proved `t[h, k % head_dim]` in range for head_dim = 4; an override of
+    head_dim = 8 reads past the table, which the module reports instead of reading garbage."""
+    text = ("attention A {\n heads = 2\n head_dim = 4\n param t: float[heads, 4] = zeros\n"
+            " bias t[h, k % head_dim]\n}\n")
+    mod = attnspec.load(text)
+    q = torch.randn(1, 2, 9, 8)
+    with pytest.raises(ValueError, match=r"t: index range \[0, 7\] is outside dimension 1"):
+        mod.A(head_dim=8)(q, q, q)
+    assert mod.A()(q[..., :4], q[..., :4], q[..., :4]).shape == (1, 2, 9, 4)

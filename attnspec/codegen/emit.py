@@ -46,6 +46,7 @@ _BUILTINS = frozenset(dir(builtins))  # class and argument names must not shadow
 # Tests check generated modules against this list: nothing else can reach the source.
 GENERATED_NAMES = MODULE_NAMES | CLASS_NAMES | LOCAL_NAMES | frozenset("""
 B GROUPS H Linear Module Parameter S SETTINGS SPEC_SOURCE Sk Sq Tensor ValueError _ _Edges
+axis enumerate index table _read
 __init__ __name__ abs all amax angle angles any append arange as_tensor b backend base
 bfloat16 bias bidirectional bool broadcast_shapes broadcast_to bucket buckets cat ceil
 clamp clone collections context cos d declared denom detach device diagonal dict dim dims
@@ -162,6 +163,8 @@ def _needs(module: ir.ModuleIR) -> dict[str, bool]:
         "alibi": "alibi_slope" in calls or any(p.init.kind == "alibi_slopes"
                                                for a in attns for p in a.params),
         "t5": "t5_bucket" in calls,
+        "read": any(isinstance(n, (ir.InputRef, ir.ParamRef)) and n.indices
+                    for a in attns for n in _all_nodes(a)),
     }
 
 

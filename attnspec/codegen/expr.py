@@ -167,19 +167,23 @@ class ExprGenerator:
 
     def input(self, e: ir.InputRef) -> Code:
         self.uses.add(e.name)
-        return self._subscript(e.name, e.indices, e.type)
+        return self._subscript(e.name, e.name, e.indices, e.type)
 
     def param(self, e: ir.ParamRef) -> Code:
         """Params are read in the score dtype (a bf16 module still computes in float32)."""
         self.uses.add(self.dtype_name)
         target = f"{self.settings_owner}.{e.name}.to({self.dtype_name})"
-        return self._subscript(target, e.indices, "float")
+        return self._subscript(target, e.name, e.indices, "float")
 
-    def _subscript(self, target: str, indices: tuple[ir.Expr, ...], kind: str) -> Code:
+    def _subscript(self, target: str, name: str, indices: tuple[ir.Expr, ...],
+                   kind: str) -> Code:
+        """Reads go through `_read`, which checks every index against the tensor's shape: the
+        checker proved them in range for the spec's settings, but constructor overrides
+        (e.g. a smaller head_dim) can break that proof."""
         if not indices:
             return Code(target, P_ATOM, kind, True)
         parts = ", ".join(self.generate(i).text for i in indices)
-        return Code(f"{target}[{parts}]", P_ATOM, kind, True)
+        return Code(f"_read({target}, {name!r}, {parts})", P_ATOM, kind, True)
 
     # --- operators -----------------------------------------------------------------------------
     def in_group(self, e: ir.InGroup) -> Code:

@@ -50,6 +50,8 @@ def macro_table(file: ast.File, diags: Diagnostics) -> dict[str, Macro]:
 def _let_clash(name: str) -> str | None:
     if name in scope.KEYWORDS:
         return f"`{name}` is a keyword"
+    if name in scope.ALL_SETTINGS or name in scope.ALL_MUP_SETTINGS:
+        return f"`{name}` is a setting name; a `let` of that name would never be used"
     if name in scope.INDEX_NAMES or name in scope.SEQ_LEN_NAMES:
         return f"`{name}` is a built-in name and cannot be redefined"
     if name in scope.BUILTINS or name in scope.INTRINSIC_MACROS:
@@ -78,19 +80,29 @@ def build_file(file: ast.File, source: Source) -> tuple[ir.ModuleIR, list[Diagno
     return module, diags.items
 
 
-def build_text(text: str, source_name: str = "<spec>") -> ir.ModuleIR:
-    """Parse, build and check spec text; raises `AttnSpecError` with every error found."""
+def build_text(text: str, source_name: str = "<spec>",
+               warnings: list[Diagnostic] | None = None) -> ir.ModuleIR:
+    """Parse, build and check spec text; raises `AttnSpecError` with every error found.
+    Warnings are appended to `warnings` when a list is given."""
     from attnspec.ir.check import check_module
 
     source = Source(source_name, text)
     module, diagnostics = build_file(parse(text, source_name), source)
     built_ok = not any(d.severity == "error" for d in diagnostics)
-    diagnostics = diagnostics + check_module(module, warnings=built_ok)
-    diagnostics = sorted(diagnostics, key=lambda d: (d.span.line, d.span.col))
+    diagnostics = _unique(diagnostics + check_module(module, warnings=built_ok))
     if any(d.severity == "error" for d in diagnostics):
         raise AttnSpecError(diagnostics, source)
+    if warnings is not None:
+        warnings.extend(diagnostics)
     return module
 
+
+def _unique(diagnostics: list[Diagnostic]) -> list[Diagnostic]:
+    """Sorted by position; a macro that uses its argument twice reports its error once."""
+    seen: dict[tuple, Diagnostic] = {}
+    for d in diagnostics:
+        seen.setdefault((d.span, d.severity, d.message), d)
+    return sorted(seen.values(), key=lambda d: (d.span.line, d.span.col))
 
 
 # --- attention blocks --------------------------------------------------------------------------

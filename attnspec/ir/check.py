@@ -60,6 +60,7 @@ class AttentionChecker:
             for expr in self._expressions():
                 self._indices(expr, intervals)
                 self._int32(expr, intervals)
+                self._t5_buckets(expr)
         self._unused_inputs()
         return self.out
 
@@ -219,6 +220,7 @@ class AttentionChecker:
             self.error("rope base must be positive", rope.span)
         self._rope_input(rope.positions, ("int", "float"), 2, rope.span)
         self._rope_input(rope.freqs, ("float",), 3, rope.span)
+        self._freqs_width(rope)
 
     def _rope_input(self, name: str | None, dtypes, rank: int, span: ir.SpanIR) -> None:
         if name is None:
@@ -231,6 +233,19 @@ class AttentionChecker:
         if decl.dtype not in dtypes or len(kinds) != rank or kinds[:2] != ["batch", "seq"]:
             self.error(f"rope input `{name}` must be {'/'.join(dtypes)}{shape}", span)
 
+    def _freqs_width(self, rope: ir.Rope) -> None:
+        decl = self.attn.input(rope.freqs) if rope.freqs else None
+        if decl is None or len(decl.dims) != 3 or self.values is None:
+            return
+        try:
+            half = eval_const(rope.dims, self.values) // 2
+            width = eval_const(decl.dims[2].size, self.values) if decl.dims[2].size else None
+        except ConstError:
+            return
+        if width != half:
+            self.error(f"rope freqs input `{decl.name}` must have dims / 2 = {half} angles in "
+                       f"its last dimension, got {width}", decl.span)
+
     def _unused_inputs(self) -> None:
         used = set()
         for expr in self._expressions():
@@ -242,6 +257,22 @@ class AttentionChecker:
         for i in self.attn.inputs:
             if i.name not in used:
                 self.warning(f"input `{i.name}` is never used", i.span)
+
+    def _t5_buckets(self, expr: ir.Expr) -> None:
+        """T5's bucketing divides by log(max_distance / max_exact): both must make sense."""
+        for node in walk(expr):
+            if not (isinstance(node, ir.Call) and node.func == "t5_bucket"):
+                continue
+            try:
+                buckets, max_distance, both = (eval_const(a, self.values) for a in node.args[1:])
+            except ConstError:
+                continue
+            exact = (buckets // 2 if both else buckets) // 2
+            if exact < 1 or max_distance <= exact:
+                self.error(f"t5 buckets = {buckets}, max_distance = {max_distance} leave no "
+                           "log-spaced buckets", node.span,
+                           hint=f"use at least {4 if both else 2} buckets and max_distance > "
+                           f"{max(exact, 1)}")
 
     # index ranges -----------------------------------------------------------------------------
     def _indices(self, expr: ir.Expr, intervals: Intervals) -> None:

@@ -25,6 +25,7 @@ from attnspec.ir import nodes as ir
 from attnspec.ir import scope
 from attnspec.ir.consts import ConstError, eval_const
 from attnspec.ir.exprs import FLOAT_FUNCS, binary_type, free_vars, promote
+from attnspec.ir.printer import expr_text
 
 MAX_EXPANDED_NODES = 20_000  # per expression, after macro expansion
 
@@ -163,6 +164,10 @@ class ExprBuilder:
             return self._expand(e.name, (), e.span, env, ctx)
         if e.name in self.attn.inputs or e.name in self.attn.params:
             return self._bare_tensor(e, env, ctx)
+        if e.name in scope.INTRINSIC_MACROS:
+            self._error(f"`{e.name}` needs parentheses", e.span, env,
+                        hint=f"write `{e.name}()` for the defaults")
+            return None
         return self._unknown_name(e.name, e.span, env)
 
     def _not_constant(self, e: ast.Name, env: Env):
@@ -449,7 +454,7 @@ class ExprBuilder:
                                                    ir.Dim(kind="const", size=buckets)),
                              init=ir.Init(kind="zeros"), origin="t5", span=sp)
         previous = self.attn.implicit_params.get("t5_bias")
-        if previous is not None and previous.dims != table.dims:
+        if previous is not None and expr_text(previous.dims[1].size) != expr_text(buckets):
             self._error("a second `t5` with other buckets would need a second `t5_bias` table",
                         e.span, env)
             return None

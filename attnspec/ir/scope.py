@@ -46,7 +46,7 @@ RESERVED = frozenset(
     apply zero_grad extra_repr add_module register_buffer register_parameter register_module
     load_state_dict named_parameters named_buffers named_children named_modules requires_grad_
     get_parameter get_buffer get_submodule share_memory dump_patches call_super_init
-    q_proj k_proj v_proj o_proj mup_param_groups settings score inputs graph_type graph_distance
+    q_proj k_proj v_proj o_proj mup_param_groups settings score inputs
     """.split()
 ) | frozenset(ALL_SETTINGS) | frozenset(ALL_MUP_SETTINGS)
 
@@ -78,7 +78,7 @@ GENERATED_MODULE_NAMES = frozenset(
     "_float_setting _check_heads _param_shape _check_rope_dims _check_tensor _same_dtype "
     "_seq_len _check_no_sizes _token_groups _in_group _Edges _edge_tables _alibi_slopes "
     "_alibi_slope _t5_bucket _rms_norm _rope_angles _rope _sinusoidal _compute_dtype "
-    "_index_grids _softmax_rows".split())
+    "_index_grids _softmax_rows _read".split())
 GENERATED_CLASS_NAMES = frozenset(
     "SETTINGS GROUPS backend forward _attend _mask _score _mup_init mup_param_groups q_proj "
     "k_proj v_proj o_proj".split())
