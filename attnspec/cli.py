@@ -50,6 +50,10 @@ def _parser() -> argparse.ArgumentParser:
     comp.add_argument("--emit", choices=EMIT_CHOICES, default="py",
                       help="what to write: the module (py) or a pipeline stage")
     comp.set_defaults(run=cmd_compile)
+    exp = sub.add_parser("explain", help="per attention and backend: supported or not and why, "
+                         "and the plan")
+    exp.add_argument("paths", nargs="+", help=".attn files or directories")
+    exp.set_defaults(run=cmd_explain)
     ver = sub.add_parser("verify", help="check generated modules against the eager interpreter")
     ver.add_argument("paths", nargs="+", help=".attn files or directories")
     ver.add_argument("--backend", default="all", help="comma-separated backends, or all")
@@ -153,6 +157,20 @@ def _ast_text(file) -> str:
     from attnspec.grammar.printer import ast_text
 
     return ast_text(file)
+
+
+def cmd_explain(args) -> int:
+    from attnspec.explain import explain_module
+
+    failed, reports = 0, []
+    for path in spec_files(args.paths):
+        _, module = _load(path)
+        if module is None:
+            failed += 1
+        else:
+            reports.append(explain_module(module))
+    print("\n\n".join(reports))
+    return 1 if failed else 0
 
 
 def cmd_verify(args) -> int:

@@ -560,14 +560,20 @@ def _apply_rope(frame: Frame, q: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
 
 
 # --- the attention core ------------------------------------------------------------------------
-def _attend(frame: Frame, q: Tensor, k: Tensor, v: Tensor, training: bool) -> Tensor:
-    """q [B, H, Sq, D], k [B, KVH, Sk, D], v [B, KVH, Sk, Dv] in the compute dtype."""
+def _attend(frame: Frame, q: Tensor, k: Tensor, v: Tensor, training: bool,
+            storage: torch.dtype) -> Tensor:
+    """q [B, H, Sq, D], k [B, KVH, Sk, D], v [B, KVH, Sk, Dv] in the compute dtype; `storage`
+    is the caller's dtype."""
     attn, settings = frame.attn, frame.settings
     if attn.qk_norm == "rms":
         q = _rms_norm(q, frame.params["q_norm_weight"])
         k = _rms_norm(k, frame.params["k_norm_weight"])
     if attn.rope is not None:
         q, k = _apply_rope(frame, q, k)
+    if attn.qk_norm == "rms" or attn.rope is not None:
+        # Transformed q and k are stored in the caller's dtype, as a kernel receives them: the
+        # reference in half precision rounds where any real implementation must.
+        q, k = q.to(storage).to(frame.dtype), k.to(storage).to(frame.dtype)
     group = int(settings["heads"]) // int(settings["kv_heads"])  # head h reads kv head h // group
     k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
     score = float(settings["scale"]) * (q @ k.transpose(-1, -2))
@@ -602,7 +608,7 @@ def _run_kernel(attn, settings, state, args, inputs, sizes, training) -> Tensor:
                  (batch, kv_heads, kv_len, value_dim))
     frame = _make_frame(attn, settings, dtype, q.device, batch, q_len, kv_len, state, inputs,
                         sizes)
-    out = _attend(frame, q.to(dtype), k.to(dtype), v.to(dtype), training)
+    out = _attend(frame, q.to(dtype), k.to(dtype), v.to(dtype), training, out_dtype)
     return out.to(out_dtype)
 
 
@@ -675,7 +681,7 @@ def _run_layer(attn, settings, state, args, inputs, sizes, training) -> Tensor:
     q = q.view(batch, length, heads, head_dim).transpose(1, 2).to(dtype)
     k = k.view(batch, kv_len, kv_heads, head_dim).transpose(1, 2).to(dtype)
     v = v.view(batch, kv_len, kv_heads, value_dim).transpose(1, 2).to(dtype)
-    out = _attend(frame, q, k, v, training).transpose(1, 2).reshape(batch, length, -1)
+    out = _attend(frame, q, k, v, training, x.dtype).transpose(1, 2).reshape(batch, length, -1)
     out = out.to(x.dtype)
     out = _linear(state, "o_proj", heads * value_dim, dim, attn.out_bias, out,
                   ("dim", "heads*value_dim"))

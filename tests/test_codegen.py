@@ -255,7 +255,10 @@ def test_source_uses_only_known_names(path):
     imports = {a.name for n in ast.walk(ast.parse(src)) if isinstance(n, ast.Import)
                for a in n.names}
     assert imports <= {"torch", "math", "collections"}
-    assert not any(isinstance(n, ast.ImportFrom) for n in ast.walk(ast.parse(src)))
+    # the one optional import: attnspec's own error class, so that users can catch one type
+    from_imports = [(n.module, [a.name for a in n.names]) for n in ast.walk(ast.parse(src))
+                    if isinstance(n, ast.ImportFrom)]
+    assert from_imports == [("attnspec.errors", ["UnsupportedBackendError"])]
     assert mod.SPEC_SOURCE == path.read_text()
 
 
@@ -492,14 +495,32 @@ def test_mup_init_and_param_groups():
 # --- backends and safety --------------------------------------------------------------------------
 def test_backends():
     module_ir = build_text((ROOT / "specs/causal_lm.attn").read_text())
-    assert generate(module_ir, "auto") == generate(module_ir, "eager") == generate(module_ir)
-    for backend in ("flex", "sdpa", "flash"):
-        with pytest.raises(UnsupportedBackendError, match="not implemented yet"):
+    assert generate(module_ir, "auto") == generate(module_ir)
+    for backend in ("flex", "flash"):
+        with pytest.raises(UnsupportedBackendError, match="not implemented in this version"):
             generate(module_ir, backend)
     _, _, mod = compiled(str(ROOT / "specs/causal_lm.attn"))
+    assert mod.CausalLM.BACKENDS == ("eager", "sdpa")
+    assert mod.CausalLM().backend == mod.CausalLM.AUTO == "sdpa"
     assert mod.CausalLM(backend="eager").backend == "eager"
-    with pytest.raises(ValueError, match="backend 'flex' is not in this module"):
+    with pytest.raises(attnspec.UnsupportedBackendError, match="backend 'flex' cannot run"):
         mod.CausalLM(backend="flex")
+    with pytest.raises(ValueError, match="unknown backend 'fast'"):
+        mod.CausalLM(backend="fast")
+
+
+def test_unsupported_backend_lists_every_reason():
+    text = ("attention S {\n heads = 2\n head_dim = 4\n sinks = true\n"
+            " score = softcap(score, 5.0)\n}\n")
+    with pytest.raises(UnsupportedBackendError) as err:
+        generate(build_text(text, "s.attn"), "sdpa")
+    message = str(err.value)
+    assert "s.attn:5:2: SDPA cannot transform scores" in message
+    assert "SDPA has no sink logit" in message
+    mod = attnspec.load(text)
+    assert mod.S.BACKENDS == ("eager",)
+    with pytest.raises(attnspec.UnsupportedBackendError, match="no sink logit"):
+        mod.S(backend="sdpa")
 
 
 NASTY = ("attention A {\n  heads = 2\n  head_dim = 4 # \r import os; os.system('x') "

@@ -16,22 +16,22 @@ from __future__ import annotations
 
 import builtins
 import re
+import textwrap
 from functools import lru_cache
 from pathlib import Path
 
 import jinja2
 
-from attnspec.errors import UnsupportedBackendError
 from attnspec.ir import nodes as ir
 from attnspec.ir import scope
 from attnspec.ir.exprs import free_vars, walk
 from attnspec.ir.scope import RESERVED, identifier_problem
+from attnspec.lower import backends
 
 from .expr import P_AND, P_ATOM, P_OR, Code, ExprGenerator, literal
 from .layout import reflow
 
-TEMPLATES = {"eager": "eager.py.jinja"}
-PLANNED = ("flex", "sdpa", "flash")  # contract §4.1 backends without a code generator yet
+TEMPLATE = "eager.py.jinja"
 
 # Names the generated functions use for their own arguments and locals, module-level names, and
 # the attributes the classes set: a spec name equal to one of them would shadow it.
@@ -46,7 +46,10 @@ _BUILTINS = frozenset(dir(builtins))  # class and argument names must not shadow
 # Tests check generated modules against this list: nothing else can reach the source.
 GENERATED_NAMES = MODULE_NAMES | CLASS_NAMES | LOCAL_NAMES | frozenset("""
 B GROUPS H Linear Module Parameter S SETTINGS SPEC_SOURCE Sk Sq Tensor ValueError _ _Edges
-axis enumerate index table _read
+axis enumerate index table _read AUTO BACKENDS ImportError PATTERNS UNSUPPORTED
+UnsupportedBackendError a attends attn_mask auto available dropout_p enable_gqa is_causal
+k_part key key_runs keys options patterns piece pieces queries r reasons runs
+scaled_dot_product_attention unsupported v_part
 __init__ __name__ abs all amax angle angles any append arange as_tensor b backend base
 bfloat16 bias bidirectional bool broadcast_shapes broadcast_to bucket buckets cat ceil
 clamp clone collections context cos d declared denom detach device diagonal dict dim dims
@@ -72,17 +75,18 @@ _FLOAT_BOUNDS = {"dropout": (0.0, 1.0), "init_std": (0.0, None)}
 def generate(module: ir.ModuleIR, backend: str | None = None) -> str:
     """The Python source of the module for `module`'s attentions.
 
-    `backend` overrides every attention's `backend` setting; "auto" means eager for now.
-    Raises `UnsupportedBackendError` for a backend without a code generator and `ValueError`
-    when a spec name cannot become a Python identifier.
+    Every backend that can run an attention is generated into its class; `backend` (else the
+    spec's `backend` setting) is the constructor's default. Raises `UnsupportedBackendError`
+    listing every reason when that backend cannot run a spec, and `ValueError` when a spec name
+    cannot become a Python identifier.
     """
-    for a in module.attentions:
-        _resolve_backend(backend or a.backend, a.name)  # every one resolves to eager today
-    template = TEMPLATES["eager"]
+    name = module.source_name
+    defaults = {a.name: _default_backend(a, backend, name) for a in module.attentions}
     _check_module_names(module)
-    attentions = [_AttentionEmitter(a).context() for a in module.attentions]
+    attentions = [_AttentionEmitter(a, defaults[a.name], name).context()
+                  for a in module.attentions]
     needs = _needs(module)
-    source = _environment().get_template(template).render(
+    source = _environment().get_template(TEMPLATE).render(
         source_label=_source_label(module.source_name),
         spec_lines=_string_lines(module.source_text),
         attentions=attentions,
@@ -91,15 +95,12 @@ def generate(module: ir.ModuleIR, backend: str | None = None) -> str:
     return reflow(source)
 
 
-def _resolve_backend(backend: str, owner: str) -> str:
-    if backend in ("auto", "eager"):
-        return "eager"
-    if backend in PLANNED:
-        raise UnsupportedBackendError(
-            f"{owner}: backend {backend!r} is not implemented yet (code generation exists for: "
-            f"eager; `auto` selects eager)")
-    raise UnsupportedBackendError(f"{owner}: unknown backend {backend!r}; backends: auto, "
-                                  f"eager, {', '.join(PLANNED)}")
+def _default_backend(attn: ir.AttentionIR, requested: str | None, source_name: str) -> str:
+    """The constructor's default backend: the request, else the spec's `backend` setting;
+    one that cannot run the spec raises `UnsupportedBackendError` with every reason."""
+    wanted = requested or attn.backend
+    backends.resolve(attn, wanted, source_name)
+    return wanted
 
 
 @lru_cache(maxsize=1)
@@ -163,9 +164,41 @@ def _needs(module: ir.ModuleIR) -> dict[str, bool]:
         "alibi": "alibi_slope" in calls or any(p.init.kind == "alibi_slopes"
                                                for a in attns for p in a.params),
         "t5": "t5_bucket" in calls,
+        "sdpa": any(not r for a in attns for n, r in backends.reasons(a).items() if n == "sdpa"),
         "read": any(isinstance(n, (ir.InputRef, ir.ParamRef)) and n.indices
                     for a in attns for n in _all_nodes(a)),
     }
+
+
+def _comment_lines(notes: tuple[str, ...], width: int = 88) -> list[str]:
+    """Plan notes as comment text: wrapped, and only printable characters, so nothing in them
+    can end the comment (they quote spec expressions)."""
+    out = []
+    for note in notes:
+        text = "".join(ch if ch.isprintable() else "?" for ch in note)
+        out += textwrap.wrap(text, width) or [""]
+    return out
+
+
+def _mask_and_bias_exprs(attn: ir.AttentionIR) -> list[ir.Expr]:
+    return list(attn.masks) + [s.expr for s in attn.pipeline]
+
+
+def _dict_literal(mapping: dict[str, tuple[str, ...]]) -> str:
+    """A class-level dict of str -> tuple of str, one string per line, long strings split into
+    adjacent literals (repr() only: the strings may quote spec text)."""
+    if not mapping:
+        return "{}"
+    lines = ["{"]
+    for key, values in sorted(mapping.items()):
+        lines.append(f"        {key!r}: (")
+        for value in values:
+            chunks = textwrap.wrap(value, 70, drop_whitespace=False) or [""]
+            lines += [f"            {chunk!r}" for chunk in chunks[:-1]]
+            lines.append(f"            {chunks[-1]!r},")
+        lines.append("        ),")
+    lines.append("    }")
+    return "\n".join(lines)
 
 
 def _all_nodes(attn: ir.AttentionIR):
@@ -181,8 +214,11 @@ def _all_nodes(attn: ir.AttentionIR):
 class _AttentionEmitter:
     """Builds the template context of one attention class."""
 
-    def __init__(self, attn: ir.AttentionIR):
+    def __init__(self, attn: ir.AttentionIR, default_backend: str = "auto",
+                 source_name: str = "<spec>"):
         self.attn = attn
+        self.default_backend = default_backend
+        self.source_name = source_name
         self.layer = attn.mode == "layer"
         self.const = ExprGenerator()
         self._check_names()
@@ -205,8 +241,32 @@ class _AttentionEmitter:
             "absolute": a.absolute_position.kind if a.absolute_position else "",
             "context_doc": ("k and v come from context [B, Sk, context_dim] (required)."
                             if a.cross else "k and v come from x, or from context [B, Sk, dim]."),
-            "mask": mask, "score": score, **inputs,
+            "mask": mask, "score": score, **inputs, **self._backends(),
         }
+
+    # backends ---------------------------------------------------------------------------------
+    def _backends(self) -> dict:
+        a = self.attn
+        why = backends.reasons(a)
+        plans = backends.plans(a)
+        unsupported = {name: tuple(r.format(self.source_name) for r in rs)
+                       for name, rs in why.items() if rs}
+        return {
+            "backends": _tuple(list(plans)), "auto": repr(backends.resolve(a, "auto")),
+            "unsupported": _dict_literal(unsupported),
+            "default_backend": repr(self.default_backend),
+            "pass_attend": "".join(f"{n}={n}, " for n in self._argument_names()),
+            "sdpa": self._sdpa(plans.get("sdpa")),
+        }
+
+    def _sdpa(self, plan) -> dict | None:
+        if plan is None:
+            return None
+        reads = set().union(*(free_vars(e) for e in _mask_and_bias_exprs(self.attn)))
+        grid = f"{'B' if 'b' in reads else '1'}, {'self.heads' if 'h' in reads else '1'}"
+        patterns = _tuple([(p.queries, p.keys) for p in self.attn.patterns])
+        return {"kind": plan.kind, "summary": _comment_lines(plan.notes),
+                "bias": bool(plan.details.get("bias")), "grid": grid, "patterns": patterns}
 
     # names ------------------------------------------------------------------------------------
     def _check_names(self) -> None:

@@ -72,16 +72,17 @@ def identifier_problem(name: str) -> str | None:
 # temporaries): spec names must avoid them, per kind of name.
 GENERATED_LOCALS = frozenset(
     "self q k v x context sizes B S Sq Sk dtype b h qi ki score mask shape probs out groups "
-    "q_len kv_len q_angles k_angles allowed".split())
+    "q_len kv_len q_angles k_angles allowed options bias".split())
 GENERATED_MODULE_NAMES = frozenset(
     "torch math collections SPEC_SOURCE _check_backend _check_overrides _int_setting "
     "_float_setting _check_heads _param_shape _check_rope_dims _check_tensor _same_dtype "
     "_seq_len _check_no_sizes _token_groups _in_group _Edges _edge_tables _alibi_slopes "
     "_alibi_slope _t5_bucket _rms_norm _rope_angles _rope _sinusoidal _compute_dtype "
-    "_index_grids _softmax_rows _read".split())
+    "_index_grids _softmax_rows _read _select_backend UnsupportedBackendError _sdpa _sdpa_masked "
+    "_runs _sdpa_patterns".split())
 GENERATED_CLASS_NAMES = frozenset(
-    "SETTINGS GROUPS backend forward _attend _mask _score _mup_init mup_param_groups q_proj "
-    "k_proj v_proj o_proj".split())
+    "SETTINGS GROUPS BACKENDS AUTO UNSUPPORTED PATTERNS backend forward _attend _attend_eager "
+    "_attend_sdpa _mask _score _mup_init mup_param_groups q_proj k_proj v_proj o_proj".split())
 PYTHON_BUILTINS = frozenset(dir(builtins))
 
 RESERVED_BY_KIND = {

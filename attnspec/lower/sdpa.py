@@ -1,0 +1,47 @@
+"""The `scaled_dot_product_attention` backend.
+
+SDPA takes no score transforms and no sink logit. Full and top-left causal attention run on
+its own kernels (`is_causal` is top-left, exactly the language's `causal`); token-group patterns
+run as one SDPA call per pattern over contiguous slices (the seed MixedAttention's parallel
+mode); any other mask or additive bias is materialised as a dense attention mask.
+"""
+
+from __future__ import annotations
+
+from attnspec.ir import nodes as ir
+from attnspec.lower.plan import Plan, Reason
+
+NAME = "sdpa"
+DENSE_NOTE = ("dense attention mask materialised per call: memory O(B·H·Sq·Sk) — fine for "
+              "short sequences; long ones want flex")
+
+
+def supports(attn: ir.AttentionIR, analysis) -> list[Reason]:
+    reasons = []
+    for step in attn.pipeline:
+        if step.kind == "assign":
+            reasons.append(Reason("SDPA cannot transform scores (`score = ...`); only additive "
+                                  "biases", step.span))
+    if attn.sinks:
+        reasons.append(Reason("SDPA has no sink logit (`sinks = true`)", attn.span))
+    return reasons
+
+
+def lower(attn: ir.AttentionIR, analysis) -> Plan:
+    has_bias = bool(attn.pipeline)
+    if not attn.masks and not attn.patterns and not has_bias:
+        return Plan(NAME, "full", ("no mask: one SDPA call (flash / cuDNN / efficient kernels)",))
+    if not attn.patterns and not has_bias and analysis.is_causal_top_left:
+        return Plan(NAME, "causal", ("mask causal (top-left): SDPA is_causal=True",))
+    if not attn.patterns and not has_bias and analysis.is_causal_bottom_right:
+        return Plan(NAME, "causal_bottom_right", (
+            "mask causal (bottom-right): is_causal=True when q_len == kv_len, else a dense mask",
+            DENSE_NOTE))
+    if attn.patterns and not attn.masks and not has_bias:
+        return Plan(NAME, "patterns", (
+            f"{len(attn.patterns)} token-group pattern(s): one SDPA call per pattern over "
+            "contiguous query/key slices, no mask",))
+    notes = ["mask and biases: " + "; ".join(analysis.describe() or ["general"]), DENSE_NOTE]
+    if has_bias:
+        notes.append("additive bias: computed in float32 (a half-precision mask would round it)")
+    return Plan(NAME, "dense", tuple(notes), {"bias": has_bias})
