@@ -1,9 +1,10 @@
 """The verification harness: run a generated module against the eager interpreter (the reference,
 in float64) on fresh random inputs, outputs and gradients, with flash-attn's tolerance rule:
 
-    |out - ref|_max <= 2 * |eager_t - ref|_max + atol(t)
+    |out - ref|_max <= 2 * |eager_t - ref|_max + atol(t) * scale
 
-where `eager_t` is the interpreter run in the backend's dtype `t`. `attnspec verify` and the
+where `eager_t` is the interpreter run in the backend's dtype `t` and `scale` is the largest
+reference magnitude of the case (at least 1), which makes atol relative. `attnspec verify` and the
 test-suite use this module.
 
 Example:
@@ -227,15 +228,25 @@ def _compare(runs: dict, dtype: torch.dtype, result: Result) -> Result:
     tensors = {"out": (out, ref, eager_t)}
     for name, g in grads.items():
         tensors[name] = (g, ref_grads.get(name), eager_grads.get(name))
+    scale = _problem_scale(tensors)
     for name, (got, want, base) in tensors.items():
-        ratio, detail = _ratio(got, want, base, dtype)
+        ratio, detail = _ratio(got, want, base, dtype, scale)
         if ratio > result.worst_ratio or math.isnan(ratio):
             result.worst_ratio, result.worst_tensor, result.detail = ratio, name, detail
     result.ok = result.worst_ratio <= 1.0
     return result
 
 
-def _ratio(got, want, base, dtype) -> tuple[float, str]:
+def _problem_scale(tensors: dict) -> float:
+    """The largest reference magnitude of a case (at least 1): atol is relative to it, so the
+    rule does not depend on the units of the inputs. (A gradient that is exactly 0, e.g. dk
+    with one key, still carries kernel rounding of the size of the other tensors.)"""
+    sizes = [want.abs().max().item() for _, want, _ in tensors.values()
+             if want is not None and want.numel() and torch.isfinite(want).all()]
+    return max([1.0, *sizes])
+
+
+def _ratio(got, want, base, dtype, scale: float = 1.0) -> tuple[float, str]:
     if got is None and want is None:
         return 0.0, ""
     if got is None or want is None or base is None:
@@ -244,7 +255,8 @@ def _ratio(got, want, base, dtype) -> tuple[float, str]:
     if not torch.isfinite(got).all():
         return math.inf, "non-finite values"
     err = (got - want).abs().max().item() if got.numel() else 0.0
-    allowed = 2 * ((base - want).abs().max().item() if base.numel() else 0.0) + ATOL[dtype]
+    allowed = 2 * ((base - want).abs().max().item() if base.numel() else 0.0) \
+        + ATOL[dtype] * scale
     return err / allowed, f"max error {err:.3g}, allowed {allowed:.3g}"
 
 
