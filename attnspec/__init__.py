@@ -19,6 +19,8 @@ Example:
 from __future__ import annotations
 
 import builtins
+import hashlib
+import sys
 import types
 from pathlib import Path
 
@@ -51,9 +53,12 @@ def load(path_or_text: str | Path, backend: str | None = None) -> types.ModuleTy
     source = as_source(path_or_text)
     code = compile_source(source, backend)
     stem = Path(source.name).stem if source.name != "<spec>" else "spec"
-    name = "".join(c if c.isalnum() or c == "_" else "_" for c in stem) + "_attn"
+    digest = hashlib.sha256(code.encode()).hexdigest()[:12]
+    name = "_attnspec_" + "".join(c if c.isalnum() or c == "_" else "_" for c in stem) + digest
     module = types.ModuleType(name)
     module.__file__ = f"<attnspec:{source.name}>"
+    # Registered like an imported module: torch.compile (flex) looks modules up by name.
+    sys.modules[name] = module
     # Executes the module attnspec generated (a spec is data; no spec text runs as code).
     exec(builtins.compile(code, module.__file__, "exec"), module.__dict__)
     return module

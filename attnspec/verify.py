@@ -176,6 +176,8 @@ def check_case(attn: ir.AttentionIR, module_cls, backend: str, case: Case, dtype
     _randomise_params(module, gen)
     args, inputs, sizes = make_inputs(attn, case, dtype, device, gen)
     grad_out = torch.randn(_output_shape(attn, case), generator=gen, dtype=torch.float64)
+    if not has_backward(backend, device):
+        grad_out = None  # forward only (flex on CPU)
     runs = {name: _run(attn, module, name, args, inputs, sizes, run_dtype, grad_out)
             for name, run_dtype in (("module", dtype), ("ref", torch.float64),
                                     ("eager_t", dtype))}
@@ -202,23 +204,36 @@ def _randomise_params(module: torch.nn.Module, gen: torch.Generator) -> None:
             p.copy_(torch.randn(p.shape, generator=gen, dtype=torch.float64) * std)
 
 
+def has_backward(backend: str, device: str) -> bool:
+    """FlexAttention has no backward on CPU; every other backend/device pair has one."""
+    return not (backend == "flex" and not str(device).startswith("cuda"))
+
+
 def _run(attn, module, which: str, args, inputs, sizes, dtype, grad_out):
-    """One forward and backward: the module, or the interpreter in `dtype`."""
-    leaves = [a.detach().to(dtype).requires_grad_(True) for a in args]
-    state = {k: v.detach().to(dtype).requires_grad_(v.is_floating_point())
+    """One forward and (with `grad_out`) backward: the module, or the interpreter in `dtype`."""
+    grad = grad_out is not None
+    leaves = [a.detach().to(dtype).requires_grad_(grad) for a in args]
+    state = {k: v.detach().to(dtype).requires_grad_(grad and v.is_floating_point())
              for k, v in module.state_dict().items()}
-    call_inputs = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in inputs.items()}
-    if which == "module":
-        out = module(*leaves, **call_inputs, **({"sizes": sizes} if sizes else {}))
-        named = dict(module.named_parameters())
-    else:
-        out = eager.run(attn, state, *leaves, inputs=call_inputs, sizes=sizes or None)
-        named = {k: v for k, v in state.items() if v.requires_grad}
+    if not grad:
+        with torch.no_grad():
+            out = _forward(attn, module, which, leaves, state, inputs, sizes, dtype)
+        return out, {}
+    out = _forward(attn, module, which, leaves, state, inputs, sizes, dtype)
+    named = dict(module.named_parameters()) if which == "module" else \
+        {k: v for k, v in state.items() if v.requires_grad}
     out.backward(grad_out.to(device=out.device, dtype=out.dtype))
     arg_names = ("q", "k", "v") if attn.mode == "kernel" else ("x", "context")
     grads = {f"d{n}": leaf.grad for n, leaf in zip(arg_names, leaves)}
     grads.update({f"d{n}": p.grad for n, p in named.items()})
     return out.detach(), grads
+
+
+def _forward(attn, module, which: str, leaves, state, inputs, sizes, dtype):
+    call_inputs = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in inputs.items()}
+    if which == "module":
+        return module(*leaves, **call_inputs, **({"sizes": sizes} if sizes else {}))
+    return eager.run(attn, state, *leaves, inputs=call_inputs, sizes=sizes or None)
 
 
 def _compare(runs: dict, dtype: torch.dtype, result: Result) -> Result:

@@ -39,9 +39,10 @@ def test_backend_matches_eager_interpreter(path, attention, backend):
 
 def test_sdpa_is_generated_where_supported():
     module = attnspec.load(ROOT / "specs/causal_lm.attn")
-    assert module.CausalLM.BACKENDS == ("eager", "sdpa")
+    assert module.CausalLM.BACKENDS == ("eager", "sdpa", "flex")
     sliding = attnspec.load(ROOT / "specs/sliding_window.attn").SlidingWindowGQA
-    assert sliding.BACKENDS == ("eager",)
+    assert sliding.BACKENDS == ("eager", "flex")
+    assert sliding.AUTO_CPU == "eager" and sliding.AUTO_CUDA == "flex"
     assert "SDPA cannot transform scores" in sliding.UNSUPPORTED["sdpa"][0]
 
 

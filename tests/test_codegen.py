@@ -26,6 +26,16 @@ from attnspec.ir import nodes as ir
 from attnspec.ir.build import build_text
 
 ROOT = Path(__file__).resolve().parent.parent
+# Names made from checked spec names: temporaries, flex functions, captured params and edges.
+PER_SPEC = r"_t\d+|_(flex|mask_mod)_[A-Za-z]\w*|_[pe]_\w+"
+# The flex runtime is inlined verbatim: its own identifiers are known.
+RUNTIME_NAMES = frozenset(
+    n.id if isinstance(n, ast.Name) else n.arg if isinstance(n, (ast.arg, ast.keyword))
+    else n.name
+    if isinstance(n, (ast.FunctionDef, ast.alias)) else n.attr
+    for n in ast.walk(ast.parse((ROOT / "attnspec/codegen/templates/flex_runtime.py").read_text()))
+    if isinstance(n, (ast.Name, ast.arg, ast.keyword, ast.FunctionDef, ast.Attribute))
+    and not (isinstance(n, ast.keyword) and n.arg is None))
 SPECS = sorted((ROOT / "specs").glob("*.attn"))
 SPEC_IDS = [p.stem for p in SPECS]
 F64 = torch.float64
@@ -249,8 +259,8 @@ def test_source_is_deterministic_and_parses(path):
 @pytest.mark.parametrize("path", SPECS, ids=SPEC_IDS)
 def test_source_uses_only_known_names(path):
     module_ir, src, mod = compiled(str(path))
-    allowed = GENERATED_NAMES | spec_names(module_ir)
-    unknown = {n for n in identifiers(src) - allowed if not re.fullmatch(r"_t\d+", n)}
+    allowed = GENERATED_NAMES | spec_names(module_ir) | RUNTIME_NAMES
+    unknown = {n for n in identifiers(src) - allowed if not re.fullmatch(PER_SPEC, n)}
     assert not unknown
     imports = {a.name for n in ast.walk(ast.parse(src)) if isinstance(n, ast.Import)
                for a in n.names}
@@ -258,14 +268,20 @@ def test_source_uses_only_known_names(path):
     # the one optional import: attnspec's own error class, so that users can catch one type
     from_imports = [(n.module, [a.name for a in n.names]) for n in ast.walk(ast.parse(src))
                     if isinstance(n, ast.ImportFrom)]
-    assert from_imports == [("attnspec.errors", ["UnsupportedBackendError"])]
+    allowed_from = {("attnspec.errors", ("UnsupportedBackendError",)),
+                    ("torch.nn.attention.flex_attention", ("create_block_mask",)),
+                    ("torch.nn.attention.flex_attention", ("flex_attention",)),
+                    ("torch.nn.attention.flex_attention", ("AuxRequest",)),
+                    ("torch.nn.attention.flex_attention", ("BlockMask",))}
+    assert {(m, tuple(n)) for m, n in from_imports} <= allowed_from
+    assert ("attnspec.errors", ["UnsupportedBackendError"]) in from_imports
     assert mod.SPEC_SOURCE == path.read_text()
 
 
 def test_exotic_builtins_run_and_use_known_names():
     module_ir, src, mod = compiled(EXOTIC, "exotic.attn")
-    allowed = GENERATED_NAMES | spec_names(module_ir)
-    assert {n for n in identifiers(src) - allowed if not re.fullmatch(r"_t\d+", n)} == set()
+    allowed = GENERATED_NAMES | spec_names(module_ir) | RUNTIME_NAMES
+    assert {n for n in identifiers(src) - allowed if not re.fullmatch(PER_SPEC, n)} == set()
     for attn in module_ir.attentions:
         gen = torch.Generator().manual_seed(0)
         inst = getattr(mod, attn.name)().double()
@@ -496,15 +512,15 @@ def test_mup_init_and_param_groups():
 def test_backends():
     module_ir = build_text((ROOT / "specs/causal_lm.attn").read_text())
     assert generate(module_ir, "auto") == generate(module_ir)
-    for backend in ("flex", "flash"):
-        with pytest.raises(UnsupportedBackendError, match="not implemented in this version"):
-            generate(module_ir, backend)
+    with pytest.raises(UnsupportedBackendError, match="not implemented in this version"):
+        generate(module_ir, "flash")
     _, _, mod = compiled(str(ROOT / "specs/causal_lm.attn"))
-    assert mod.CausalLM.BACKENDS == ("eager", "sdpa")
-    assert mod.CausalLM().backend == mod.CausalLM.AUTO == "sdpa"
+    assert mod.CausalLM.BACKENDS == ("eager", "sdpa", "flex")
+    assert mod.CausalLM().backend == "auto"
+    assert mod.CausalLM.AUTO_CPU == mod.CausalLM.AUTO_CUDA == "sdpa"
     assert mod.CausalLM(backend="eager").backend == "eager"
-    with pytest.raises(attnspec.UnsupportedBackendError, match="backend 'flex' cannot run"):
-        mod.CausalLM(backend="flex")
+    with pytest.raises(attnspec.UnsupportedBackendError, match="backend 'flash' cannot run"):
+        mod.CausalLM(backend="flash")
     with pytest.raises(ValueError, match="unknown backend 'fast'"):
         mod.CausalLM(backend="fast")
 
@@ -518,7 +534,7 @@ def test_unsupported_backend_lists_every_reason():
     assert "s.attn:5:2: SDPA cannot transform scores" in message
     assert "SDPA has no sink logit" in message
     mod = attnspec.load(text)
-    assert mod.S.BACKENDS == ("eager",)
+    assert mod.S.BACKENDS == ("eager", "flex")
     with pytest.raises(attnspec.UnsupportedBackendError, match="no sink logit"):
         mod.S(backend="sdpa")
 

@@ -27,8 +27,11 @@ from attnspec.ir import scope
 from attnspec.ir.exprs import free_vars, walk
 from attnspec.ir.scope import RESERVED, identifier_problem
 from attnspec.lower import backends
+from attnspec.lower import flex as flex_lowering
+from attnspec.lower.analysis import Band, KeyLength, KeyPadding, Segment, analyze
 
 from .expr import P_AND, P_ATOM, P_OR, Code, ExprGenerator, literal
+from .flex_expr import FlexExprGenerator
 from .layout import reflow
 
 TEMPLATE = "eager.py.jinja"
@@ -49,7 +52,11 @@ B GROUPS H Linear Module Parameter S SETTINGS SPEC_SOURCE Sk Sq Tensor ValueErro
 axis enumerate index table _read AUTO BACKENDS ImportError PATTERNS UNSUPPORTED
 UnsupportedBackendError a attends attn_mask auto available dropout_p enable_gqa is_causal
 k_part key key_runs keys options patterns piece pieces queries r reasons runs
-scaled_dot_product_attention unsupported v_part
+scaled_dot_product_attention unsupported v_part AUTO_CPU AUTO_CUDA BLOCK_SIZE _AuxRequest
+_FLEX_BLOCK _FLEX_COMPILED _alibi _attend_flex _flex_attention _flex_no_cpu_backward _flex_runner
+_flex_with_lse args aux block_mask body classes compile create_block_mask fullgraph is_cuda
+is_grad_enabled kv_idx lse mask_mod mod q_idx requires_grad return_aux return_lse score_mod
+unsqueeze _compile
 __init__ __name__ abs all amax angle angles any append arange as_tensor b backend base
 bfloat16 bias bidirectional bool broadcast_shapes broadcast_to bucket buckets cat ceil
 clamp clone collections context cos d declared denom detach device diagonal dict dim dims
@@ -91,6 +98,7 @@ def generate(module: ir.ModuleIR, backend: str | None = None) -> str:
         spec_lines=_string_lines(module.source_text),
         attentions=attentions,
         needs=needs,
+        flex_runtime=_flex_runtime() if needs["flex"] else "",
     )
     return reflow(source)
 
@@ -101,6 +109,16 @@ def _default_backend(attn: ir.AttentionIR, requested: str | None, source_name: s
     wanted = requested or attn.backend
     backends.resolve(attn, wanted, source_name)
     return wanted
+
+
+@lru_cache(maxsize=1)
+def _flex_runtime() -> str:
+    """The structured BlockMask builders (templates/flex_runtime.py, a tested module of its
+    own), without its docstring and imports, to inline into generated modules."""
+    text = (Path(__file__).parent / "templates" / "flex_runtime.py").read_text()
+    body = text.split('"""', 2)[2] if text.lstrip().startswith('"""') else text
+    lines = [line for line in body.splitlines() if line not in ("import torch", "import math")]
+    return "\n".join(lines).strip("\n")
 
 
 @lru_cache(maxsize=1)
@@ -165,9 +183,17 @@ def _needs(module: ir.ModuleIR) -> dict[str, bool]:
                                                for a in attns for p in a.params),
         "t5": "t5_bucket" in calls,
         "sdpa": any(not r for a in attns for n, r in backends.reasons(a).items() if n == "sdpa"),
+        "flex": any(not r for a in attns for n, r in backends.reasons(a).items() if n == "flex"),
         "read": any(isinstance(n, (ir.InputRef, ir.ParamRef)) and n.indices
                     for a in attns for n in _all_nodes(a)),
     }
+
+
+def _flex_score(code: Code) -> str:
+    """A replaced score inside score_mod: a tensor in the score's dtype."""
+    if not code.tensor:
+        return f"torch.full_like(score, {code.text})"
+    return f"({code.text}).to(score.dtype)"
 
 
 def _comment_lines(notes: tuple[str, ...], width: int = 88) -> list[str]:
@@ -252,12 +278,110 @@ class _AttentionEmitter:
         unsupported = {name: tuple(r.format(self.source_name) for r in rs)
                        for name, rs in why.items() if rs}
         return {
-            "backends": _tuple(list(plans)), "auto": repr(backends.resolve(a, "auto")),
+            "backends": _tuple(list(plans)), "auto_cpu": repr(backends.auto(a, "cpu")),
+            "auto_cuda": repr(backends.auto(a, "cuda")),
             "unsupported": _dict_literal(unsupported),
             "default_backend": repr(self.default_backend),
             "pass_attend": "".join(f"{n}={n}, " for n in self._argument_names()),
             "sdpa": self._sdpa(plans.get("sdpa")),
+            "flex": self._flex() if "flex" in plans else None,
         }
+
+    # flex -------------------------------------------------------------------------------------
+    def _flex(self) -> dict:
+        a = self.attn
+        analysis = analyze(a)
+        mask_gen, score_gen = FlexExprGenerator(), FlexExprGenerator(dtype_name="score.dtype")
+        mask_lines = self._flex_mask_lines(mask_gen) if (a.masks or a.patterns) else []
+        score_lines = self._flex_score_lines(score_gen) if a.pipeline else []
+        kind = flex_lowering.block_mask_kind(analysis)
+        return {
+            "kind": kind,
+            "mask_lines": mask_lines, "score_lines": score_lines,
+            "mask_captured": list(mask_gen.captured),
+            "score_captured": list(score_gen.captured),
+            "captures": [f"{alias} = {self._capture(alias, what)}" for alias, what in
+                         {**mask_gen.captured, **score_gen.captured}.items()
+                         if not what.startswith("input ")],
+            "block_lines": self._flex_block_lines(analysis, kind),
+            "summary": _comment_lines(flex_lowering.lower(a, analysis).notes),
+        }
+
+    def _flex_mask_lines(self, gen: FlexExprGenerator) -> list[str]:
+        for n, expr in enumerate(self.attn.masks):
+            _statement(gen, expr, f"# mask, spec line {expr.span.line}", lambda c, first=n == 0: (
+                f"mask = {c.text}" if first else f"mask = mask & {gen.wrap(c, P_AND)}"))
+        for n, p in enumerate(self.attn.patterns):
+            term = ir.Binary(op="&", left=_any_group("q", p.queries, p.span),
+                             right=_any_group("k", p.keys, p.span), type="bool", span=p.span)
+            _statement(gen, term, f"# pattern, spec line {p.span.line}",
+                       lambda c, first=n == 0: f"allowed = {c.text}" if first
+                       else f"allowed = allowed | {gen.wrap(c, P_OR + 1)}")
+        if self.attn.patterns:
+            gen.lines.append("mask = mask & allowed" if self.attn.masks else "mask = allowed")
+        return gen.lines
+
+    def _flex_score_lines(self, gen: FlexExprGenerator) -> list[str]:
+        for step in self.attn.pipeline:
+            line = step.span.line
+            if step.kind == "bias":
+                _statement(gen, step.expr, f"# bias, spec line {line}",
+                           lambda c: f"score = score + {gen.wrap(c, P_ATOM)}")
+            else:
+                _statement(gen, step.expr, f"# score = ..., spec line {line}",
+                           lambda c: f"score = {_flex_score(c)}")
+        return gen.lines
+
+    def _capture(self, alias: str, what: str) -> str:
+        """The expression, in `_attend_flex`, of a tensor the mask/score mods capture."""
+        kind, _, name = what.partition(" ")
+        if kind == "param":
+            copy = ".clone()" if alias != f"_p_{name}" else ""  # one read per captured tensor
+            return f"self.{name}.to(dtype){copy}"
+        if kind == "edges":
+            source, field = name.split(".")
+            return f"{source}.{field}"
+        if kind == "alibi":
+            return "torch.tensor(_alibi_slopes(self.heads), dtype=dtype, device=q.device)"
+        return name
+
+    def _flex_block_lines(self, analysis, kind: str) -> list[str]:
+        if kind == "none":
+            return ["block_mask = None"]
+        mask_mod = "mask_mod"
+        if kind == "general":
+            batch = "B" if analysis.reads_batch else "None"
+            heads = "self.heads" if analysis.reads_head else "None"
+            return [f"block_mask = create_block_mask({mask_mod}, {batch}, {heads}, Sq, Sk, "
+                    "device=q.device, BLOCK_SIZE=_FLEX_BLOCK, _compile=q.is_cuda)"]
+        classes = [self._block_class(item) for item in analysis.mask]
+        per_batch = any(not isinstance(item, Band) for item in analysis.mask)
+        return ["# BlockMask from block bounds, O(blocks): one classification per conjunct",
+                f"classes = [{', '.join(classes)}]",
+                f"block_mask = _block_mask(_combine(classes, {'B' if per_batch else '1'}, 1), "
+                f"{mask_mod}, Sq, Sk, _FLEX_BLOCK)"]
+
+    def _block_class(self, item) -> str:
+        if isinstance(item, Band):
+            return (f"_band_blocks(Sq, Sk, {self._offset(item.lo)}, {self._offset(item.hi)}, "
+                    f"{item.align == 'bottom_right'}, _FLEX_BLOCK, q.device)")
+        if isinstance(item, Segment):
+            return f"_segment_blocks({item.input}, {item.input}, _FLEX_BLOCK)"
+        if isinstance(item, KeyLength):
+            return f"_key_length_blocks({item.input}, Sq, Sk, _FLEX_BLOCK)"
+        if isinstance(item, KeyPadding):
+            return f"_key_padding_blocks({item.input}, Sq, _FLEX_BLOCK)"
+        band = item.band
+        prefix = item.prefix_input or self._offset(item.prefix)
+        return (f"_prefix_blocks({prefix}, Sq, Sk, {self._offset(band.lo)}, "
+                f"{self._offset(band.hi)}, {band.align == 'bottom_right'}, _FLEX_BLOCK, q.device)")
+
+    def _offset(self, value) -> str:
+        if value is None:
+            return "None"
+        if isinstance(value, int):
+            return literal(value)
+        return ExprGenerator().constant(value).text
 
     def _sdpa(self, plan) -> dict | None:
         if plan is None:

@@ -12,18 +12,17 @@ from __future__ import annotations
 
 from attnspec.errors import UnsupportedBackendError
 from attnspec.ir import nodes as ir
-from attnspec.lower import eager, sdpa
+from attnspec.lower import eager, flex, sdpa
 from attnspec.lower.analysis import analyze
 from attnspec.lower.plan import Plan, Reason
 
-BACKENDS = {"eager": eager, "sdpa": sdpa}
+BACKENDS = {"eager": eager, "sdpa": sdpa, "flex": flex}
 # Planned backends: named so that a request gets a clear answer instead of "unknown".
 NOT_YET = {
-    "flex": "FlexAttention code generation is not implemented in this version",
     "flash": "flash-attn code generation is not implemented in this version",
 }
-# `auto` picks the first supported backend in this order (the cost model is future work).
-AUTO_ORDER = ("sdpa", "eager")
+# SDPA plans that run on SDPA's own kernels, without a dense mask.
+NATIVE_SDPA = ("full", "causal", "patterns")
 
 
 def reasons(attn: ir.AttentionIR) -> dict[str, list[Reason]]:
@@ -46,7 +45,7 @@ def resolve(attn: ir.AttentionIR, requested: str, source_name: str = "<spec>") -
     every reason."""
     why = reasons(attn)
     if requested == "auto":
-        return next(name for name in AUTO_ORDER if not why[name])
+        return auto(attn, "cpu")
     if requested not in why:
         raise UnsupportedBackendError(
             f"{attn.name}: unknown backend {requested!r}; backends: auto, {', '.join(why)}")
@@ -55,3 +54,16 @@ def resolve(attn: ir.AttentionIR, requested: str, source_name: str = "<spec>") -
         raise UnsupportedBackendError(f"{attn.name}: backend {requested!r} cannot run this "
                                       f"spec:\n{lines}")
     return requested
+
+
+def auto(attn: ir.AttentionIR, device: str) -> str:
+    """What `backend="auto"` runs on `device` ("cpu" or "cuda"): SDPA where it needs no dense
+    mask, else flex on CUDA (on CPU flex has no backward), else SDPA with a dense mask, else
+    eager. (A cost model measured on the GPU is future work.)"""
+    available = plans(attn)
+    sdpa_plan = available.get("sdpa")
+    if sdpa_plan is not None and sdpa_plan.kind in NATIVE_SDPA:
+        return "sdpa"
+    if device == "cuda" and "flex" in available:
+        return "flex"
+    return "sdpa" if sdpa_plan is not None else "eager"

@@ -1,0 +1,189 @@
+"""Structured FlexAttention BlockMask builders, inlined verbatim into generated modules.
+
+Each builder classifies every (query block, key block) tile of a recognised mask as
+
+* 0 = skip: no valid (q, k) pair of the tile is attendable,
+* 1 = partial: some pairs may be attendable (the kernel applies `mask_mod` there),
+* 2 = full: every valid pair of the tile is attendable (the kernel skips `mask_mod`).
+
+The classification only has to be sound: "skip" must never hide an attendable pair and "full"
+must never contain a masked valid pair; "partial" is always safe. Everything is computed with
+vectorised torch ops over block indices (or over tokens per side for id/padding tensors), so
+the cost is O(blocks) and no Sq x Sk tensor is ever built. `_combine` ANDs the classifications
+of a conjunction and `_block_mask` turns the result into a `BlockMask` via `from_kv_blocks`.
+
+Positions past the end of a sequence (the tail of the last block) are not "valid pairs": the
+flex kernels mask them out by sequence length in full and partial blocks alike.
+"""
+
+import torch
+from torch.nn.attention.flex_attention import BlockMask as _BlockMask
+
+_BLOCK = 128
+
+
+def _num_blocks(length, block):
+    """Number of `block`-sized tiles needed to cover `length` positions."""
+    return (length + block - 1) // block
+
+
+def _block_bounds(length, block, device):
+    """First and last VALID position of each block, as int64 tensors [n].
+
+    The last block is clipped to `length - 1`, so bounds never point past the sequence end.
+    """
+    first = torch.arange(_num_blocks(length, block), device=device, dtype=torch.int64) * block
+    last = torch.clamp(first + (block - 1), max=length - 1)
+    return first, last
+
+
+def _classes(any_, all_):
+    """int8 tile classes from "some pair attendable" and "every pair attendable" flags."""
+    two = torch.full_like(any_, 2, dtype=torch.int8)
+    return torch.where(all_, two, any_.to(torch.int8))
+
+
+def _band_rect(q_first, q_last, k_first, k_last, lo, hi, shift):
+    """(any, all) of `lo <= k - q - shift <= hi` over the rectangles [q_first, q_last] x
+    [k_first, k_last] (broadcastable tensors; rectangles must be non-empty).
+
+    `d = k - q - shift` takes every integer between its extremes on a rectangle, so the band
+    meets the rectangle iff the ranges overlap (and lo <= hi), and covers it iff the range lies
+    inside.
+    """
+    d_min = k_first - q_last - shift
+    d_max = k_last - q_first - shift
+    any_ = torch.ones_like(d_min, dtype=torch.bool)
+    all_ = torch.ones_like(d_min, dtype=torch.bool)
+    if lo is not None:
+        any_ = any_ & (d_max >= lo)
+        all_ = all_ & (d_min >= lo)
+    if hi is not None:
+        any_ = any_ & (d_min <= hi)
+        all_ = all_ & (d_max <= hi)
+    if lo is not None and hi is not None:
+        any_ = any_ & (lo <= hi)  # an empty band (lo > hi) meets nothing
+    return any_, all_
+
+
+def _band_blocks(q_len, kv_len, lo, hi, bottom_right, block, device):
+    """Tile classes int8 [nQ, nK] of the band `lo <= k - q - shift <= hi`.
+
+    `shift` is `kv_len - q_len` for bottom-right alignment, else 0; `lo` / `hi` may be None
+    (unbounded) and may be ints or 0-d tensors.
+    """
+    shift = kv_len - q_len if bottom_right else 0
+    q_first, q_last = _block_bounds(q_len, block, device)
+    k_first, k_last = _block_bounds(kv_len, block, device)
+    any_, all_ = _band_rect(q_first[:, None], q_last[:, None], k_first[None, :],
+                            k_last[None, :], lo, hi, shift)
+    return _classes(any_, all_)
+
+
+def _block_min_max(x, block):
+    """Per-block min and max of `x` [..., S] along the last axis -> two tensors [..., n].
+
+    The tail of the last block is filled by repeating the last valid element, which leaves
+    min and max unchanged (S positions are gathered: O(tokens), not O(tokens^2)).
+    """
+    length = x.shape[-1]
+    n = _num_blocks(length, block)
+    index = torch.clamp(torch.arange(n * block, device=x.device), max=max(length - 1, 0))
+    tiles = x[..., index].reshape(*x.shape[:-1], n, block)
+    return tiles.amin(dim=-1), tiles.amax(dim=-1)
+
+
+def _segment_blocks(q_ids, kv_ids, block):
+    """Tile classes int8 [B, nQ, nK] of `q_ids[b, q] == kv_ids[b, k]` (ids in any order).
+
+    Skip when the [min, max] id ranges of the two blocks are disjoint (then no id can match);
+    full when both blocks hold one single equal id; partial otherwise (always sound).
+    """
+    q_min, q_max = _block_min_max(q_ids, block)
+    k_min, k_max = _block_min_max(kv_ids, block)
+    q_min, q_max = q_min[..., :, None], q_max[..., :, None]
+    k_min, k_max = k_min[..., None, :], k_max[..., None, :]
+    any_ = (q_max >= k_min) & (k_max >= q_min)
+    all_ = (q_min == q_max) & (k_min == k_max) & (q_min == k_min)
+    return _classes(any_, all_)
+
+
+def _key_length_blocks(lengths, q_len, kv_len, block):
+    """Tile classes int8 [B, nQ, nK] of `k < lengths[b]` (`lengths` int [B]).
+
+    Full when the key block's last valid position is below the length, skip when its first is
+    at or past it.
+    """
+    k_first, k_last = _block_bounds(kv_len, block, lengths.device)
+    length = lengths.to(torch.int64)[:, None]
+    classes = _classes(k_first[None, :] < length, k_last[None, :] < length)
+    return classes[:, None, :].expand(-1, _num_blocks(q_len, block), -1)
+
+
+def _key_padding_blocks(valid, q_len, block):
+    """Tile classes int8 [B, nQ, nK] of `valid[b, k]` (`valid` bool [B, Sk]).
+
+    Full when every key of the block is valid, skip when none is.
+    """
+    low, high = _block_min_max(valid.to(torch.int8), block)
+    classes = _classes(high == 1, low == 1)
+    return classes[:, None, :].expand(-1, _num_blocks(q_len, block), -1)
+
+
+def _prefix_blocks(prefix, q_len, kv_len, lo, hi, bottom_right, block, device):
+    """Tile classes int8 [B or 1, nQ, nK] of `k < prefix | band(lo, hi)` (prefix-LM).
+
+    `prefix` is an int or an int tensor [B]. Exact, not just sound: a tile is full iff the keys
+    at or past the prefix (a sub-rectangle) are all in the band or there are none; it is skipped
+    iff no key is below the prefix and the band misses it.
+    """
+    shift = kv_len - q_len if bottom_right else 0
+    p = torch.as_tensor(prefix, device=device).to(torch.int64).reshape(-1, 1)
+    q_first, q_last = _block_bounds(q_len, block, device)
+    k_first, k_last = _block_bounds(kv_len, block, device)
+    q_first, q_last = q_first[None, :, None], q_last[None, :, None]
+    rest_first = torch.maximum(k_first[None, :], p)[:, None, :]
+    k_first, k_last = k_first[None, None, :], k_last[None, None, :]
+    band_any, _ = _band_rect(q_first, q_last, k_first, k_last, lo, hi, shift)
+    _, rest_all = _band_rect(q_first, q_last, rest_first, k_last, lo, hi, shift)
+    any_ = band_any | (k_first < p[:, :, None])
+    return _classes(any_, rest_all | (rest_first > k_last))
+
+
+def _combine(classes, B, H):
+    """AND of masks: elementwise min of tile classes -> int8 [B, H, nQ, nK].
+
+    Each entry is [nQ, nK], [B, nQ, nK] or [B, H, nQ, nK]; size-1 batch / head dims broadcast.
+    The list must not be empty.
+    """
+    out = None
+    for c in classes:
+        if c.dim() == 2:
+            c = c[None, None]
+        elif c.dim() == 3:
+            c = c[:, None]
+        out = c if out is None else torch.minimum(out, c)
+    return out.expand(B, H, *out.shape[-2:]).contiguous()
+
+
+def _ordered(flags):
+    """(count int32 [..., nQ], indices int32 [..., nQ, nK]) of the flagged key blocks.
+
+    Flagged blocks come first in ascending order (a stable descending sort on the flag), as
+    `create_block_mask` lays them out; entries past the count are ignored by the kernels.
+    """
+    count = flags.sum(dim=-1, dtype=torch.int32)
+    indices = torch.argsort(flags.to(torch.int8), dim=-1, descending=True, stable=True)
+    return count.contiguous(), indices.to(torch.int32).contiguous()
+
+
+def _block_mask(classes, mask_mod, q_len, kv_len, block=_BLOCK):
+    """BlockMask from int8 tile classes [B, H, nQ, nK]: partial tiles (1) go to `kv_indices`,
+    full tiles (2) to `full_kv_indices`. The q-side (transposed) lists needed for backward
+    are derived by `from_kv_blocks` itself.
+    """
+    kv_num, kv_idx = _ordered(classes == 1)
+    full_num, full_idx = _ordered(classes == 2)
+    return _BlockMask.from_kv_blocks(
+        kv_num, kv_idx, full_num, full_idx, BLOCK_SIZE=block, mask_mod=mask_mod,
+        seq_lengths=(q_len, kv_len))

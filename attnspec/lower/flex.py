@@ -1,0 +1,68 @@
+"""The FlexAttention backend: `mask_mod` / `score_mod` generated from the IR.
+
+Masks made only of recognised structure (bands, segments, key lengths, key padding, prefixes)
+get a BlockMask built directly from block bounds in O(blocks) (`BlockMask.from_kv_blocks`);
+any other mask goes through `create_block_mask` with the real batch and heads when it reads
+`b` or `h`. Captured tensors (inputs, params, edge tables) are arguments of one compiled
+function, so new values never recompile. Sinks use the log-sum-exp flex returns.
+"""
+
+from __future__ import annotations
+
+from attnspec.ir import nodes as ir
+from attnspec.lower.analysis import (
+    Analysis,
+    Band,
+    KeyLength,
+    KeyPadding,
+    Patterns,
+    PrefixOrBand,
+    Segment,
+)
+from attnspec.lower.plan import Plan, Reason
+
+NAME = "flex"
+STRUCTURED = (Band, Segment, KeyLength, KeyPadding, PrefixOrBand)
+
+
+def supports(attn: ir.AttentionIR, analysis: Analysis) -> list[Reason]:
+    reasons = []
+    dropout = attn.setting("dropout")
+    if dropout is not None and dropout.explicit and not _is_zero(dropout.expr):
+        reasons.append(Reason("FlexAttention has no attention dropout (`dropout` is set)",
+                              dropout.span))
+    return reasons
+
+
+def block_mask_kind(analysis: Analysis) -> str:
+    """"none", "structured" (every conjunct recognised) or "general" (create_block_mask)."""
+    if not analysis.mask:
+        return "none"
+    if all(isinstance(item, STRUCTURED) for item in analysis.mask):
+        return "structured"
+    return "general"
+
+
+def lower(attn: ir.AttentionIR, analysis: Analysis) -> Plan:
+    kind = block_mask_kind(analysis)
+    notes = [{
+        "none": "no mask: flex_attention without a BlockMask",
+        "structured": "mask -> BlockMask from block bounds in O(blocks): "
+                      + "; ".join(item.describe() for item in analysis.mask),
+        "general": "mask -> mask_mod; BlockMask from create_block_mask"
+                   + (" with real B/H (the mask reads b or h)"
+                      if analysis.reads_batch or analysis.reads_head else ""),
+    }[kind]]
+    if attn.pipeline:
+        notes.append("score -> score_mod: " + "; ".join(s.describe() for s in analysis.score))
+    if attn.sinks:
+        notes.append("sinks -> out * sigmoid(lse - sink) from flex's log-sum-exp")
+    notes.append("compiled on CUDA (forward and backward); on CPU flex runs uncompiled, "
+                 "forward only")
+    if any(isinstance(item, Patterns) for item in analysis.mask):
+        notes.append("token groups: group bounds are fixed per call")
+    return Plan(NAME, kind, tuple(notes))
+
+
+def _is_zero(expr: ir.Expr) -> bool:
+    return isinstance(expr, ir.Const) and expr.value == 0
