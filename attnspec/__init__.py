@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import builtins
 import hashlib
+import linecache
 import sys
 import types
 from pathlib import Path
@@ -56,7 +57,10 @@ def load(path_or_text: str | Path, backend: str | None = None) -> types.ModuleTy
     digest = hashlib.sha256(code.encode()).hexdigest()[:12]
     name = "_attnspec_" + "".join(c if c.isalnum() or c == "_" else "_" for c in stem) + digest
     module = types.ModuleType(name)
-    module.__file__ = f"<attnspec:{source.name}>"
+    module.__file__ = f"<attnspec:{source.name}:{digest}>"
+    # The source is findable like a file's (tracebacks show it; torch.compile then gives each
+    # function its own compile cache instead of one shared wrapper's).
+    linecache.cache[module.__file__] = (len(code), None, code.splitlines(True), module.__file__)
     # Registered like an imported module: torch.compile (flex) looks modules up by name.
     sys.modules[name] = module
     # Executes the module attnspec generated (a spec is data; no spec text runs as code).

@@ -16,3 +16,4 @@ for dtype in bfloat16 float32; do
   python3 -m attnspec.cli verify specs --device cuda --dtype "$dtype" --seed 1 > "$out/verify-$dtype.txt" || true
   echo "== $dtype"; grep -v " pass$" "$out/verify-$dtype.txt"
 done
+python3 benchmarks/gpu_flex_check.py 2>&1 | grep -v Warning | tee "$out/flex-check.txt"

@@ -27,7 +27,7 @@ from attnspec.ir.build import build_text
 
 ROOT = Path(__file__).resolve().parent.parent
 # Names made from checked spec names: temporaries, flex functions, captured params and edges.
-PER_SPEC = r"_t\d+|_(flex|mask_mod)_[A-Za-z]\w*|_[pe]_\w+"
+PER_SPEC = r"_t\d+|_(flex|mask_mod)_[A-Za-z]\w*|_[pes]_\w+"
 # The flex runtime is inlined verbatim: its own identifiers are known.
 RUNTIME_NAMES = frozenset(
     n.id if isinstance(n, ast.Name) else n.arg if isinstance(n, (ast.arg, ast.keyword))

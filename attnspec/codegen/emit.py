@@ -341,6 +341,8 @@ class _AttentionEmitter:
         if kind == "edges":
             source, field = name.split(".")
             return f"{source}.{field}"
+        if kind == "setting":
+            return f"self.{name}"
         if kind == "alibi":
             return "torch.tensor(_alibi_slopes(self.heads), dtype=dtype, device=q.device)"
         return name

@@ -3,7 +3,8 @@
 Inside those functions b, h, q_idx, kv_idx are 0-d tensors and everything the expression reads
 must be a tensor captured from the enclosing call: inputs under their names, params under
 aliases (`_p_NAME`, a second read of the same param `_p_NAME_2`: flex allows gradients into a
-captured tensor read once), edge tables as `_e_NAME_FIELD`, ALiBi slopes as `_alibi`. There are
+captured tensor read once), edge tables as `_e_NAME_FIELD`, ALiBi slopes as `_alibi`, and
+settings as plain numbers `_s_NAME`. There are
 no data-dependent checks (they cannot run inside a kernel): index ranges rest on the checker.
 
 Example:
@@ -27,10 +28,17 @@ class FlexExprGenerator(ExprGenerator):
 
     index_names: dict[str, str] = field(
         default_factory=lambda: {"b": "b", "h": "h", "q": "q_idx", "k": "kv_idx"})
-    settings_owner: str = "mod"
+    settings_owner: str = "_s"  # unused: `setting` below names each setting on its own
     dtype_name: str = "torch.float32"  # the score generator uses "score.dtype"
     captured: dict[str, str] = field(default_factory=dict)
     _param_reads: dict[str, int] = field(default_factory=dict)
+
+    def setting(self, e: ir.SettingRef) -> Code:
+        """Settings arrive as plain numbers: torch.compile specialises on their values, while
+        passing the module itself would guard on its identity and recompile per instance."""
+        alias = f"_s_{e.name}"
+        self.captured[alias] = f"setting {e.name}"
+        return Code(alias, P_ATOM, e.type, False)
 
     def param(self, e: ir.ParamRef) -> Code:
         reads = self._param_reads.get(e.name, 0) + 1
