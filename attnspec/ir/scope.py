@@ -72,7 +72,8 @@ def identifier_problem(name: str) -> str | None:
 # temporaries): spec names must avoid them, per kind of name.
 GENERATED_LOCALS = frozenset(
     "self q k v x context sizes B S Sq Sk dtype b h qi ki score mask shape probs out groups "
-    "q_len kv_len q_angles k_angles allowed options bias".split())
+    "q_len kv_len q_angles k_angles allowed options bias gqa args classes block_mask mask_mod "
+    "lse".split())
 GENERATED_MODULE_NAMES = frozenset(
     "torch math collections SPEC_SOURCE _check_backend _check_overrides _int_setting "
     "_float_setting _check_heads _param_shape _check_rope_dims _check_tensor _same_dtype "
