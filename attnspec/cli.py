@@ -60,6 +60,7 @@ def _parser() -> argparse.ArgumentParser:
     ver.add_argument("--device", default="cpu")
     ver.add_argument("--dtype", default="float32", help="float64, float32, bfloat16, float16")
     ver.add_argument("--json", action="store_true", help="print results as JSON")
+    ver.add_argument("--junit", metavar="FILE", help="also write JUnit XML to FILE")
     ver.add_argument("--seed", type=int, default=0)
     ver.set_defaults(run=cmd_verify)
     return p

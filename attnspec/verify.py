@@ -21,8 +21,10 @@ import json
 import math
 import random
 import sys
+import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 
@@ -314,6 +316,20 @@ def format_table(results: list[Result]) -> str:
     return "\n".join(lines)
 
 
+def junit_xml(results: list[Result]) -> str:
+    """JUnit XML (one testcase per spec x attention x backend x case) for CI dashboards."""
+    suite = ET.Element("testsuite", name="attnspec verify", tests=str(len(results)),
+                       failures=str(sum(not r.ok for r in results)))
+    for r in results:
+        case = ET.SubElement(suite, "testcase", classname=f"{r.spec}.{r.attention}",
+                             name=f"{r.backend}[{r.case}]")
+        if not r.ok:
+            failure = ET.SubElement(case, "failure", message=f"ratio {r.worst_ratio:.3g} "
+                                    f"({r.worst_tensor})")
+            failure.text = r.detail
+    return ET.tostring(suite, encoding="unicode") + "\n"
+
+
 def run_cli(args, loaded) -> int:
     """`attnspec verify`: `loaded` is [(path, source, module_ir or None)]."""
     import attnspec
@@ -336,4 +352,6 @@ def run_cli(args, loaded) -> int:
         print(json.dumps([asdict(r) for r in results], indent=1))
     else:
         print(format_table(results))
+    if args.junit:
+        Path(args.junit).write_text(junit_xml(results))
     return 1 if broken or any(not r.ok for r in results) else 0

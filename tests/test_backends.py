@@ -100,3 +100,19 @@ def test_cli_explain(capsys):
     assert main(["explain", str(ROOT / "specs/anchor.attn")]) == 0
     out = capsys.readouterr().out
     assert "sdpa: supported (patterns)" in out and "auto -> sdpa" in out
+
+
+def test_cli_verify_json_and_junit(tmp_path, capsys):
+    import json
+    import xml.etree.ElementTree as ET
+
+    from attnspec.cli import main
+
+    junit = tmp_path / "verify.xml"
+    code = main(["verify", str(ROOT / "specs/causal_lm.attn"), "--json", "--junit", str(junit),
+                 "--backend", "eager,sdpa", "--seed", "3"])
+    assert code == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert {r["backend"] for r in rows} == {"eager", "sdpa"} and all(r["ok"] for r in rows)
+    suite = ET.parse(junit).getroot()
+    assert suite.get("tests") == str(len(rows)) and suite.get("failures") == "0"

@@ -52,3 +52,14 @@ def test_flex_refuses_backward_on_cpu():
     q = torch.randn(1, 12, 9, 64, requires_grad=True)
     with pytest.raises(ValueError, match="no backward on CPU"):
         mod.CausalLM(backend="flex")(q, q, q)
+
+
+def test_override_of_an_index_setting_keeps_the_instance_off_flex():
+    text = ("attention A {\n heads = 2\n head_dim = 4\n param t: float[heads, 4] = zeros\n"
+            " bias t[h, k % head_dim]\n}\n")
+    mod = attnspec.load(text)
+    with pytest.raises(attnspec.UnsupportedBackendError, match="overridden head_dim"):
+        mod.A(backend="flex", head_dim=8)
+    assert mod.A(head_dim=8)._auto_cuda == "sdpa"  # SDPA re-checks reads at call time
+    assert mod.A()._auto_cuda == "flex"
+    assert mod.A(backend="flex", scale=0.5).backend == "flex"  # scale is in no index proof

@@ -56,7 +56,7 @@ scaled_dot_product_attention unsupported v_part AUTO_CPU AUTO_CUDA BLOCK_SIZE _A
 _FLEX_BLOCK _FLEX_COMPILED _alibi _attend_flex _flex_attention _flex_no_cpu_backward _flex_runner
 _flex_with_lse args aux block_mask body classes compile create_block_mask fullgraph is_cuda
 is_grad_enabled kv_idx lse mask_mod mod q_idx requires_grad return_aux return_lse score_mod
-unsqueeze _compile gqa
+unsqueeze _compile gqa voided _auto_cuda
 __init__ __name__ abs all amax angle angles any append arange as_tensor b backend base
 bfloat16 bias bidirectional bool broadcast_shapes broadcast_to bucket buckets cat ceil
 clamp clone collections context cos d declared denom detach device diagonal dict dim dims
@@ -206,6 +206,14 @@ def _comment_lines(notes: tuple[str, ...], width: int = 88) -> list[str]:
     return out
 
 
+def _index_settings(attn: ir.AttentionIR) -> set[str]:
+    """Settings the checker's index and range proofs used: those in masks, biases and constant
+    dims. Overriding one voids the proofs, which only eager and SDPA re-check at call time."""
+    exprs = _mask_and_bias_exprs(attn)
+    exprs += [d.size for x in list(attn.inputs) + list(attn.params) for d in x.dims if d.size]
+    return {n.name for e in exprs for n in walk(e) if isinstance(n, ir.SettingRef)}
+
+
 def _mask_and_bias_exprs(attn: ir.AttentionIR) -> list[ir.Expr]:
     return list(attn.masks) + [s.expr for s in attn.pipeline]
 
@@ -280,6 +288,8 @@ class _AttentionEmitter:
         return {
             "backends": _tuple(list(plans)), "auto_cpu": repr(backends.auto(a, "cpu")),
             "auto_cuda": repr(backends.auto(a, "cuda")),
+            "index_settings": _tuple(sorted(_index_settings(a))),
+            "flex_fallback": repr("sdpa" if "sdpa" in plans else "eager"),
             "unsupported": _dict_literal(unsupported),
             "default_backend": repr(self.default_backend),
             "pass_attend": "".join(f"{n}={n}, " for n in self._argument_names()),

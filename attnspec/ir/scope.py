@@ -83,7 +83,8 @@ GENERATED_MODULE_NAMES = frozenset(
     "_runs _sdpa_patterns".split())
 GENERATED_CLASS_NAMES = frozenset(
     "SETTINGS GROUPS BACKENDS AUTO UNSUPPORTED PATTERNS backend forward _attend _attend_eager "
-    "_attend_sdpa _mask _score _mup_init mup_param_groups q_proj k_proj v_proj o_proj".split())
+    "_attend_sdpa _attend_flex _auto_cuda _mask _score _mup_init mup_param_groups q_proj k_proj "
+    "v_proj o_proj".split())
 PYTHON_BUILTINS = frozenset(dir(builtins))
 
 RESERVED_BY_KIND = {
