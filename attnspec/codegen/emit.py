@@ -332,14 +332,7 @@ class _AttentionEmitter:
         return gen.lines
 
     def _flex_score_lines(self, gen: FlexExprGenerator) -> list[str]:
-        for step in self.attn.pipeline:
-            line = step.span.line
-            if step.kind == "bias":
-                _statement(gen, step.expr, f"# bias, spec line {line}",
-                           lambda c: f"score = score + {gen.wrap(c, P_ATOM)}")
-            else:
-                _statement(gen, step.expr, f"# score = ..., spec line {line}",
-                           lambda c: f"score = {_flex_score(c)}")
+        self._pipeline_statements(gen, lambda code, expr: _flex_score(code))
         return gen.lines
 
     def _capture(self, alias: str, what: str) -> str:
@@ -582,6 +575,13 @@ class _AttentionEmitter:
         if not self.attn.pipeline:
             return None
         gen = ExprGenerator()
+        self._pipeline_statements(gen, lambda code, expr: self._dense_score(gen, code, expr))
+        gen.uses.discard("score")
+        return self._helper(gen)
+
+    def _pipeline_statements(self, gen: ExprGenerator, replaced) -> None:
+        """The score pipeline in spec order: `bias e` adds; `score = e` becomes
+        `score = replaced(code, expr)` (each backend shapes a new score its own way)."""
         for step in self.attn.pipeline:
             line = step.span.line
             if step.kind == "bias":
@@ -589,9 +589,7 @@ class _AttentionEmitter:
                            lambda c: f"score = score + {gen.wrap(c, P_ATOM)}")
             else:
                 _statement(gen, step.expr, f"# score = ..., spec line {line}",
-                           lambda c, e=step.expr: f"score = {self._dense_score(gen, c, e)}")
-        gen.uses.discard("score")
-        return self._helper(gen)
+                           lambda c, e=step.expr: f"score = {replaced(c, e)}")
 
     @staticmethod
     def _dense_score(gen: ExprGenerator, code: Code, expr: ir.Expr) -> str:
