@@ -321,13 +321,8 @@ class _AttentionEmitter:
         for n, expr in enumerate(self.attn.masks):
             _statement(gen, expr, f"# mask, spec line {expr.span.line}", lambda c, first=n == 0: (
                 f"mask = {c.text}" if first else f"mask = mask & {gen.wrap(c, P_AND)}"))
-        for n, p in enumerate(self.attn.patterns):
-            term = ir.Binary(op="&", left=_any_group("q", p.queries, p.span),
-                             right=_any_group("k", p.keys, p.span), type="bool", span=p.span)
-            _statement(gen, term, f"# pattern, spec line {p.span.line}",
-                       lambda c, first=n == 0: f"allowed = {c.text}" if first
-                       else f"allowed = allowed | {gen.wrap(c, P_OR + 1)}")
         if self.attn.patterns:
+            self._pattern_statements(gen)
             gen.lines.append("mask = mask & allowed" if self.attn.masks else "mask = allowed")
         return gen.lines
 
@@ -560,16 +555,20 @@ class _AttentionEmitter:
         for expr in self.attn.masks:
             comment = f"# mask, spec line {expr.span.line}"
             _statement(gen, expr, comment, lambda c: f"mask = mask & {gen.wrap(c, P_AND)}")
+        if self.attn.patterns:
+            self._pattern_statements(gen)
+            gen.lines += ["# attend only where some pattern allows it",
+                          "mask = mask & allowed"]
+        return self._helper(gen)
+
+    def _pattern_statements(self, gen: ExprGenerator) -> None:
+        """`allowed` = OR over patterns of (q in a query group) & (k in a key group)."""
         for n, p in enumerate(self.attn.patterns):
             comment = f"# pattern, spec line {p.span.line}: q in its query groups, k in its keys"
             term = ir.Binary(op="&", left=_any_group("q", p.queries, p.span),
                              right=_any_group("k", p.keys, p.span), type="bool", span=p.span)
             _statement(gen, term, comment, lambda c, first=n == 0: (
                 f"allowed = {c.text}" if first else f"allowed = allowed | {gen.wrap(c, P_OR + 1)}"))
-        if self.attn.patterns:
-            gen.lines += ["# attend only where some pattern allows it",
-                          "mask = mask & allowed"]
-        return self._helper(gen)
 
     def _score(self) -> dict | None:
         if not self.attn.pipeline:

@@ -16,7 +16,7 @@ from attnspec.grammar import ast
 from attnspec.grammar.parser import parse
 from attnspec.ir import nodes as ir
 from attnspec.ir import scope
-from attnspec.ir.consts import ConstError, eval_const
+from attnspec.ir.consts import ConstError, eval_const, evaluate_settings
 from attnspec.ir.expr_builder import (
     AttnScope,
     Diagnostics,
@@ -190,6 +190,7 @@ class _AttentionBuilder:
     def build(self) -> ir.AttentionIR | None:
         self._check_names()
         numeric = self._numeric()
+        self.values = self._setting_values(numeric)
         inputs = tuple(filter(None, (self._input(d) for d in self.by_kind["input"])))
         params = [p for p in (self._param(d) for d in self.by_kind["param"]) if p]
         masks = tuple(filter(None, (self._mask(m) for m in self.by_kind["mask"])))
@@ -309,6 +310,15 @@ class _AttentionBuilder:
         return ir.NumericSetting(name=name, expr=expr, type=kind, explicit=explicit,
                                  span=span_ir(self._setting_span(name)))
 
+    @staticmethod
+    def _setting_values(numeric: tuple[ir.NumericSetting, ...] | None) -> dict:
+        """The spec's own setting values, for constant arguments (`edges(types = ...)`, inits,
+        `learned(max_len = ...)`); empty when they cannot be evaluated (the checker says why)."""
+        try:
+            return evaluate_settings(numeric or ())
+        except ConstError:
+            return {}
+
     def _setting_span(self, name: str) -> Span:
         stmt = self.settings.get(name) or self.mup_settings.get(name)
         return stmt.span if stmt else self.node.name_span
@@ -417,22 +427,10 @@ class _AttentionBuilder:
         if built is None:
             return None
         try:
-            return eval_const(built, self._default_values())
+            return eval_const(built, self.values)
         except ConstError as e:
             self.diags.error(str(e), expr.span)
             return None
-
-    def _default_values(self) -> dict:
-        values: dict = {}
-        for name in ("heads", "kv_heads", "head_dim", "dim", "value_dim", "context_dim"):
-            stmt = self.settings.get(name)
-            if stmt is not None and isinstance(stmt.value, ast.Num):
-                values[name] = stmt.value.value
-        values.setdefault("kv_heads", values.get("heads"))
-        if "dim" in values and "heads" in values and values["heads"]:
-            values.setdefault("head_dim", values["dim"] // values["heads"])
-        values.setdefault("value_dim", values.get("head_dim"))
-        return {k: v for k, v in values.items() if v is not None}
 
     def _dims(self, dims: tuple[ast.Expr, ...], input_dims: bool) -> tuple[ir.Dim, ...] | None:
         out = []

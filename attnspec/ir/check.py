@@ -249,8 +249,7 @@ class AttentionChecker:
     def _unused_inputs(self) -> None:
         used = set()
         for expr in self._expressions():
-            used |= {n.name if hasattr(n, "name") else None for n in walk(expr)
-                     if isinstance(n, ir.InputRef)}
+            used |= {n.name for n in walk(expr) if isinstance(n, ir.InputRef)}
             used |= {n.input for n in walk(expr) if isinstance(n, ir.EdgeField)}
         if self.attn.rope:
             used |= {self.attn.rope.positions, self.attn.rope.freqs}

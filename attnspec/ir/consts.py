@@ -10,7 +10,7 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from attnspec.ir import nodes as ir
 
@@ -21,12 +21,19 @@ class ConstError(ValueError):
 
 def resolve_settings(attn: ir.AttentionIR, overrides: Mapping[str, float] | None = None) -> dict:
     """Every numeric setting's value for one module instance; overrides replace settings."""
+    return evaluate_settings(attn.numeric, overrides, attn.name)
+
+
+def evaluate_settings(numeric: Sequence[ir.NumericSetting],
+                      overrides: Mapping[str, float] | None = None,
+                      owner: str = "the attention") -> dict:
+    """The values of settings listed in dependency order (as `AttentionIR.numeric`)."""
     overrides = dict(overrides or {})
-    unknown = sorted(set(overrides) - {s.name for s in attn.numeric})
+    unknown = sorted(set(overrides) - {s.name for s in numeric})
     if unknown:
-        raise ConstError(f"unknown setting(s) {', '.join(unknown)} for {attn.name}")
+        raise ConstError(f"unknown setting(s) {', '.join(unknown)} for {owner}")
     values: dict[str, float] = {}
-    for setting in attn.numeric:
+    for setting in numeric:
         if setting.name in overrides:
             value = overrides[setting.name]
         else:
