@@ -99,6 +99,12 @@ class UnsupportedBackendError(ValueError):
     """A backend was requested that cannot run a spec; the message lists every reason."""
 
 
+class UnsupportedInputError(UnsupportedBackendError):
+    """A backend that runs the spec cannot run these particular inputs (a dtype, a device, a
+    shape, document ids out of order, a missing kernel library); the message says why and what
+    runs them instead. Never a wrong result: the call is refused."""
+
+
 def did_you_mean(name: str, candidates: Iterable[str]) -> str | None:
     """A hint naming the closest candidate, or None.
 

@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 
 from attnspec import eager
+from attnspec.errors import UnsupportedInputError
 from attnspec.ir import nodes as ir
 from attnspec.ir.consts import eval_const, resolve_settings
 
@@ -55,6 +56,11 @@ class Result:
     worst_ratio: float  # max over tensors of err / (2 * eager_err + atol); <= 1 passes
     worst_tensor: str
     detail: str = ""
+    refused: bool = False  # the backend refused these inputs (UnsupportedInputError): not run
+
+    @property
+    def status(self) -> str:
+        return "refused" if self.refused else "pass" if self.ok else "FAIL"
 
 
 # --- cases and inputs --------------------------------------------------------------------------
@@ -206,6 +212,11 @@ def _randomise_params(module: torch.nn.Module, gen: torch.Generator) -> None:
             p.copy_(torch.randn(p.shape, generator=gen, dtype=torch.float64) * std)
 
 
+def runs_on(backend: str, device: str) -> bool:
+    """Whether `backend` can run on `device` at all (flash-attn kernels are CUDA only)."""
+    return backend != "flash" or str(device).startswith("cuda")
+
+
 def has_backward(backend: str, device: str) -> bool:
     """FlexAttention has no backward on CPU; every other backend/device pair has one."""
     return not (backend == "flex" and not str(device).startswith("cuda"))
@@ -282,12 +293,15 @@ def verify_spec(module_ir: ir.ModuleIR, py_module, backends: Sequence[str] | Non
                 dtype: torch.dtype = torch.float32, device: str = "cpu",
                 seed: int | None = None) -> list[Result]:
     """Every attention x backend x case of one compiled spec. `backends` None means every
-    backend generated into each class; a requested backend a spec cannot run is skipped."""
+    backend generated into each class that runs on `device`; a requested backend a spec cannot
+    run is skipped; one that refuses a case's inputs gives a `refused` result."""
     seed = random.randrange(2**31) if seed is None else seed
     results = []
     for attn in module_ir.attentions:
         cls = getattr(py_module, attn.name)
-        for backend in cls.BACKENDS if backends is None else backends:
+        wanted = [b for b in cls.BACKENDS if runs_on(b, device)] if backends is None \
+            else backends
+        for backend in wanted:
             if backend not in cls.BACKENDS:
                 continue
             for i, case in enumerate(cases_for(attn)):
@@ -299,6 +313,9 @@ def verify_spec(module_ir: ir.ModuleIR, py_module, backends: Sequence[str] | Non
 def _safe_check(attn, cls, backend, case, dtype, device, seed, spec_name) -> Result:
     try:
         return check_case(attn, cls, backend, case, dtype, device, seed, spec_name)
+    except UnsupportedInputError as e:  # a documented refusal, not a wrong result
+        return Result(spec_name, attn.name, backend, case.name, True, 0.0, "",
+                      " ".join(line.strip() for line in str(e).splitlines()), refused=True)
     except Exception as e:  # noqa: BLE001 — a crash is a failed check, reported in the table
         return Result(spec_name, attn.name, backend, case.name, False, math.inf, "",
                       f"{type(e).__name__}: {e}")
@@ -306,24 +323,31 @@ def _safe_check(attn, cls, backend, case, dtype, device, seed, spec_name) -> Res
 
 def format_table(results: list[Result]) -> str:
     header = ("spec", "attention", "backend", "case", "ratio", "result")
-    rows = [(r.spec, r.attention, r.backend, r.case, f"{r.worst_ratio:.3f}",
-             "pass" if r.ok else f"FAIL {r.worst_tensor} {r.detail}".strip()) for r in results]
+    rows = [(r.spec, r.attention, r.backend, r.case,
+             "-" if r.refused else f"{r.worst_ratio:.3f}",
+             r.status if r.ok and not r.refused else f"{r.status} {r.worst_tensor} {r.detail}"
+             .replace("  ", " ").strip()) for r in results]
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
     lines = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip()
              for row in (header, *rows)]
     failed = sum(not r.ok for r in results)
-    lines.append(f"{len(results) - failed} passed, {failed} failed")
+    refused = sum(r.refused for r in results)
+    lines.append(f"{len(results) - failed - refused} passed, {failed} failed"
+                 + (f", {refused} refused (the backend declined those inputs)" if refused else ""))
     return "\n".join(lines)
 
 
 def junit_xml(results: list[Result]) -> str:
     """JUnit XML (one testcase per spec x attention x backend x case) for CI dashboards."""
     suite = ET.Element("testsuite", name="attnspec verify", tests=str(len(results)),
-                       failures=str(sum(not r.ok for r in results)))
+                       failures=str(sum(not r.ok for r in results)),
+                       skipped=str(sum(r.refused for r in results)))
     for r in results:
         case = ET.SubElement(suite, "testcase", classname=f"{r.spec}.{r.attention}",
                              name=f"{r.backend}[{r.case}]")
-        if not r.ok:
+        if r.refused:
+            ET.SubElement(case, "skipped", message=r.detail)
+        elif not r.ok:
             failure = ET.SubElement(case, "failure", message=f"ratio {r.worst_ratio:.3g} "
                                     f"({r.worst_tensor})")
             failure.text = r.detail

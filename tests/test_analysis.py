@@ -121,6 +121,7 @@ SHIPPED = {
     "RopeCausal": ("causal", [CAUSAL], []),
     "RopeQKNormGQA": ("causal", [CAUSAL], []),
     "SlidingWindowGQA": ("structured", [B(-1024, 0)], [("alibi", -1.0), ("softcap", 30.0)]),
+    "SlidingWindowMistral": ("structured", [B(-4096, 0)], []),
     "Gemma2Local": ("structured", [B(-4095, 0)], [("softcap", 50.0)]),
     "Gemma2Global": ("causal", [CAUSAL], [("softcap", 50.0)]),
     "T5Encoder": ("none", [], [("table", "t5_bias")]),

@@ -24,6 +24,8 @@ def spec_backends():
         module_ir = attnspec.build(path)
         for attn in module_ir.attentions:
             for name in backends.plans(attn):
+                if name == "flash":
+                    continue  # CUDA only: tests/test_flash.py runs it through a model of flash-attn
                 yield pytest.param(path, attn.name, name, id=f"{attn.name}-{name}")
 
 
@@ -39,7 +41,7 @@ def test_backend_matches_eager_interpreter(path, attention, backend):
 
 def test_sdpa_is_generated_where_supported():
     module = attnspec.load(ROOT / "specs/causal_lm.attn")
-    assert module.CausalLM.BACKENDS == ("eager", "sdpa", "flex")
+    assert module.CausalLM.BACKENDS == ("eager", "sdpa", "flex", "flash")
     sliding = attnspec.load(ROOT / "specs/sliding_window.attn").SlidingWindowGQA
     assert sliding.BACKENDS == ("eager", "flex")
     assert sliding.AUTO_CPU == "eager" and sliding.AUTO_CUDA == "flex"
@@ -91,7 +93,9 @@ def test_explain_names_every_backend_and_the_auto_choice():
     assert "sdpa: not supported" in text
     assert "specs/sliding_window.attn:15:5: SDPA cannot transform scores" in text or \
         "sliding_window.attn:15:5" in text
-    assert text.rstrip().endswith("auto -> eager")
+    assert "flash: not supported" in text and "flash: supported (varlen)" in text
+    gqa = text.split("attention SlidingWindowMistral")[0]
+    assert gqa.rstrip().endswith("auto -> eager")
 
 
 def test_cli_explain(capsys):

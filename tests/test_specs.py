@@ -264,7 +264,7 @@ COVERED = {
     "packed_documents": {"PackedDocuments"},
     "prefix_lm": {"PrefixLMRuntime", "PrefixLMConstant"},
     "rope": {"RopeCausal", "RopeQKNormGQA"},
-    "sliding_window": {"SlidingWindowGQA"},
+    "sliding_window": {"SlidingWindowGQA", "SlidingWindowMistral"},
     "softcap_gemma": {"Gemma2Local", "Gemma2Global"},
     "t5_relative": {"T5Encoder", "T5Decoder"},
 }
@@ -316,6 +316,15 @@ def test_sliding_window_gqa_inclusive_window_alibi_softcap():
     assert mask[0, 0, 1024].all() and not mask[0, 0, 1025, 0]
     kernel_check(m, lambda: mask, sq, sk, b=1, scale=3.0,
                  score_fn=lambda s, P: softcap(s + alibi_bias(16, sq, sk), 30.0))
+
+
+def test_sliding_window_mistral_4096():
+    m = make("sliding_window", "SlidingWindowMistral", head_dim=16)
+    assert (m.heads, m.kv_heads) == (32, 8)
+    sq, sk = 4100, 9
+    mask = pair_mask(lambda i, j: i >= j and i - j <= 4096, sq, sk)
+    assert mask[0, 0, 4099].nonzero().flatten().tolist() == [3, 4, 5, 6, 7, 8]
+    kernel_check(m, lambda: mask, sq, sk, b=1, scale=3.0)
 
 
 # --- softcap_gemma.attn ------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from __future__ import annotations
 import builtins
 import re
 import textwrap
-from functools import lru_cache
+from functools import cache, lru_cache
 from pathlib import Path
 
 import jinja2
@@ -28,7 +28,7 @@ from attnspec.ir.exprs import free_vars, walk
 from attnspec.ir.scope import RESERVED, identifier_problem
 from attnspec.lower import backends
 from attnspec.lower import flex as flex_lowering
-from attnspec.lower.analysis import Band, KeyLength, KeyPadding, Segment, analyze
+from attnspec.lower.analysis import Band, KeyLength, KeyPadding, Segment, Softcap, analyze
 
 from .expr import P_AND, P_ATOM, P_OR, Code, ExprGenerator, literal
 from .flex_expr import FlexExprGenerator
@@ -98,7 +98,8 @@ def generate(module: ir.ModuleIR, backend: str | None = None) -> str:
         spec_lines=_string_lines(module.source_text),
         attentions=attentions,
         needs=needs,
-        flex_runtime=_flex_runtime() if needs["flex"] else "",
+        flex_runtime=_runtime("flex_runtime.py") if needs["flex"] else "",
+        flash_runtime=_runtime("flash_runtime.py") if needs["flash"] else "",
     )
     return reflow(source)
 
@@ -111,13 +112,19 @@ def _default_backend(attn: ir.AttentionIR, requested: str | None, source_name: s
     return wanted
 
 
-@lru_cache(maxsize=1)
-def _flex_runtime() -> str:
-    """The structured BlockMask builders (templates/flex_runtime.py, a tested module of its
-    own), without its docstring and imports, to inline into generated modules."""
-    text = (Path(__file__).parent / "templates" / "flex_runtime.py").read_text()
+# Import lines of the runtime files that the generated module already has (or defines).
+_RUNTIME_IMPORTS = ("import torch", "import math",
+                    "from attnspec.errors import UnsupportedInputError")
+
+
+@cache
+def _runtime(filename: str) -> str:
+    """A runtime file of templates/ (flex_runtime.py: structured BlockMask builders;
+    flash_runtime.py: flash-attn packing; each a tested module of its own), without its
+    docstring and imports, to inline into generated modules."""
+    text = (Path(__file__).parent / "templates" / filename).read_text()
     body = text.split('"""', 2)[2] if text.lstrip().startswith('"""') else text
-    lines = [line for line in body.splitlines() if line not in ("import torch", "import math")]
+    lines = [line for line in body.splitlines() if line not in _RUNTIME_IMPORTS]
     return "\n".join(lines).strip("\n")
 
 
@@ -184,6 +191,8 @@ def _needs(module: ir.ModuleIR) -> dict[str, bool]:
         "t5": "t5_bucket" in calls,
         "sdpa": any(not r for a in attns for n, r in backends.reasons(a).items() if n == "sdpa"),
         "flex": any(not r for a in attns for n, r in backends.reasons(a).items() if n == "flex"),
+        "flash": any(not r for a in attns for n, r in backends.reasons(a).items()
+                     if n == "flash"),
         "read": any(isinstance(n, (ir.InputRef, ir.ParamRef)) and n.indices
                     for a in attns for n in _all_nodes(a)),
     }
@@ -295,7 +304,48 @@ class _AttentionEmitter:
             "pass_attend": "".join(f"{n}={n}, " for n in self._argument_names()),
             "sdpa": self._sdpa(plans.get("sdpa")),
             "flex": self._flex() if "flex" in plans else None,
+            "flash": self._flash(plans["flash"]) if "flash" in plans else None,
         }
+
+    # flash ------------------------------------------------------------------------------------
+    def _flash(self, plan) -> dict:
+        """The arguments of `_flash_attend` (templates/flash_runtime.py) for this attention."""
+        analysis = analyze(self.attn)
+        documents = analysis.segments[0].input if analysis.segments else None
+        band = analysis.band
+        return {
+            "summary": _comment_lines(plan.notes),
+            "documents": documents or "None",
+            "documents_str": repr(documents),
+            "key_valid": self._flash_key_valid(analysis),
+            "band": "None" if band is None else (
+                f"({self._offset(band.lo)}, {self._offset(band.hi)}, "
+                f"{band.align == 'bottom_right'})"),
+            "softcap": self._flash_softcap(analysis.score),
+            "alibi": self._flash_alibi(analysis.biases),
+        }
+
+    def _flash_key_valid(self, analysis) -> str:
+        """[B, Sk] bool of the keys every query may see (key padding AND key lengths)."""
+        parts = [item.input for item in analysis.key_padding]
+        parts += [f"(torch.arange(Sk, device=q.device) < {item.input}.view(-1, 1))"
+                  for item in analysis.key_lengths]
+        return " & ".join(parts) or "None"
+
+    def _flash_softcap(self, score) -> str:
+        caps = [item.cap for item in score if isinstance(item, Softcap)]
+        if not caps:
+            return "None"
+        cap = caps[0]
+        return literal(float(cap)) if isinstance(cap, (int, float)) else \
+            f"abs(float({ExprGenerator().constant(cap).text}))"
+
+    def _flash_alibi(self, biases) -> str:
+        """flash-attn 2 adds -slope * |q - k|: slopes scaled by -scale give scale * slope."""
+        alibi = [b for b in biases if b.kind == "alibi"]
+        if not alibi:
+            return "None"
+        return f"{literal(-alibi[0].scale)} * slopes"
 
     # flex -------------------------------------------------------------------------------------
     def _flex(self) -> dict:

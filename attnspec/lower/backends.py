@@ -12,15 +12,11 @@ from __future__ import annotations
 
 from attnspec.errors import UnsupportedBackendError
 from attnspec.ir import nodes as ir
-from attnspec.lower import eager, flex, sdpa
+from attnspec.lower import eager, flash, flex, sdpa
 from attnspec.lower.analysis import analyze
 from attnspec.lower.plan import Plan, Reason
 
-BACKENDS = {"eager": eager, "sdpa": sdpa, "flex": flex}
-# Planned backends: named so that a request gets a clear answer instead of "unknown".
-NOT_YET = {
-    "flash": "flash-attn code generation is not implemented in this version",
-}
+BACKENDS = {"eager": eager, "sdpa": sdpa, "flex": flex, "flash": flash}
 # SDPA plans that run on SDPA's own kernels, without a dense mask.
 NATIVE_SDPA = ("full", "causal", "patterns")
 
@@ -28,9 +24,7 @@ NATIVE_SDPA = ("full", "causal", "patterns")
 def reasons(attn: ir.AttentionIR) -> dict[str, list[Reason]]:
     """Every backend's reasons it cannot run `attn` (empty list = supported)."""
     analysis = analyze(attn)
-    out = {name: module.supports(attn, analysis) for name, module in BACKENDS.items()}
-    out.update({name: [Reason(why)] for name, why in NOT_YET.items()})
-    return out
+    return {name: module.supports(attn, analysis) for name, module in BACKENDS.items()}
 
 
 def plans(attn: ir.AttentionIR) -> dict[str, Plan]:

@@ -1,0 +1,204 @@
+"""flash-attn runtime, inlined verbatim into generated modules that have the flash backend.
+
+It finds the installed flash-attn (imported on first use, so a module without it still imports),
+packs [B, H, S, D] tensors into flash-attn's varlen layout [total, H, D] with int32
+`cu_seqlens`, makes one `flash_attn_varlen_func` call and unpacks the result. Everything the
+kernels cannot express for a particular call (a dtype, a device, head dims, document ids out of
+order, a window that alignment makes negative) raises `UnsupportedInputError` before any kernel
+runs: the call is refused, never silently wrong.
+
+Semantics pinned by the tests (tests/test_flash.py models flash-attn in pure torch):
+* flash-attn aligns each sequence bottom-right: query i of a sequence with `sq` queries and
+  `sk` keys keeps keys `i + sk - sq - left <= j <= i + sk - sq + right` (None = unbounded).
+* Rows with no key to attend (no valid key in their sequence, or above the first key when
+  `sq > sk`) are set to exactly 0, whatever the kernel wrote there.
+"""
+
+import torch
+
+from attnspec.errors import UnsupportedInputError
+
+_FLASH_DTYPES = (torch.float16, torch.bfloat16)
+_FLASH_MAX_HEAD_DIM = 256
+_FLASH_LIBRARIES = {}
+
+
+class _FlashLibrary:
+    """One installed flash-attn: `version` 4 (flash_attn.cute) or 2 (flash_attn), and its
+    `flash_attn_varlen_func`."""
+
+    def __init__(self, version, varlen):
+        self.version = version
+        self.name = f"flash-attn {version}"
+        self.varlen = varlen
+
+    def __call__(self, q, k, v, cu_q, cu_k, max_q, max_k, *, scale, window, softcap,
+                 alibi_slopes, sink):
+        """One varlen call; `window` is (left, right) with None for unbounded."""
+        left, right = window
+        causal = left is None and right == 0
+        if self.version == 4:
+            out = self.varlen(q, k, v, cu_seqlens_q=cu_q, cu_seqlens_k=cu_k,
+                              max_seqlen_q=max_q, max_seqlen_k=max_k, softmax_scale=scale,
+                              causal=causal, window_size=(None, None) if causal else window,
+                              learnable_sink=sink, softcap=softcap)
+        else:  # flash-attn 2 spells an unbounded side -1
+            sides = (-1, -1) if causal else tuple(-1 if w is None else w for w in window)
+            out = self.varlen(q, k, v, cu_q, cu_k, max_q, max_k, dropout_p=0.0,
+                              softmax_scale=scale, causal=causal, window_size=sides,
+                              softcap=softcap, alibi_slopes=alibi_slopes)
+        return out[0] if isinstance(out, tuple) else out
+
+
+def _flash_library(device):
+    """The flash-attn that runs on `device`: flash-attn 4 on sm90 and newer when installed, else
+    flash-attn 2. Found once per device; UnsupportedInputError when there is none."""
+    if device.type != "cuda":
+        raise UnsupportedInputError(f"backend 'flash' runs on CUDA tensors only (flash-attn "
+                                    f"kernels), got device {device}; use 'sdpa' or 'eager'")
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index not in _FLASH_LIBRARIES:
+        _FLASH_LIBRARIES[index] = _find_flash(torch.cuda.get_device_capability(index))
+    found = _FLASH_LIBRARIES[index]
+    if isinstance(found, str):
+        raise UnsupportedInputError(found)
+    return found
+
+
+def _find_flash(capability):
+    """A _FlashLibrary, or the message explaining why none can be imported."""
+    problems = []
+    if capability[0] >= 9:
+        try:
+            from flash_attn.cute import flash_attn_varlen_func as fa4_varlen
+            return _FlashLibrary(4, fa4_varlen)
+        except ImportError as e:
+            problems.append(f"flash-attn 4 (flash_attn.cute): {e}")
+    else:
+        problems.append(f"flash-attn 4 needs sm90 or newer, this GPU is sm{capability[0]}"
+                        f"{capability[1]}")
+    try:
+        from flash_attn import flash_attn_varlen_func as fa2_varlen
+        return _FlashLibrary(2, fa2_varlen)
+    except ImportError as e:
+        problems.append(f"flash-attn 2 (flash_attn): {e}")
+    return ("backend 'flash' needs flash-attn: pip install flash-attn-4 (Hopper or newer) or "
+            "flash-attn; " + "; ".join(problems))
+
+
+def _flash_check(owner, library, q, v, alibi_slopes, sink):
+    """What this library cannot run for these inputs, before any work is done."""
+    problems = []
+    if q.dtype not in _FLASH_DTYPES:
+        problems.append(f"q, k, v are {q.dtype}: flash-attn computes in float16/bfloat16 only "
+                        "(cast them, or use another backend)")
+    for name, size in (("head_dim", q.shape[-1]), ("value_dim", v.shape[-1])):
+        if size % 8 or size > _FLASH_MAX_HEAD_DIM:
+            problems.append(f"{name} {size}: flash-attn needs a multiple of 8 up to "
+                            f"{_FLASH_MAX_HEAD_DIM}")
+    if library.version == 2 and q.shape[-1] != v.shape[-1]:
+        problems.append(f"flash-attn 2 needs head_dim == value_dim, got {q.shape[-1]} and "
+                        f"{v.shape[-1]}")
+    if alibi_slopes is not None and library.version == 4:
+        problems.append("ALiBi: flash-attn 4 has no alibi_slopes (it would need a CuTe "
+                        "score_mod); install flash-attn 2, or use 'flex'")
+    if sink is not None and library.version == 2:
+        problems.append("sinks: flash-attn 2 has no learnable_sink; use flash-attn 4 or 'flex'")
+    if problems:
+        raise UnsupportedInputError(f"{owner}: backend 'flash' ({library.name}) cannot run this "
+                                    "call:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+def _flash_check_documents(owner, name, ids):
+    """Varlen sequences are contiguous runs: each document's ids must form one run per row,
+    which non-decreasing ids guarantee (one comparison per position)."""
+    if ids.shape[-1] > 1 and bool((ids[:, 1:] < ids[:, :-1]).any()):
+        raise UnsupportedInputError(
+            f"{owner}: backend 'flash' needs the document ids `{name}` non-decreasing along "
+            "each row (every document one contiguous run); they decrease somewhere. Sort the "
+            "packing, or use backend='flex', which runs any ids")
+
+
+def _flash_window(owner, lo, hi, bottom_right, Sq, Sk):
+    """flash-attn's (left, right) for the band `lo <= k - q - shift <= hi` (None = unbounded),
+    `shift` = kv_len - q_len when bottom-right, else 0. flash-attn aligns at kv_len - q_len
+    (runs of documents have q_len == kv_len), so a top-left band moves by that much."""
+    delta = Sk - Sq
+    shift = delta if bottom_right else 0
+    left = None if lo is None else delta - shift - lo
+    right = None if hi is None else shift + hi - delta
+    if (left is not None and left < 0) or (right is not None and right < 0):
+        raise UnsupportedInputError(
+            f"{owner}: backend 'flash' cannot run the band {lo} <= k - q <= {hi} "
+            f"({'bottom-right' if bottom_right else 'top-left'}) with q_len {Sq} and kv_len "
+            f"{Sk}: it becomes window_size=({left}, {right}) and flash-attn needs both >= 0 "
+            "(its windows are aligned bottom-right and hold the diagonal); use 'flex'")
+    return left, right
+
+
+def _flash_runs(ids, B, S, device):
+    """int32 cu_seqlens [n + 1] and the longest length of the sequences: one per run of equal
+    `ids` in each row, or one per row when `ids` is None."""
+    if ids is None:
+        return torch.arange(0, (B + 1) * S, S, dtype=torch.int32, device=device), S
+    starts = torch.ones(B, S, dtype=torch.bool, device=device)
+    starts[:, 1:] = ids[:, 1:] != ids[:, :-1]
+    first = starts.flatten().nonzero().flatten()
+    cu = torch.cat([first, first.new_full((1,), B * S)]).to(torch.int32)
+    return cu, int((cu[1:] - cu[:-1]).max())
+
+
+def _flash_keep_keys(key_valid, cu_k):
+    """Unpadding: the flat indices of the valid keys, and cu_seqlens / longest length of the
+    sequences they leave (each sequence keeps its valid keys, in order)."""
+    flat = key_valid.flatten()
+    before = torch.cat([flat.new_zeros(1, dtype=torch.int64), flat.cumsum(0)])
+    cu = before[cu_k.long()].to(torch.int32)
+    longest = int((cu[1:] - cu[:-1]).max()) if cu.numel() > 1 else 0
+    return flat.nonzero().flatten(), cu, longest
+
+
+def _flash_pack(x, keep=None):
+    """[B, H, S, D] -> [B*S, H, D] (rows `keep` only, when given)."""
+    packed = x.transpose(1, 2).reshape(-1, x.shape[1], x.shape[3])
+    return packed if keep is None else packed.index_select(0, keep)
+
+
+def _flash_empty_rows(cu_q, cu_k, total_q, right):
+    """[total_q] bool: packed query rows with no key in their window: every row of a sequence
+    without keys, and the first rows of a sequence with more queries than keys (above the
+    bottom-right-aligned diagonal) when the window is bounded on the right."""
+    lengths_q = (cu_q[1:] - cu_q[:-1]).long()
+    lengths_k = (cu_k[1:] - cu_k[:-1]).long()
+    seq = torch.repeat_interleave(torch.arange(lengths_q.numel(), device=cu_q.device),
+                                  lengths_q, output_size=total_q)
+    local = torch.arange(total_q, device=cu_q.device) - cu_q.long()[seq]
+    empty = lengths_k[seq] == 0
+    if right is not None:
+        empty = empty | (local + lengths_k[seq] - lengths_q[seq] + right < 0)
+    return empty
+
+
+def _flash_attend(owner, library, q, k, v, *, scale, documents=None, key_valid=None,
+                  band=None, softcap=None, alibi_slopes=None, sink=None):
+    """q [B, H, Sq, D], k/v [B, Hk, Sk, *] -> [B, H, Sq, Dv] through one varlen call.
+    `documents` [B, S] ids (checked non-decreasing by the caller), `key_valid` [B, Sk] bool,
+    `band` (lo, hi, bottom_right)."""
+    _flash_check(owner, library, q, v, alibi_slopes, sink)
+    B, H, Sq = q.shape[:3]
+    Sk, Dv = k.shape[2], v.shape[3]
+    window = _flash_window(owner, *band, Sq, Sk) if band is not None else (None, None)
+    cu_q, max_q = _flash_runs(documents, B, Sq, q.device)
+    cu_k, max_k = (cu_q, max_q) if documents is not None else _flash_runs(None, B, Sk, q.device)
+    keep = None
+    if key_valid is not None:
+        keep, cu_k, max_k = _flash_keep_keys(key_valid, cu_k)
+    if max_k == 0:  # no key anywhere: every row is 0 (a product over zero keys keeps autograd)
+        return q @ k[:, :1, :0].transpose(-2, -1) @ v[:, :1, :0]
+    out = library(_flash_pack(q), _flash_pack(k, keep), _flash_pack(v, keep), cu_q, cu_k,
+                  max_q, max_k, scale=scale, window=window, softcap=softcap or 0.0,
+                  alibi_slopes=alibi_slopes, sink=sink)
+    if key_valid is not None or (window[1] is not None and Sq > Sk):
+        empty = _flash_empty_rows(cu_q, cu_k, out.shape[0], window[1])
+        out = out.masked_fill(empty.view(-1, 1, 1), 0.0)
+    return out.view(B, Sq, H, Dv).transpose(1, 2)

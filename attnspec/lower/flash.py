@@ -1,0 +1,163 @@
+"""The flash-attn backend: one `flash_attn_varlen_func` call per attention.
+
+flash-attn expresses exactly this structure, and this module accepts exactly it:
+
+| spec | flash-attn |
+|---|---|
+| no mask | one sequence per batch row |
+| a band `lo <= k - q - shift <= hi` (causal, windows) | `causal=True` / `window_size=(l, r)` |
+| `same(doc)` (documents) | one varlen sequence per run of equal ids (`cu_seqlens`) |
+| key padding / key lengths | keys unpadded per sequence, outputs padded back |
+| `softcap(score, c)` first in the pipeline | `softcap=c` |
+| `bias alibi` last in the pipeline | `alibi_slopes=` (flash-attn 2 only) |
+| `sinks = true` | `learnable_sink=` (flash-attn 4 only) |
+| GQA, `scale` | native (`softmax_scale=`) |
+
+flash-attn aligns every window at the bottom-right corner of each varlen sequence
+(`k <= q + seqlen_k - seqlen_q + right`). A band written top-left is shifted at call time by
+`kv_len - q_len`; when that makes `left` or `right` negative the call is refused. Because the
+alignment follows each sequence's own key count, a band cannot be combined with unpadded keys.
+Library-dependent limits (fp16/bf16, head dims, ALiBi on flash-attn 4, sinks on flash-attn 2,
+CUDA only, document ids out of order) are checked at call time and raise
+`UnsupportedInputError`; see `templates/flash_runtime.py`.
+"""
+
+from __future__ import annotations
+
+from attnspec.ir import nodes as ir
+from attnspec.ir.consts import resolve_settings
+from attnspec.lower.analysis import (
+    Analysis,
+    Band,
+    Bias,
+    KeyLength,
+    KeyPadding,
+    Segment,
+    Softcap,
+)
+from attnspec.lower.plan import Plan, Reason
+
+NAME = "flash"
+EXPRESSIBLE = (Band, Segment, KeyLength, KeyPadding)
+MAX_HEAD_DIM = 256  # flash-attn 2 and flash-attn 4 on Hopper
+HEAD_DIM_MULTIPLE = 8  # flash-attn 4 needs 16-byte aligned rows in fp16/bf16
+
+
+def supports(attn: ir.AttentionIR, analysis: Analysis) -> list[Reason]:
+    """Every reason flash-attn cannot run `attn` (empty = it can, subject to call-time checks)."""
+    return (_mask_reasons(analysis) + _score_reasons(analysis) + _dropout_reasons(attn)
+            + _head_dim_reasons(attn))
+
+
+def _mask_reasons(analysis: Analysis) -> list[Reason]:
+    reasons = [Reason(f"flash-attn expresses windows, documents and key padding only, not "
+                      f"this mask ({item.describe()})", getattr(item, "span", None))
+               for item in analysis.mask if not isinstance(item, EXPRESSIBLE)]
+    if len(analysis.segments) > 1:
+        reasons.append(Reason("flash-attn takes one document split (cu_seqlens); this spec "
+                              "has several `same(...)` conjuncts", analysis.segments[1].span))
+    keys = analysis.key_padding + analysis.key_lengths
+    band = analysis.band
+    if band is not None and keys:
+        reasons.append(Reason(
+            "flash-attn aligns windows and causal masks at the end of each sequence's own keys, "
+            "so a band cannot be combined with key padding or key lengths (unpadded keys move "
+            "the alignment)", keys[0].span))
+    if band is not None:
+        reasons += _band_reasons(band)
+    return reasons
+
+
+def _band_reasons(band: Band) -> list[Reason]:
+    """Literal offsets that no shift can make a flash-attn window (which holds the diagonal)."""
+    if isinstance(band.lo, int) and band.lo > 0:
+        return [Reason(f"flash-attn windows include the diagonal; this band starts {band.lo} "
+                       "key(s) after it", band.span)]
+    if isinstance(band.hi, int) and band.hi < 0:
+        return [Reason(f"flash-attn windows include the diagonal; this band ends {-band.hi} "
+                       "key(s) before it (e.g. `k < q`)", band.span)]
+    return []
+
+
+def _score_reasons(analysis: Analysis) -> list[Reason]:
+    steps = list(analysis.score)
+    if len(steps) == 2 and _is_alibi(steps[0]) and isinstance(steps[1], Softcap):
+        return [Reason("flash-attn adds ALiBi after the softcap; this pipeline adds it before "
+                       "(the two do not commute)", steps[0].span)]
+    reasons = []
+    if steps and isinstance(steps[0], Softcap):
+        steps = steps[1:]
+    if steps and _is_alibi(steps[-1]):
+        alibi = steps.pop()
+        if analysis.key_padding or analysis.key_lengths:
+            reasons.append(Reason("flash-attn's ALiBi measures |q - k| within each sequence; "
+                                  "unpadded keys would move it", alibi.span))
+    for step in steps:
+        reasons.append(Reason(f"flash-attn takes a softcap first and ALiBi last, nothing else "
+                              f"in the score pipeline ({step.describe()})", step.span))
+    return reasons
+
+
+def _dropout_reasons(attn: ir.AttentionIR) -> list[Reason]:
+    dropout = attn.setting("dropout")
+    if dropout is not None and dropout.explicit and not _is_zero(dropout.expr):
+        return [Reason("the flash backend has no attention dropout (flash-attn 4 has none)",
+                       dropout.span)]
+    return []
+
+
+def _head_dim_reasons(attn: ir.AttentionIR) -> list[Reason]:
+    values = resolve_settings(attn)
+    reasons = []
+    for name in ("head_dim", "value_dim"):
+        size = values.get(name)
+        if isinstance(size, int) and (size % HEAD_DIM_MULTIPLE or size > MAX_HEAD_DIM):
+            setting = attn.setting(name)
+            reasons.append(Reason(f"flash-attn needs {name} a multiple of {HEAD_DIM_MULTIPLE} "
+                                  f"and at most {MAX_HEAD_DIM}, got {size}",
+                                  setting.span if setting is not None else attn.span))
+    return reasons
+
+
+def lower(attn: ir.AttentionIR, analysis: Analysis) -> Plan:
+    """The plan: what each recognised piece becomes in the flash-attn call."""
+    notes = ["one flash_attn_varlen_func call (flash-attn 4 on sm90+, else flash-attn 2): "
+             "layout [total, heads, dim], int32 cu_seqlens"]
+    if analysis.segments:
+        name = analysis.segments[0].input
+        notes.append(f"same({name}) -> one varlen sequence per run of equal ids; `{name}` must "
+                     "be non-decreasing along each row, else the call raises "
+                     "UnsupportedInputError (flex runs any ids)")
+    keys = analysis.key_padding + analysis.key_lengths
+    if keys:
+        notes.append("key padding -> keys unpadded per sequence, outputs padded back; rows "
+                     "with no key give 0 (" + "; ".join(k.describe() for k in keys) + ")")
+    if analysis.band is not None:
+        notes.append(_band_note(analysis.band))
+    if analysis.softcap is not None:
+        notes.append("softcap -> softcap=")
+    if any(_is_alibi(b) for b in analysis.biases):
+        notes.append("alibi -> alibi_slopes= (flash-attn 2; flash-attn 4 has no ALiBi argument "
+                     "and refuses the call)")
+    if attn.sinks:
+        notes.append("sinks -> learnable_sink= (flash-attn 4; flash-attn 2 refuses the call)")
+    notes.append("fp16/bf16 only: float32 inputs are refused (cast them, or use another "
+                 "backend); CUDA only")
+    return Plan(NAME, "varlen", tuple(notes))
+
+
+def _band_note(band: Band) -> str:
+    if band.align == "bottom_right":
+        where = "bottom-right, as flash-attn aligns"
+    else:
+        where = ("top-left: shifted by kv_len - q_len at call time, refused when that makes "
+                 "left or right negative")
+    return f"{band.describe()} -> window_size=(left, right) / causal=True ({where})"
+
+
+def _is_alibi(step) -> bool:
+    return isinstance(step, Bias) and step.kind == "alibi"
+
+
+def _is_zero(expr: ir.Expr) -> bool:
+    return isinstance(expr, ir.Const) and expr.value == 0
