@@ -93,7 +93,7 @@ def test_explain_names_every_backend_and_the_auto_choice():
     assert "sdpa: not supported" in text
     assert "specs/sliding_window.attn:15:5: SDPA cannot transform scores" in text or \
         "sliding_window.attn:15:5" in text
-    assert "flash: not supported" in text and "flash: supported (varlen)" in text
+    assert "flash: not supported" in text and "flash: supported (batched)" in text
     gqa = text.split("attention SlidingWindowMistral")[0]
     assert gqa.rstrip().endswith("auto -> eager")
 

@@ -275,6 +275,8 @@ def test_source_uses_only_known_names(path):
                     # flash-attn, imported when a flash call first runs
                     ("flash_attn.cute", ("flash_attn_varlen_func",)),
                     ("flash_attn", ("flash_attn_varlen_func",)),
+                    ("flash_attn.cute", ("flash_attn_func",)),
+                    ("flash_attn", ("flash_attn_func",)),
                     ("torch.nn.attention.flex_attention", ("create_block_mask",)),
                     ("torch.nn.attention.flex_attention", ("flex_attention",)),
                     ("torch.nn.attention.flex_attention", ("AuxRequest",)),

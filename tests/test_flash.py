@@ -111,12 +111,30 @@ def fake_fa2(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dr
                        alibi=alibi_slopes)
 
 
+def dense_fake(varlen, version):
+    """flash_attn_func of either version: [B, S, H, D] tensors (views with a contiguous last
+    dim), through the varlen model."""
+    def dense(q, k, v, **options):
+        assert q.stride(-1) == k.stride(-1) == v.stride(-1) == 1
+        (B, Sq, H, _), Sk, Dv = q.shape, k.shape[1], v.shape[3]
+        cu_q = torch.arange(0, (B + 1) * Sq, Sq, dtype=torch.int32)
+        cu_k = torch.arange(0, (B + 1) * Sk, Sk, dtype=torch.int32)
+        flat = [t.reshape(-1, *t.shape[2:]) for t in (q, k, v)]
+        if version == 4:
+            out, _ = varlen(*flat, cu_seqlens_q=cu_q, cu_seqlens_k=cu_k, max_seqlen_q=Sq,
+                            max_seqlen_k=Sk, **options)
+        else:
+            out = varlen(*flat, cu_q, cu_k, Sq, Sk, **options)
+        return out.view(B, Sq, H, Dv)
+    return dense
+
+
 FAKES = {4: fake_fa4, 2: fake_fa2}
 
 
 def with_fake(monkeypatch, mod, version):
     monkeypatch.setattr(mod, "_flash_library", lambda device: mod._FlashLibrary(
-        version, FAKES[version]))
+        version, dense_fake(FAKES[version], version), FAKES[version]))
     return mod
 
 

@@ -314,7 +314,7 @@ class _AttentionEmitter:
         documents = analysis.segments[0].input if analysis.segments else None
         band = analysis.band
         return {
-            "summary": _comment_lines(plan.notes),
+            "kind": plan.kind, "summary": _comment_lines(plan.notes),
             "documents": documents or "None",
             "documents_str": repr(documents),
             "key_valid": self._flash_key_valid(analysis),

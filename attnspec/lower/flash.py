@@ -1,4 +1,4 @@
-"""The flash-attn backend: one `flash_attn_varlen_func` call per attention.
+"""The flash-attn backend: one `flash_attn_func` / `flash_attn_varlen_func` call per attention.
 
 flash-attn expresses exactly this structure, and this module accepts exactly it:
 
@@ -121,14 +121,18 @@ def _head_dim_reasons(attn: ir.AttentionIR) -> list[Reason]:
 
 def lower(attn: ir.AttentionIR, analysis: Analysis) -> Plan:
     """The plan: what each recognised piece becomes in the flash-attn call."""
-    notes = ["one flash_attn_varlen_func call (flash-attn 4 on sm90+, else flash-attn 2): "
-             "layout [total, heads, dim], int32 cu_seqlens"]
+    keys = analysis.key_padding + analysis.key_lengths
+    kind = "varlen" if analysis.segments or keys else "batched"
+    notes = [{
+        "batched": "one flash_attn_func call on [B, S, heads, dim] views, no copies",
+        "varlen": "one flash_attn_varlen_func call: layout [total, heads, dim] (a copy when "
+                  "B > 1), int32 cu_seqlens",
+    }[kind] + " (flash-attn 4 on sm90+, else flash-attn 2)"]
     if analysis.segments:
         name = analysis.segments[0].input
         notes.append(f"same({name}) -> one varlen sequence per run of equal ids; `{name}` must "
                      "be non-decreasing along each row, else the call raises "
                      "UnsupportedInputError (flex runs any ids)")
-    keys = analysis.key_padding + analysis.key_lengths
     if keys:
         notes.append("key padding -> keys unpadded per sequence, outputs padded back; rows "
                      "with no key give 0 (" + "; ".join(k.describe() for k in keys) + ")")
@@ -143,7 +147,7 @@ def lower(attn: ir.AttentionIR, analysis: Analysis) -> Plan:
         notes.append("sinks -> learnable_sink= (flash-attn 4; flash-attn 2 refuses the call)")
     notes.append("fp16/bf16 only: float32 inputs are refused (cast them, or use another "
                  "backend); CUDA only")
-    return Plan(NAME, "varlen", tuple(notes))
+    return Plan(NAME, kind, tuple(notes))
 
 
 def _band_note(band: Band) -> str:

@@ -1,8 +1,9 @@
 """flash-attn runtime, inlined verbatim into generated modules that have the flash backend.
 
 It finds the installed flash-attn (imported on first use, so a module without it still imports),
-packs [B, H, S, D] tensors into flash-attn's varlen layout [total, H, D] with int32
-`cu_seqlens`, makes one `flash_attn_varlen_func` call and unpacks the result. Everything the
+calls `flash_attn_func` on [B, S, H, D] views when every sequence has the full lengths, and
+otherwise packs the tensors into flash-attn's varlen layout [total, H, D] with int32 `cu_seqlens`
+(documents, unpadded keys) for one `flash_attn_varlen_func` call. Everything the
 kernels cannot express for a particular call (a dtype, a device, head dims, document ids out of
 order, a window that alignment makes negative) raises `UnsupportedInputError` before any kernel
 runs: the call is refused, never silently wrong.
@@ -24,29 +25,37 @@ _FLASH_LIBRARIES = {}
 
 
 class _FlashLibrary:
-    """One installed flash-attn: `version` 4 (flash_attn.cute) or 2 (flash_attn), and its
-    `flash_attn_varlen_func`."""
+    """One installed flash-attn: `version` 4 (flash_attn.cute) or 2 (flash_attn), with its
+    `flash_attn_func` (`dense`, [B, S, H, D]) and `flash_attn_varlen_func` (`varlen`)."""
 
-    def __init__(self, version, varlen):
+    def __init__(self, version, dense, varlen):
         self.version = version
         self.name = f"flash-attn {version}"
+        self.dense = dense
         self.varlen = varlen
 
-    def __call__(self, q, k, v, cu_q, cu_k, max_q, max_k, *, scale, window, softcap,
-                 alibi_slopes, sink):
-        """One varlen call; `window` is (left, right) with None for unbounded."""
-        left, right = window
-        causal = left is None and right == 0
+    def options(self, scale, window, softcap, alibi_slopes, sink):
+        """Keyword arguments of either function; `window` is (left, right), None = unbounded."""
+        causal = window[0] is None and window[1] == 0
         if self.version == 4:
-            out = self.varlen(q, k, v, cu_seqlens_q=cu_q, cu_seqlens_k=cu_k,
-                              max_seqlen_q=max_q, max_seqlen_k=max_k, softmax_scale=scale,
-                              causal=causal, window_size=(None, None) if causal else window,
-                              learnable_sink=sink, softcap=softcap)
-        else:  # flash-attn 2 spells an unbounded side -1
-            sides = (-1, -1) if causal else tuple(-1 if w is None else w for w in window)
-            out = self.varlen(q, k, v, cu_q, cu_k, max_q, max_k, dropout_p=0.0,
-                              softmax_scale=scale, causal=causal, window_size=sides,
-                              softcap=softcap, alibi_slopes=alibi_slopes)
+            return dict(softmax_scale=scale, causal=causal, softcap=softcap, learnable_sink=sink,
+                        window_size=(None, None) if causal else window)
+        sides = (-1, -1) if causal else tuple(-1 if w is None else w for w in window)
+        return dict(dropout_p=0.0, softmax_scale=scale, causal=causal, window_size=sides,
+                    softcap=softcap, alibi_slopes=alibi_slopes)
+
+    def dense_call(self, q, k, v, **options):
+        """q [B, Sq, H, D], k/v [B, Sk, Hk, *], any strides with a contiguous last dim."""
+        out = self.dense(q, k, v, **self.options(**options))
+        return out[0] if isinstance(out, tuple) else out
+
+    def varlen_call(self, q, k, v, cu_q, cu_k, max_q, max_k, **options):
+        """q [total_q, H, D], k/v [total_k, Hk, *], int32 cu_seqlens, int longest lengths."""
+        if self.version == 4:
+            out = self.varlen(q, k, v, cu_seqlens_q=cu_q, cu_seqlens_k=cu_k, max_seqlen_q=max_q,
+                              max_seqlen_k=max_k, **self.options(**options))
+        else:
+            out = self.varlen(q, k, v, cu_q, cu_k, max_q, max_k, **self.options(**options))
         return out[0] if isinstance(out, tuple) else out
 
 
@@ -70,16 +79,18 @@ def _find_flash(capability):
     problems = []
     if capability[0] >= 9:
         try:
+            from flash_attn.cute import flash_attn_func as fa4_dense
             from flash_attn.cute import flash_attn_varlen_func as fa4_varlen
-            return _FlashLibrary(4, fa4_varlen)
+            return _FlashLibrary(4, fa4_dense, fa4_varlen)
         except ImportError as e:
             problems.append(f"flash-attn 4 (flash_attn.cute): {e}")
     else:
         problems.append(f"flash-attn 4 needs sm90 or newer, this GPU is sm{capability[0]}"
                         f"{capability[1]}")
     try:
+        from flash_attn import flash_attn_func as fa2_dense
         from flash_attn import flash_attn_varlen_func as fa2_varlen
-        return _FlashLibrary(2, fa2_varlen)
+        return _FlashLibrary(2, fa2_dense, fa2_varlen)
     except ImportError as e:
         problems.append(f"flash-attn 2 (flash_attn): {e}")
     return ("backend 'flash' needs flash-attn: pip install flash-attn-4 (Hopper or newer) or "
@@ -181,13 +192,24 @@ def _flash_empty_rows(cu_q, cu_k, total_q, right):
 
 def _flash_attend(owner, library, q, k, v, *, scale, documents=None, key_valid=None,
                   band=None, softcap=None, alibi_slopes=None, sink=None):
-    """q [B, H, Sq, D], k/v [B, Hk, Sk, *] -> [B, H, Sq, Dv] through one varlen call.
+    """q [B, H, Sq, D], k/v [B, Hk, Sk, *] -> [B, H, Sq, Dv] through one flash-attn call.
     `documents` [B, S] ids (checked non-decreasing by the caller), `key_valid` [B, Sk] bool,
     `band` (lo, hi, bottom_right)."""
     _flash_check(owner, library, q, v, alibi_slopes, sink)
     B, H, Sq = q.shape[:3]
     Sk, Dv = k.shape[2], v.shape[3]
     window = _flash_window(owner, *band, Sq, Sk) if band is not None else (None, None)
+    options = dict(scale=scale, window=window, softcap=softcap or 0.0,
+                   alibi_slopes=alibi_slopes, sink=sink)
+    if documents is None and key_valid is None:
+        # Equal lengths: flash_attn_func on [B, S, H, D] views, no copies (the projections of a
+        # layer produce exactly that layout).
+        out = library.dense_call(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                 **options)
+        if window[1] is not None and Sq > Sk + window[1]:  # rows above the first key
+            above = torch.arange(Sq, device=q.device) < Sq - Sk - window[1]
+            out = out.masked_fill(above.view(1, -1, 1, 1), 0.0)
+        return out.transpose(1, 2)
     cu_q, max_q = _flash_runs(documents, B, Sq, q.device)
     cu_k, max_k = (cu_q, max_q) if documents is not None else _flash_runs(None, B, Sk, q.device)
     keep = None
@@ -195,10 +217,9 @@ def _flash_attend(owner, library, q, k, v, *, scale, documents=None, key_valid=N
         keep, cu_k, max_k = _flash_keep_keys(key_valid, cu_k)
     if max_k == 0:  # no key anywhere: every row is 0 (a product over zero keys keeps autograd)
         return q @ k[:, :1, :0].transpose(-2, -1) @ v[:, :1, :0]
-    out = library(_flash_pack(q), _flash_pack(k, keep), _flash_pack(v, keep), cu_q, cu_k,
-                  max_q, max_k, scale=scale, window=window, softcap=softcap or 0.0,
-                  alibi_slopes=alibi_slopes, sink=sink)
-    if key_valid is not None or (window[1] is not None and Sq > Sk):
+    out = library.varlen_call(_flash_pack(q), _flash_pack(k, keep), _flash_pack(v, keep), cu_q,
+                              cu_k, max_q, max_k, **options)
+    if key_valid is not None:
         empty = _flash_empty_rows(cu_q, cu_k, out.shape[0], window[1])
         out = out.masked_fill(empty.view(-1, 1, 1), 0.0)
     return out.view(B, Sq, H, Dv).transpose(1, 2)
