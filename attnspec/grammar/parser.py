@@ -9,11 +9,15 @@ Example:
 from __future__ import annotations
 
 import functools
+import hashlib
+import os
 from pathlib import Path
 
+import lark
 from lark import Lark, Token, Transformer, v_args
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
 
+from attnspec.cache import cache_dir
 from attnspec.errors import AttnSpecError, Diagnostic, Source, Span
 from attnspec.grammar import ast
 from attnspec.ir.scope import KEYWORDS
@@ -54,9 +58,28 @@ class _TooDeep(Exception):
 
 @functools.lru_cache(maxsize=1)
 def _parser() -> Lark:
+    """The LALR parser. Building its tables takes ~0.2 s, so Lark's analysis is cached in
+    attnspec's cache directory (keyed by the grammar and Lark's version; Lark re-checks both on
+    load); without a writable cache directory it is built each time."""
     grammar = (Path(__file__).parent / "attnspec.lark").read_text()
-    return Lark(grammar, parser="lalr", postlex=_BracketFilter(), propagate_positions=True,
-                maybe_placeholders=False)
+    options = dict(parser="lalr", postlex=_BracketFilter(), propagate_positions=True,
+                   maybe_placeholders=False)
+    cache = _cache_file(grammar)
+    if cache is not None:
+        try:
+            return Lark(grammar, cache=cache, **options)
+        except Exception:  # noqa: BLE001 — an unreadable or stale cache only costs time
+            pass
+    return Lark(grammar, **options)
+
+
+def _cache_file(grammar: str) -> str | None:
+    """Lark's cache file for this grammar in `cache_dir()`, or None without one."""
+    root = cache_dir()
+    if root is None:
+        return None
+    digest = hashlib.sha256(f"{lark.__version__}\n{grammar}".encode()).hexdigest()[:16]
+    return os.path.join(root, f"grammar-{digest}.lark-cache")
 
 
 def _span(meta_or_token) -> Span:
