@@ -26,7 +26,8 @@ def explain_attention(attn: ir.AttentionIR, source_name: str = "<spec>") -> str:
         else:
             lines.append(f"  {name}: supported ({plans[name].kind})")
             lines += [f"    {note}" for note in plans[name].notes]
-    lines.append(f"  auto -> {backends.resolve(attn, 'auto')}")
+    lines.append(f"  auto -> {backends.auto(attn, 'cpu')} on CPU, "
+                 f"{backends.auto(attn, 'cuda')} on CUDA")
     return "\n".join(lines)
 
 

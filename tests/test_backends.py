@@ -95,7 +95,7 @@ def test_explain_names_every_backend_and_the_auto_choice():
         "sliding_window.attn:15:5" in text
     assert "flash: not supported" in text and "flash: supported (batched)" in text
     gqa = text.split("attention SlidingWindowMistral")[0]
-    assert gqa.rstrip().endswith("auto -> eager")
+    assert gqa.rstrip().endswith("auto -> eager on CPU, flex on CUDA")
 
 
 def test_cli_explain(capsys):
@@ -103,7 +103,7 @@ def test_cli_explain(capsys):
 
     assert main(["explain", str(ROOT / "specs/anchor.attn")]) == 0
     out = capsys.readouterr().out
-    assert "sdpa: supported (patterns)" in out and "auto -> sdpa" in out
+    assert "sdpa: supported (patterns)" in out and "auto -> sdpa on CPU, sdpa on CUDA" in out
 
 
 def test_cli_verify_json_and_junit(tmp_path, capsys):
