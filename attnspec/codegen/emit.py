@@ -29,7 +29,7 @@ from attnspec.ir.exprs import free_vars, walk
 from attnspec.ir.scope import RESERVED, identifier_problem
 from attnspec.lower import backends
 from attnspec.lower import flex as flex_lowering
-from attnspec.lower.analysis import Band, KeyLength, KeyPadding, Segment, Softcap, analyze
+from attnspec.lower.analysis import Band, KeyLength, KeyPadding, Segment, analyze
 
 from .expr import P_AND, P_ATOM, P_OR, Code, ExprGenerator, literal
 from .flex_expr import FlexExprGenerator
@@ -181,6 +181,7 @@ def _needs(module: ir.ModuleIR) -> dict[str, bool]:
     """Which runtime helpers the module uses (the others are left out)."""
     calls = {n.func for a in module.attentions for n in _all_nodes(a) if isinstance(n, ir.Call)}
     attns = module.attentions
+    runnable = {name for a in attns for name, why in backends.reasons(a).items() if not why}
     return {
         "namedtuple": any(i.dtype == "edges" for a in attns for i in a.inputs),
         "edges": any(i.dtype == "edges" for a in attns for i in a.inputs),
@@ -194,10 +195,9 @@ def _needs(module: ir.ModuleIR) -> dict[str, bool]:
         "alibi": "alibi_slope" in calls or any(p.init.kind == "alibi_slopes"
                                                for a in attns for p in a.params),
         "t5": "t5_bucket" in calls,
-        "sdpa": any(not r for a in attns for n, r in backends.reasons(a).items() if n == "sdpa"),
-        "flex": any(not r for a in attns for n, r in backends.reasons(a).items() if n == "flex"),
-        "flash": any(not r for a in attns for n, r in backends.reasons(a).items()
-                     if n == "flash"),
+        "sdpa": "sdpa" in runnable,
+        "flex": "flex" in runnable,
+        "flash": "flash" in runnable,
         "read": any(isinstance(n, (ir.InputRef, ir.ParamRef)) and n.indices
                     for a in attns for n in _all_nodes(a)),
     }
@@ -297,6 +297,7 @@ class _AttentionEmitter:
         a = self.attn
         why = backends.reasons(a)
         plans = backends.plans(a)
+        analysis = analyze(a)
         unsupported = {name: tuple(r.format(self.source_name) for r in rs)
                        for name, rs in why.items() if rs}
         return {
@@ -308,14 +309,13 @@ class _AttentionEmitter:
             "default_backend": repr(self.default_backend),
             "pass_attend": "".join(f"{n}={n}, " for n in self._argument_names()),
             "sdpa": self._sdpa(plans.get("sdpa")),
-            "flex": self._flex() if "flex" in plans else None,
-            "flash": self._flash(plans["flash"]) if "flash" in plans else None,
+            "flex": self._flex(analysis) if "flex" in plans else None,
+            "flash": self._flash(plans["flash"], analysis) if "flash" in plans else None,
         }
 
     # flash ------------------------------------------------------------------------------------
-    def _flash(self, plan) -> dict:
+    def _flash(self, plan, analysis) -> dict:
         """The arguments of `_flash_attend` (templates/flash_runtime.py) for this attention."""
-        analysis = analyze(self.attn)
         documents = analysis.segments[0].input if analysis.segments else None
         band = analysis.band
         return {
@@ -326,7 +326,7 @@ class _AttentionEmitter:
             "band": "None" if band is None else (
                 f"({self._offset(band.lo)}, {self._offset(band.hi)}, "
                 f"{band.align == 'bottom_right'})"),
-            "softcap": self._flash_softcap(analysis.score),
+            "softcap": self._flash_softcap(analysis.softcap),
             "alibi": self._flash_alibi(analysis.biases),
         }
 
@@ -337,11 +337,10 @@ class _AttentionEmitter:
                   for item in analysis.key_lengths]
         return " & ".join(parts) or "None"
 
-    def _flash_softcap(self, score) -> str:
-        caps = [item.cap for item in score if isinstance(item, Softcap)]
-        if not caps:
+    def _flash_softcap(self, cap) -> str:
+        """flash-attn's `softcap=`: the pipeline's one softcap (flash.supports allows one)."""
+        if cap is None:
             return "None"
-        cap = caps[0]
         return literal(float(cap)) if isinstance(cap, (int, float)) else \
             f"abs(float({ExprGenerator().constant(cap).text}))"
 
@@ -353,9 +352,8 @@ class _AttentionEmitter:
         return f"{literal(-alibi[0].scale)} * slopes"
 
     # flex -------------------------------------------------------------------------------------
-    def _flex(self) -> dict:
+    def _flex(self, analysis) -> dict:
         a = self.attn
-        analysis = analyze(a)
         mask_gen, score_gen = FlexExprGenerator(), FlexExprGenerator(dtype_name="score.dtype")
         mask_lines = self._flex_mask_lines(mask_gen) if (a.masks or a.patterns) else []
         score_lines = self._flex_score_lines(score_gen) if a.pipeline else []

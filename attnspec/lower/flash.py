@@ -35,7 +35,7 @@ from attnspec.lower.analysis import (
     Segment,
     Softcap,
 )
-from attnspec.lower.plan import Plan, Reason
+from attnspec.lower.plan import Plan, Reason, explicit_dropout
 
 NAME = "flash"
 EXPRESSIBLE = (Band, Segment, KeyLength, KeyPadding)
@@ -99,8 +99,8 @@ def _score_reasons(analysis: Analysis) -> list[Reason]:
 
 
 def _dropout_reasons(attn: ir.AttentionIR) -> list[Reason]:
-    dropout = attn.setting("dropout")
-    if dropout is not None and dropout.explicit and not _is_zero(dropout.expr):
+    dropout = explicit_dropout(attn)
+    if dropout is not None:
         return [Reason("the flash backend has no attention dropout (flash-attn 4 has none)",
                        dropout.span)]
     return []
@@ -161,7 +161,3 @@ def _band_note(band: Band) -> str:
 
 def _is_alibi(step) -> bool:
     return isinstance(step, Bias) and step.kind == "alibi"
-
-
-def _is_zero(expr: ir.Expr) -> bool:
-    return isinstance(expr, ir.Const) and expr.value == 0

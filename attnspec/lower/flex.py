@@ -19,19 +19,18 @@ from attnspec.lower.analysis import (
     PrefixOrBand,
     Segment,
 )
-from attnspec.lower.plan import Plan, Reason
+from attnspec.lower.plan import Plan, Reason, explicit_dropout
 
 NAME = "flex"
 STRUCTURED = (Band, Segment, KeyLength, KeyPadding, PrefixOrBand)
 
 
 def supports(attn: ir.AttentionIR, analysis: Analysis) -> list[Reason]:
-    reasons = []
-    dropout = attn.setting("dropout")
-    if dropout is not None and dropout.explicit and not _is_zero(dropout.expr):
-        reasons.append(Reason("FlexAttention has no attention dropout (`dropout` is set)",
-                              dropout.span))
-    return reasons
+    dropout = explicit_dropout(attn)
+    if dropout is not None:
+        return [Reason("FlexAttention has no attention dropout (`dropout` is set)",
+                       dropout.span)]
+    return []
 
 
 def block_mask_kind(analysis: Analysis) -> str:
@@ -62,7 +61,3 @@ def lower(attn: ir.AttentionIR, analysis: Analysis) -> Plan:
     if any(isinstance(item, Patterns) for item in analysis.mask):
         notes.append("token groups: group bounds are fixed per call")
     return Plan(NAME, kind, tuple(notes))
-
-
-def _is_zero(expr: ir.Expr) -> bool:
-    return isinstance(expr, ir.Const) and expr.value == 0

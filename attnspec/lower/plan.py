@@ -32,3 +32,13 @@ class Plan:
     kind: str
     notes: tuple[str, ...] = ()
     details: dict = field(default_factory=dict)
+
+
+def explicit_dropout(attn: ir.AttentionIR) -> ir.NumericSetting | None:
+    """The `dropout` setting when the spec sets it to anything but a literal 0 (backends
+    without attention dropout cannot run such a spec), else None."""
+    dropout = attn.setting("dropout")
+    if dropout is None or not dropout.explicit:
+        return None
+    expr = dropout.expr
+    return None if isinstance(expr, ir.Const) and expr.value == 0 else dropout
