@@ -10,13 +10,13 @@ the verification harness, outputs and gradients.
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import random
 from pathlib import Path
 
 import pytest
 import torch
+from runtimes import TEMPLATES, load_runtime
 
 import attnspec
 from attnspec import verify
@@ -27,18 +27,10 @@ from attnspec.lower import backends
 from attnspec.lower.analysis import analyze
 
 ROOT = Path(__file__).resolve().parent.parent
-RUNTIME = ROOT / "attnspec" / "codegen" / "templates" / "flash_runtime.py"
 SPECS = sorted((ROOT / "specs").glob("*.attn"))
 
 
-def _load_runtime():
-    spec = importlib.util.spec_from_file_location("attnspec_flash_runtime", RUNTIME)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-rt = _load_runtime()
+rt = load_runtime("flash_runtime.py")
 
 
 # --- a model of flash-attn ---------------------------------------------------------------------
@@ -426,7 +418,7 @@ def test_runtime_top_level_names_are_reserved_for_spec_names():
     from attnspec.ir.scope import GENERATED_MODULE_NAMES
 
     for runtime in ("flex_runtime.py", "flash_runtime.py"):
-        tree = ast.parse((RUNTIME.parent / runtime).read_text())
+        tree = ast.parse((TEMPLATES / runtime).read_text())
         names = {n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
         names |= {t.id for n in tree.body if isinstance(n, ast.Assign) for t in n.targets}
         names |= {a.asname or a.name for n in tree.body if isinstance(n, ast.ImportFrom)

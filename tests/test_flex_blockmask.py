@@ -8,25 +8,14 @@ it is never used as the oracle.)
 """
 
 import ast
-import importlib.util
 import random
-from pathlib import Path
 
 import pytest
 import torch
+from runtimes import TEMPLATES, load_runtime
 from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
-RUNTIME = Path(__file__).parent.parent / "attnspec" / "codegen" / "templates" / "flex_runtime.py"
-
-
-def _load():
-    spec = importlib.util.spec_from_file_location("attnspec_flex_runtime", RUNTIME)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-rt = _load()
+rt = load_runtime("flex_runtime.py")
 SEEDS = range(60)
 
 
@@ -386,7 +375,7 @@ def test_tensor_offsets_match_int_offsets():
 
 def test_runtime_is_self_contained():
     """The file is inlined into generated modules: only torch imports, `_` top-level names."""
-    tree = ast.parse(RUNTIME.read_text())
+    tree = ast.parse((TEMPLATES / "flex_runtime.py").read_text())
     for node in tree.body:
         if isinstance(node, ast.Import):
             assert [a.name for a in node.names] in (["torch"], ["math"])
