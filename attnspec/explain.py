@@ -28,6 +28,9 @@ def explain_attention(attn: ir.AttentionIR, source_name: str = "<spec>") -> str:
             lines += [f"    {note}" for note in plans[name].notes]
     lines.append(f"  auto -> {backends.auto(attn, 'cpu')} on CPU, "
                  f"{backends.auto(attn, 'cuda')} on CUDA")
+    order = backends.auto_order(attn, "cuda")
+    lines.append(f"  auto on CUDA tries: {' -> '.join(order)} (first that can run the call)")
+    lines += [f"    {choice}: {backends.AUTO_REASONS[choice]}" for choice in order]
     return "\n".join(lines)
 
 

@@ -27,7 +27,7 @@ from attnspec.ir.build import build_text
 
 ROOT = Path(__file__).resolve().parent.parent
 # Names made from checked spec names: temporaries, flex functions, captured params and edges.
-PER_SPEC = r"_t\d+|_(flex|mask_mod)_[A-Za-z]\w*|_[pes]_\w+"
+PER_SPEC = r"_t\d+|_(flex|mask_mod|block_lists)_[A-Za-z]\w*|_[pes]_\w+|a\d+"
 # The flex runtime is inlined verbatim: its own identifiers are known.
 RUNTIME_NAMES = frozenset(
     n.id if isinstance(n, ast.Name) else n.arg if isinstance(n, (ast.arg, ast.keyword))
@@ -266,7 +266,7 @@ def test_source_uses_only_known_names(path):
     assert not unknown
     imports = {a.name for n in ast.walk(ast.parse(src)) if isinstance(n, ast.Import)
                for a in n.names}
-    assert imports <= {"torch", "math", "collections"}
+    assert imports <= {"torch", "math", "collections", "importlib.util", "warnings"}
     # the one optional import: attnspec's own error class, so that users can catch one type
     from_imports = [(n.module, [a.name for a in n.names]) for n in ast.walk(ast.parse(src))
                     if isinstance(n, ast.ImportFrom)]
@@ -280,7 +280,8 @@ def test_source_uses_only_known_names(path):
                     ("torch.nn.attention.flex_attention", ("create_block_mask",)),
                     ("torch.nn.attention.flex_attention", ("flex_attention",)),
                     ("torch.nn.attention.flex_attention", ("AuxRequest",)),
-                    ("torch.nn.attention.flex_attention", ("BlockMask",))}
+                    ("torch.nn.attention.flex_attention", ("BlockMask",)),
+                    ("torch.nn.attention.flex_attention", ("noop_mask",))}
     assert {(m, tuple(n)) for m, n in from_imports} <= allowed_from
     assert any(m == "attnspec.errors" and n[0] == "UnsupportedBackendError"
                for m, n in from_imports)
@@ -527,7 +528,7 @@ def test_backends():
     _, _, mod = compiled(str(ROOT / "specs/causal_lm.attn"))
     assert mod.CausalLM.BACKENDS == ("eager", "sdpa", "flex", "flash")
     assert mod.CausalLM().backend == "auto"
-    assert mod.CausalLM.AUTO_CPU == mod.CausalLM.AUTO_CUDA == "sdpa"
+    assert mod.CausalLM.AUTO_CPU == "sdpa" and mod.CausalLM.AUTO_CUDA == ("flash", "sdpa")
     assert mod.CausalLM(backend="eager").backend == "eager"
     assert mod.CausalLM(backend="flash").backend == "flash"
     anchor = attnspec.load(ROOT / "specs/anchor.attn").AnchorAttention

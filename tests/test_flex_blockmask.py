@@ -378,7 +378,8 @@ def test_runtime_is_self_contained():
     tree = ast.parse((TEMPLATES / "flex_runtime.py").read_text())
     for node in tree.body:
         if isinstance(node, ast.Import):
-            assert [a.name for a in node.names] in (["torch"], ["math"])
+            assert [a.name for a in node.names] in (["torch"], ["math"], ["importlib.util"],
+                                                    ["warnings"])
         elif isinstance(node, ast.ImportFrom):
             assert node.level == 0 and node.module.startswith("torch")
             assert all(a.asname and a.asname.startswith("_") for a in node.names)

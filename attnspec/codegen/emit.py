@@ -57,7 +57,7 @@ scaled_dot_product_attention unsupported v_part AUTO_CPU AUTO_CUDA BLOCK_SIZE _A
 _FLEX_BLOCK _FLEX_COMPILED _alibi _attend_flex _flex_attention _flex_no_cpu_backward _flex_runner
 _flex_with_lse args aux block_mask body classes compile create_block_mask fullgraph is_cuda
 is_grad_enabled kv_idx lse mask_mod mod q_idx requires_grad return_aux return_lse score_mod
-unsqueeze _compile gqa voided _auto_cuda
+unsqueeze _compile gqa voided _auto_cuda choice fast captured batch kernel_options importlib.util
 __init__ __name__ abs all amax angle angles any append arange as_tensor b backend base
 bfloat16 bias bidirectional bool broadcast_shapes broadcast_to bucket buckets cat ceil
 clamp clone collections context cos d declared denom detach device diagonal dict dim dims
@@ -114,7 +114,7 @@ def _default_backend(attn: ir.AttentionIR, requested: str | None, source_name: s
 
 
 # Import lines of the runtime files that the generated module already has (or defines).
-_RUNTIME_IMPORTS = ("import torch", "import math",
+_RUNTIME_IMPORTS = ("import torch", "import math", "import importlib.util", "import warnings",
                     "from attnspec.errors import UnsupportedInputError")
 
 
@@ -139,6 +139,21 @@ def _environment() -> jinja2.Environment:
         undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
         keep_trailing_newline=True, autoescape=False,
         bytecode_cache=jinja2.FileSystemBytecodeCache(cache) if cache else None)
+
+
+class _BuilderArgument:
+    """Turns a value `_attend_flex` computes (a setting, an input) into a parameter `a<N>` of
+    the BlockMask builder; literals (None, ints, bools) stay in the builder's text."""
+
+    def __init__(self, arguments: list[str]):
+        self.arguments = arguments
+
+    def __call__(self, text: str) -> str:
+        if text == "None" or re.fullmatch(r"-?[0-9]+", text):
+            return text
+        if text not in self.arguments:
+            self.arguments.append(text)
+        return f"a{self.arguments.index(text)}"
 
 
 # --- safe text -------------------------------------------------------------------------------
@@ -302,9 +317,9 @@ class _AttentionEmitter:
                        for name, rs in why.items() if rs}
         return {
             "backends": _tuple(list(plans)), "auto_cpu": repr(backends.auto(a, "cpu")),
-            "auto_cuda": repr(backends.auto(a, "cuda")),
+            "auto_cuda": _tuple(list(backends.auto_order(a, "cuda"))),
             "index_settings": _tuple(sorted(_index_settings(a))),
-            "flex_fallback": repr("sdpa" if "sdpa" in plans else "eager"),
+            "flex_fallback": repr("sdpa-dense" if "sdpa" in plans else "eager"),
             "unsupported": _dict_literal(unsupported),
             "default_backend": repr(self.default_backend),
             "pass_attend": "".join(f"{n}={n}, " for n in self._argument_names()),
@@ -358,15 +373,17 @@ class _AttentionEmitter:
         mask_lines = self._flex_mask_lines(mask_gen) if (a.masks or a.patterns) else []
         score_lines = self._flex_score_lines(score_gen) if a.pipeline else []
         kind = flex_lowering.block_mask_kind(analysis)
+        block_lines, builder = self._flex_block_lines(analysis, kind)
         return {
             "kind": kind,
             "mask_lines": mask_lines, "score_lines": score_lines,
             "mask_captured": list(mask_gen.captured),
             "score_captured": list(score_gen.captured),
+            "captured_tuple": _tuple_text(list(score_gen.captured)),
             "captures": [f"{alias} = {self._capture(alias, what)}" for alias, what in
                          {**mask_gen.captured, **score_gen.captured}.items()
                          if not what.startswith("input ")],
-            "block_lines": self._flex_block_lines(analysis, kind),
+            "block_lines": block_lines, "builder": builder,
             "summary": _comment_lines(flex_lowering.lower(a, analysis).notes),
         }
 
@@ -398,36 +415,43 @@ class _AttentionEmitter:
             return "torch.tensor(_alibi_slopes(self.heads), dtype=dtype, device=q.device)"
         return name
 
-    def _flex_block_lines(self, analysis, kind: str) -> list[str]:
+    def _flex_block_lines(self, analysis, kind: str) -> tuple[list[str], dict | None]:
+        """`_attend_flex`'s lines that make `block_mask`, and for a structured mask the
+        module-level builder of its tensors (compiled on CUDA, see `_structured_block_mask`)."""
         if kind == "none":
-            return ["block_mask = None"]
-        mask_mod = "mask_mod"
+            return ["block_mask = None"], None
         if kind == "general":
             batch = "B" if analysis.reads_batch else "None"
             heads = "self.heads" if analysis.reads_head else "None"
-            return [f"block_mask = create_block_mask({mask_mod}, {batch}, {heads}, Sq, Sk, "
-                    "device=q.device, BLOCK_SIZE=_FLEX_BLOCK, _compile=q.is_cuda)"]
-        classes = [self._block_class(item) for item in analysis.mask]
+            return [f"block_mask = _general_block_mask(mask_mod, {batch}, {heads}, Sq, Sk, "
+                    "q.device)"], None
+        arguments: list[str] = []
+        classes = [self._block_class(item, _BuilderArgument(arguments)) for item in analysis.mask]
         per_batch = any(not isinstance(item, Band) for item in analysis.mask)
-        return ["# BlockMask from block bounds, O(blocks): one classification per conjunct",
-                f"classes = [{', '.join(classes)}]",
-                f"block_mask = _block_mask(_combine(classes, {'B' if per_batch else '1'}, 1), "
-                f"{mask_mod}, Sq, Sk, _FLEX_BLOCK)"]
+        call = (f"block_mask = _structured_block_mask(_block_lists_{self.attn.name}, mask_mod, "
+                f"{'B' if per_batch else '1'}, Sq, Sk, q.device, {_tuple_text(arguments)})")
+        builder = {"params": "".join(f", a{n}" for n in range(len(arguments))),
+                   "classes": classes}
+        return [call], builder
 
-    def _block_class(self, item) -> str:
+    def _block_class(self, item, arg) -> str:
+        """The classification of one conjunct, in the builder's terms (`arg` turns a runtime
+        value into a builder parameter)."""
         if isinstance(item, Band):
-            return (f"_band_blocks(Sq, Sk, {self._offset(item.lo)}, {self._offset(item.hi)}, "
-                    f"{item.align == 'bottom_right'}, _FLEX_BLOCK, q.device)")
+            return (f"_band_blocks(q_len, kv_len, {arg(self._offset(item.lo))}, "
+                    f"{arg(self._offset(item.hi))}, {item.align == 'bottom_right'}, "
+                    "_FLEX_BLOCK, device)")
         if isinstance(item, Segment):
-            return f"_segment_blocks({item.input}, {item.input}, _FLEX_BLOCK)"
+            return f"_segment_blocks({arg(item.input)}, {arg(item.input)}, _FLEX_BLOCK)"
         if isinstance(item, KeyLength):
-            return f"_key_length_blocks({item.input}, Sq, Sk, _FLEX_BLOCK)"
+            return f"_key_length_blocks({arg(item.input)}, q_len, kv_len, _FLEX_BLOCK)"
         if isinstance(item, KeyPadding):
-            return f"_key_padding_blocks({item.input}, Sq, _FLEX_BLOCK)"
+            return f"_key_padding_blocks({arg(item.input)}, q_len, _FLEX_BLOCK)"
         band = item.band
         prefix = item.prefix_input or self._offset(item.prefix)
-        return (f"_prefix_blocks({prefix}, Sq, Sk, {self._offset(band.lo)}, "
-                f"{self._offset(band.hi)}, {band.align == 'bottom_right'}, _FLEX_BLOCK, q.device)")
+        return (f"_prefix_blocks({arg(prefix)}, q_len, kv_len, {arg(self._offset(band.lo))}, "
+                f"{arg(self._offset(band.hi))}, {band.align == 'bottom_right'}, _FLEX_BLOCK, "
+                "device)")
 
     def _offset(self, value) -> str:
         if value is None:

@@ -80,18 +80,21 @@ GENERATED_MODULE_NAMES = frozenset(
     "_seq_len _check_no_sizes _token_groups _in_group _Edges _edge_tables _alibi_slopes "
     "_alibi_slope _t5_bucket _rms_norm _rope_angles _rope _sinusoidal _compute_dtype "
     "_index_grids _softmax_rows _read _select_backend UnsupportedBackendError _sdpa _sdpa_masked "
-    "_runs _sdpa_patterns UnsupportedInputError _FLEX_BLOCK _FLEX_COMPILED _flex_attention "
-    "create_block_mask _AuxRequest _flex_runner _flex_with_lse _flex_no_cpu_backward".split()
+    "_runs _sdpa_patterns UnsupportedInputError _SMALL_DENSE importlib warnings".split()
 ) | frozenset(  # the runtimes inlined from codegen/templates/*_runtime.py (a test keeps this true)
     "_BLOCK _num_blocks _block_bounds _classes _band_rect _band_blocks _block_min_max "
     "_segment_blocks _key_length_blocks _key_padding_blocks _prefix_blocks _combine _ordered "
-    "_block_mask _BlockMask _FLASH_DTYPES _FLASH_MAX_HEAD_DIM _FLASH_LIBRARIES _FlashLibrary "
+    "_block_mask _BlockMask _FLEX_BLOCK _FLEX_COMPILED _flex_attention _create_block_mask "
+    "_noop_mask _AuxRequest _flex_runner _flex_with_lse _flex_no_cpu_backward _FLEX_FLASH_FAILED "
+    "_FLEX_FLASH_OPTIONS _FLEX_MASKS _FLEX_MASKS_KEPT _flex_flash_usable _flex_run "
+    "_structured_block_mask _general_block_mask _block_lists _block_mask_of _FLASH_DTYPES "
+    "_FLASH_MAX_HEAD_DIM _FLASH_LIBRARIES _FlashLibrary "
     "_flash_library _find_flash _flash_check _flash_check_documents _flash_window _flash_runs "
     "_flash_keep_keys _flash_pack _flash_empty_rows _flash_attend".split())
 GENERATED_CLASS_NAMES = frozenset(
     "SETTINGS GROUPS BACKENDS AUTO UNSUPPORTED PATTERNS backend forward _attend _attend_eager "
-    "_attend_sdpa _attend_flex _attend_flash _auto_cuda _mask _score _mup_init mup_param_groups "
-    "q_proj k_proj v_proj o_proj".split())
+    "_attend_sdpa _attend_flex _attend_flash _attend_auto _auto_cuda _mask _score _mup_init "
+    "mup_param_groups q_proj k_proj v_proj o_proj".split())
 PYTHON_BUILTINS = frozenset(dir(builtins))
 
 RESERVED_BY_KIND = {

@@ -50,14 +50,43 @@ def resolve(attn: ir.AttentionIR, requested: str, source_name: str = "<spec>") -
     return requested
 
 
-def auto(attn: ir.AttentionIR, device: str) -> str:
-    """What `backend="auto"` runs on `device` ("cpu" or "cuda"): SDPA where it needs no dense
-    mask, else flex on CUDA (on CPU flex has no backward), else SDPA with a dense mask, else
-    eager. (A cost model measured on the GPU is future work.)"""
+# The cost model of `auto`, from the suite's numbers on the H100 (docs/performance.md):
+# flash-attn 4 is the fastest kernel wherever it expresses the spec (causal, windows, documents);
+# SDPA's own kernels (cuDNN on Hopper) match it for plain causal/full attention and need no
+# BlockMask; flex runs everything else, on its FLASH kernel (flash-attn 4's CuTe DSL) where that
+# can run the call, else on Triton; a dense-mask SDPA call beats flex's fixed costs only for
+# small sizes (Sq·Sk <= 2^20: 0.21 vs 0.27 ms at 1024², 0.08 vs 0.26 ms at 256²).
+AUTO_REASONS = {
+    "flash": "flash-attn 4 (else 2) where installed, for fp16/bf16 inputs it accepts",
+    "sdpa": "SDPA's fused kernels, no mask tensor",
+    "sdpa-small": "SDPA with a dense mask when Sq·Sk <= 2^20",
+    "flex": "FlexAttention: FLASH kernel where usable, else Triton",
+    "sdpa-dense": "SDPA with a dense mask",
+    "eager": "the eager reference",
+}
+
+
+def auto_order(attn: ir.AttentionIR, device: str) -> tuple[str, ...]:
+    """What `backend="auto"` tries on `device` ("cpu" or "cuda"), best first; at call time the
+    module runs the first that can run the call ("flash" steps aside for float32 inputs or a
+    missing library, "sdpa-small" for large sizes).
+
+    On CPU: SDPA where it needs no dense mask, else SDPA with one, else eager (flex has no CPU
+    backward)."""
     available = plans(attn)
     sdpa_plan = available.get("sdpa")
-    if sdpa_plan is not None and sdpa_plan.kind in NATIVE_SDPA:
-        return "sdpa"
-    if device == "cuda" and "flex" in available:
-        return "flex"
-    return "sdpa" if sdpa_plan is not None else "eager"
+    native = sdpa_plan is not None and sdpa_plan.kind in NATIVE_SDPA
+    if device != "cuda":
+        return ("sdpa",) if sdpa_plan is not None else ("eager",)
+    order = ["flash"] if "flash" in available else []
+    if native:
+        return (*order, "sdpa")
+    if "flex" in available:
+        return (*order, *(["sdpa-small"] if sdpa_plan is not None else []), "flex")
+    return (*order, "sdpa-dense" if sdpa_plan is not None else "eager")
+
+
+def auto(attn: ir.AttentionIR, device: str) -> str:
+    """The backend `auto` runs on `device` when every call suits its first choice."""
+    first = auto_order(attn, device)[0]
+    return {"sdpa-small": "sdpa", "sdpa-dense": "sdpa"}.get(first, first)

@@ -16,10 +16,119 @@ Positions past the end of a sequence (the tail of the last block) are not "valid
 flex kernels mask them out by sequence length in full and partial blocks alike.
 """
 
+import importlib.util
+import warnings
+
 import torch
 from torch.nn.attention.flex_attention import BlockMask as _BlockMask
+from torch.nn.attention.flex_attention import create_block_mask as _create_block_mask
+from torch.nn.attention.flex_attention import flex_attention as _flex_attention
+from torch.nn.attention.flex_attention import noop_mask as _noop_mask
+
+try:
+    from torch.nn.attention.flex_attention import AuxRequest as _AuxRequest
+except ImportError:  # torch < 2.9 returns the log-sum-exp with return_lse=True
+    _AuxRequest = None
 
 _BLOCK = 128
+_FLEX_BLOCK = _BLOCK  # the tile size generated code passes to the builders
+_FLEX_COMPILED = {}
+# Bodies whose compile for flex's FLASH kernel failed: they run on the Triton kernel from then on.
+_FLEX_FLASH_FAILED = set()
+_FLEX_FLASH_OPTIONS = {"BACKEND": "FLASH"}
+# Structured BlockMasks built recently, newest last: (key, inputs, BlockMask).
+_FLEX_MASKS = []
+_FLEX_MASKS_KEPT = 16
+
+
+def _flex_runner(body, device):
+    """`body` compiled once per process on CUDA (captured tensors are its arguments, so new
+    values never recompile); uncompiled on CPU, where flex runs forward only."""
+    if device.type != "cuda":
+        return body
+    if body not in _FLEX_COMPILED:
+        _FLEX_COMPILED[body] = torch.compile(body, fullgraph=True)
+    return _FLEX_COMPILED[body]
+
+
+def _flex_with_lse(q, k, v, **options):
+    """flex_attention's output and log-sum-exp (for sinks), on old and new torch alike."""
+    if _AuxRequest is None:
+        return _flex_attention(q, k, v, return_lse=True, **options)
+    out, aux = _flex_attention(q, k, v, return_aux=_AuxRequest(lse=True), **options)
+    return out, aux.lse
+
+
+def _flex_no_cpu_backward(owner, tensors):
+    """flex_attention has no CPU backward: refuse before the forward, not in the middle of it."""
+    if any(t.requires_grad for t in tensors) and torch.is_grad_enabled():
+        raise ValueError(f"{owner}: FlexAttention has no backward on CPU; use a CUDA device, "
+                         "or backend='sdpa' / 'eager' for training on CPU")
+
+
+def _flex_flash_usable(q, captured):
+    """Whether flex's FLASH kernel (flash-attn 4's CuTe DSL, torch >= 2.11) can run this call:
+    a CUDA sm90+ device, fp16/bf16, `flash_attn.cute` installed, no gradient wanted for a tensor
+    the score_mod captures (the kernel has none) and no deterministic-algorithms mode."""
+    if not q.is_cuda or q.dtype not in (torch.float16, torch.bfloat16):
+        return False
+    if tuple(int(x) for x in torch.__version__.split("+")[0].split(".")[:2]) < (2, 11):
+        return False
+    if torch.cuda.get_device_capability(q.device)[0] < 9:
+        return False
+    if torch.are_deterministic_algorithms_enabled():
+        return False
+    if torch.is_grad_enabled() and any(t.requires_grad for t in captured):
+        return False
+    return importlib.util.find_spec("flash_attn") is not None and \
+        importlib.util.find_spec("flash_attn.cute") is not None
+
+
+def _flex_run(body, args, captured, fast):
+    """Run a generated flex body: on flex's FLASH kernel when `fast` and usable, else Triton.
+
+    A FLASH compile that fails (an unsupported score_mod, head dim, ...) is remembered and that
+    body runs on Triton from then on, with one warning: both kernels compute the same thing.
+    """
+    q = args[0]
+    if fast and body not in _FLEX_FLASH_FAILED and _flex_flash_usable(q, captured):
+        try:
+            return _flex_runner(body, q.device)(*args, kernel_options=_FLEX_FLASH_OPTIONS)
+        except (RuntimeError, NotImplementedError) as error:
+            _FLEX_FLASH_FAILED.add(body)
+            warnings.warn(f"{body.__name__}: flex's FLASH kernel cannot run it "
+                          f"({str(error).splitlines()[0][:200]}); using the Triton kernel",
+                          stacklevel=3)
+    return _flex_runner(body, q.device)(*args, kernel_options=None)
+
+
+def _general_block_mask(mask_mod, batch, heads, q_len, kv_len, device):
+    """`create_block_mask` for a mask without recognised structure: `mask_mod` is evaluated on
+    every (query, key) pair, compiled on CUDA (fused, no [Sq, Sk] tensor kept); uncompiled on
+    CPU. `batch` / `heads` are None unless the mask reads `b` / `h`."""
+    return _flex_runner(_create_block_mask, device)(mask_mod, batch, heads, q_len, kv_len,
+                                                    device=device, BLOCK_SIZE=_BLOCK)
+
+
+def _structured_block_mask(build, mask_mod, batch, q_len, kv_len, device, arguments):
+    """The BlockMask `build(batch, q_len, kv_len, device, *arguments)` describes, built in
+    O(blocks) (compiled on CUDA: a handful of kernels) and kept for reuse.
+
+    A BlockMask is reused when the build, the sizes and the very same argument objects (tensors
+    unmodified since: same `_version`) come again, as when every layer of a model gets the same
+    document ids, or a mask reads no tensor at all.
+    """
+    key = (build, batch, q_len, kv_len, str(device), tuple(
+        (id(a), a._version) if isinstance(a, torch.Tensor) else a for a in arguments))
+    for n, (seen, inputs, block_mask) in enumerate(_FLEX_MASKS):
+        if seen == key and all(x is y for x, y in zip(inputs, arguments)):
+            _FLEX_MASKS.append(_FLEX_MASKS.pop(n))
+            return block_mask
+    lists = _flex_runner(build, device)(batch, q_len, kv_len, device, *arguments)
+    block_mask = _block_mask_of(lists, mask_mod, q_len, kv_len)
+    _FLEX_MASKS.append((key, tuple(arguments), block_mask))
+    del _FLEX_MASKS[:-_FLEX_MASKS_KEPT]
+    return block_mask
 
 
 def _num_blocks(length, block):
@@ -169,21 +278,43 @@ def _combine(classes, B, H):
 def _ordered(flags):
     """(count int32 [..., nQ], indices int32 [..., nQ, nK]) of the flagged key blocks.
 
-    Flagged blocks come first in ascending order (a stable descending sort on the flag), as
-    `create_block_mask` lays them out; entries past the count are ignored by the kernels.
+    Flagged blocks come first in ascending order, then the others in ascending order (what a
+    stable descending sort on the flag gives, as `create_block_mask` lays them out; entries
+    past the count are ignored by the kernels). Built from one cumulative sum and one scatter
+    instead of a sort: flagged block j goes to slot rank(j) - 1, an unflagged one to
+    count + (j - rank(j)), where rank(j) counts the flagged blocks up to j.
     """
     count = flags.sum(dim=-1, dtype=torch.int32)
-    indices = torch.argsort(flags.to(torch.int8), dim=-1, descending=True, stable=True)
-    return count.contiguous(), indices.to(torch.int32).contiguous()
+    rank = torch.cumsum(flags, dim=-1, dtype=torch.int32)
+    position = torch.arange(flags.shape[-1], device=flags.device, dtype=torch.int32)
+    slot = torch.where(flags, rank - 1, count[..., None] + position - rank)
+    indices = torch.empty_like(slot).scatter_(-1, slot.long(), position.expand_as(slot))
+    return count.contiguous(), indices.contiguous()
+
+
+def _block_lists(classes):
+    """The eight BlockMask tensors of int8 tile classes [B, H, nQ, nK]: partial (1) and full (2)
+    tiles in key-block order per query block, and the transposed (query-block order per key
+    block) lists that backward reads. Both sides come straight from the classes, which costs
+    less than `from_kv_blocks` re-deriving the q side from the kv lists.
+    """
+    partial, full = classes == 1, classes == 2
+    return (*_ordered(partial), *_ordered(full),
+            *_ordered(partial.transpose(-2, -1)), *_ordered(full.transpose(-2, -1)))
+
+
+def _block_mask_of(lists, mask_mod, q_len, kv_len, block=_BLOCK):
+    """A BlockMask of the eight tensors `_block_lists` returns (no further work on them)."""
+    kv_num, kv_idx, full_num, full_idx, q_num, q_idx, full_q_num, full_q_idx = lists
+    return _BlockMask(
+        seq_lengths=(q_len, kv_len), kv_num_blocks=kv_num, kv_indices=kv_idx,
+        full_kv_num_blocks=full_num, full_kv_indices=full_idx, q_num_blocks=q_num,
+        q_indices=q_idx, full_q_num_blocks=full_q_num, full_q_indices=full_q_idx,
+        BLOCK_SIZE=(block, block), mask_mod=mask_mod or _noop_mask)
 
 
 def _block_mask(classes, mask_mod, q_len, kv_len, block=_BLOCK):
     """BlockMask from int8 tile classes [B, H, nQ, nK]: partial tiles (1) go to `kv_indices`,
-    full tiles (2) to `full_kv_indices`. The q-side (transposed) lists needed for backward
-    are derived by `from_kv_blocks` itself.
+    full tiles (2) to `full_kv_indices`, and the q side likewise.
     """
-    kv_num, kv_idx = _ordered(classes == 1)
-    full_num, full_idx = _ordered(classes == 2)
-    return _BlockMask.from_kv_blocks(
-        kv_num, kv_idx, full_num, full_idx, BLOCK_SIZE=block, mask_mod=mask_mod,
-        seq_lengths=(q_len, kv_len))
+    return _block_mask_of(_block_lists(classes), mask_mod, q_len, kv_len, block)

@@ -1,0 +1,192 @@
+"""`backend="auto"`: the cost model's order per spec, the call-time walk down that order, the
+structured BlockMask cache and the FLASH-kernel fallback of flex.
+
+The CUDA walk (`_attend_auto`) is called directly on CPU tensors here: flash refuses them (or a
+fake flash-attn runs them), which exercises each step of the order without a GPU.
+"""
+
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+from test_flash import with_fake
+
+import attnspec
+from attnspec.explain import explain_module
+from attnspec.lower import backends
+
+ROOT = Path(__file__).resolve().parent.parent
+F64 = torch.float64
+
+
+def spec_attention(path, name):
+    module = attnspec.build((ROOT / "specs" / path).read_text())
+    return next(a for a in module.attentions if a.name == name)
+
+
+@pytest.mark.parametrize("path, name, cuda, cpu", [
+    ("causal_lm.attn", "CausalLM", ("flash", "sdpa"), ("sdpa",)),
+    ("packed_documents.attn", "PackedDocuments", ("flash", "sdpa-small", "flex"), ("sdpa",)),
+    ("alibi.attn", "AlibiCausal8", ("flash", "sdpa-small", "flex"), ("sdpa",)),
+    ("prefix_lm.attn", "PrefixLMConstant", ("sdpa-small", "flex"), ("sdpa",)),
+    ("anchor.attn", "AnchorAttention", ("sdpa",), ("sdpa",)),
+    ("graph.attn", "GraphAttention", ("flex",), ("eager",)),
+    ("sliding_window.attn", "SlidingWindowGQA", ("flex",), ("eager",)),
+    ("attention_sinks.attn", "SlidingWindowSinks", ("flash", "flex"), ("eager",)),
+])
+def test_auto_order(path, name, cuda, cpu):
+    attn = spec_attention(path, name)
+    assert backends.auto_order(attn, "cuda") == cuda
+    assert backends.auto_order(attn, "cpu") == cpu
+    assert backends.auto(attn, "cuda") == cuda[0].split("-")[0]
+
+
+def test_explain_shows_the_order_and_why():
+    text = explain_module(attnspec.build((ROOT / "specs/packed_documents.attn").read_text()))
+    assert "auto on CUDA tries: flash -> sdpa-small -> flex" in text
+    assert "flash-attn 4" in text and "Sq·Sk <= 2^20" in text
+
+
+def documents(batch, length, seed):
+    gen = torch.Generator().manual_seed(seed)
+    return torch.cumsum((torch.rand(batch, length, generator=gen) < 0.1).long(), -1)
+
+
+def qkv(batch, heads, kv_heads, length, dim, dtype, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    q = torch.randn(batch, heads, length, dim, generator=gen, dtype=F64).to(dtype)
+    k, v = (torch.randn(batch, kv_heads, length, dim, generator=gen, dtype=F64).to(dtype)
+            for _ in range(2))
+    return q, k, v
+
+
+def packed(monkeypatch=None):
+    module = attnspec.load(ROOT / "specs/packed_documents.attn")
+    return module, module.PackedDocuments()
+
+
+def test_auto_walk_skips_flash_that_refuses_and_takes_dense_sdpa_when_small():
+    module, layer = packed()
+    q, k, v = qkv(2, 8, 8, 40, 64, F64)
+    doc = documents(2, 40, 1)
+    ref = layer._attend_eager(q, k, v, doc=doc, sizes=None)
+    # flash refuses CPU float64 tensors (UnsupportedInputError): the walk goes on to SDPA
+    out = layer._attend_auto(q, k, v, doc=doc, sizes=None)
+    torch.testing.assert_close(out, ref)
+
+
+def test_auto_walk_takes_flex_above_the_small_size(monkeypatch):
+    module, layer = packed()
+    monkeypatch.setattr(module, "_SMALL_DENSE", 0)
+    calls = []
+    original = module.PackedDocuments._attend_flex
+
+    def spy(self, *args, **kwargs):
+        calls.append(kwargs.get("fast"))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(module.PackedDocuments, "_attend_flex", spy)
+    q, k, v = qkv(1, 8, 8, 40, 64, torch.float32)
+    doc = documents(1, 40, 2)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # uncompiled flex on CPU warns
+        out = layer._attend_auto(q, k, v, doc=doc, sizes=None)
+    assert calls == [True]  # auto asks flex for its fast (FLASH) kernel where usable
+    torch.testing.assert_close(out, layer._attend_eager(q, k, v, doc=doc, sizes=None),
+                               atol=1e-5, rtol=1e-5)
+
+
+def test_auto_walk_runs_flash_when_it_accepts(monkeypatch):
+    module, layer = packed()
+    with_fake(monkeypatch, module, 4)
+    monkeypatch.setattr(module.PackedDocuments, "_attend_sdpa",
+                        lambda *a, **k: pytest.fail("flash accepted: SDPA must not run"))
+    q, k, v = qkv(2, 8, 8, 40, 64, torch.bfloat16)
+    doc = documents(2, 40, 3)
+    out = layer._attend_auto(q, k, v, doc=doc, sizes=None)
+    ref = layer._attend_eager(q.double(), k.double(), v.double(), doc=doc, sizes=None)
+    torch.testing.assert_close(out.double(), ref, atol=2e-2, rtol=2e-2)
+
+
+def test_auto_walk_steps_past_flash_for_unsorted_documents(monkeypatch):
+    module, layer = packed()
+    with_fake(monkeypatch, module, 4)
+    q, k, v = qkv(1, 8, 8, 30, 64, torch.bfloat16)
+    doc = torch.tensor([[0] * 10 + [1] * 10 + [0] * 10])  # flex/SDPA run it, varlen cannot
+    out = layer._attend_auto(q, k, v, doc=doc, sizes=None)
+    ref = layer._attend_eager(q.double(), k.double(), v.double(), doc=doc, sizes=None)
+    torch.testing.assert_close(out.double(), ref, atol=2e-2, rtol=2e-2)
+
+
+# --- structured BlockMask cache ----------------------------------------------------------------
+def test_structured_block_masks_are_reused_for_the_same_unmodified_inputs():
+    module, layer = packed()
+    doc = documents(2, 300, 4)
+
+    def build(ids, length=300):
+        return module._structured_block_mask(
+            module._block_lists_PackedDocuments, None, 2, length, length, ids.device, (ids,))
+
+    first = build(doc)
+    assert build(doc) is first  # same tensor, unmodified: every layer of a model reuses it
+    assert build(doc.clone()) is not first  # equal values, another tensor: built again
+    assert build(doc, 299 + 1) is first
+    doc.zero_()  # modified in place (one document now): its version moved on
+    rebuilt = build(doc)
+    assert rebuilt is not first
+    assert rebuilt.full_kv_num_blocks.sum() > first.full_kv_num_blocks.sum()
+
+
+def test_structured_block_mask_cache_is_bounded():
+    module, _ = packed()
+    tensors = [documents(1, 130, seed) for seed in range(module._FLEX_MASKS_KEPT + 5)]
+    for ids in tensors:
+        module._structured_block_mask(module._block_lists_PackedDocuments, None, 1, 130, 130,
+                                      ids.device, (ids,))
+    assert len(module._FLEX_MASKS) == module._FLEX_MASKS_KEPT
+
+
+def test_block_lists_q_side_is_the_transpose_of_the_kv_side():
+    """The q-side lists built from the classes equal what `from_kv_blocks` derives."""
+    from torch.nn.attention.flex_attention import BlockMask
+
+    module, _ = packed()
+    doc = documents(2, 700, 5)
+    lists = module._block_lists_PackedDocuments(2, 700, 700, doc.device, doc)
+    ref = BlockMask.from_kv_blocks(*lists[:4], BLOCK_SIZE=128, seq_lengths=(700, 700))
+    for ours, theirs in zip(lists[4:], (ref.q_num_blocks, ref.q_indices, ref.full_q_num_blocks,
+                                         ref.full_q_indices), strict=True):
+        assert ours.dtype == torch.int32 and torch.equal(ours, theirs)
+
+
+# --- flex's FLASH kernel: used where usable, Triton after a failed compile ------------------------
+def test_flex_flash_kernel_is_not_usable_on_cpu_or_for_captured_gradients():
+    module, _ = packed()
+    q = torch.randn(1, 2, 4, 8, dtype=torch.bfloat16)
+    assert not module._flex_flash_usable(q, ())
+    param = torch.zeros(2, requires_grad=True)
+    monkey_q = q  # CPU: refused before any other condition
+    assert not module._flex_flash_usable(monkey_q, (param,))
+
+
+def test_flex_run_falls_back_to_triton_once_flash_fails(monkeypatch):
+    module, _ = packed()
+    seen = []
+
+    def body(q, kernel_options=None):
+        seen.append(kernel_options)
+        if kernel_options is not None:
+            raise RuntimeError("BACKEND='FLASH' but flash attention cannot be used: reasons")
+        return q + 1, None
+
+    monkeypatch.setattr(module, "_flex_flash_usable", lambda q, captured: True)
+    q = torch.zeros(2)
+    with pytest.warns(UserWarning, match="FLASH kernel cannot run it"):
+        out, _ = module._flex_run(body, (q,), (), True)
+    assert torch.equal(out, q + 1)
+    assert seen == [module._FLEX_FLASH_OPTIONS, None]
+    module._flex_run(body, (q,), (), True)  # remembered: straight to Triton, no new warning
+    assert seen[-1] is None and len(seen) == 3
+    module._flex_run(lambda q, kernel_options=None: (q, kernel_options), (q,), (), False)
+    module._FLEX_FLASH_FAILED.discard(body)
