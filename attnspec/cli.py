@@ -1,4 +1,4 @@
-"""The `attnspec` command line: check, compile, verify.
+"""The `attnspec` command line: check, compile, explain, verify, bench.
 
 Every problem in a spec is reported as `file:LINE:COL: error: message` with the source line and a
 caret; the exit code is 1 on any error and never a Python traceback.
@@ -63,6 +63,19 @@ def _parser() -> argparse.ArgumentParser:
     ver.add_argument("--junit", metavar="FILE", help="also write JUnit XML to FILE")
     ver.add_argument("--seed", type=int, default=0)
     ver.set_defaults(run=cmd_verify)
+    ben = sub.add_parser("bench", help="time every backend of a spec (and auto)")
+    ben.add_argument("path", help="an .attn file")
+    ben.add_argument("--name", help="only this attention")
+    ben.add_argument("--backend", default="all", help="comma-separated backends (auto "
+                     "included), or all")
+    ben.add_argument("--device", default="cuda")
+    ben.add_argument("--dtype", default="bf16", help="bf16, fp16, float32, float64")
+    ben.add_argument("--seq", default="8192", help="comma-separated sequence lengths")
+    ben.add_argument("--batch", type=int, default=4)
+    ben.add_argument("--fwd-only", action="store_true", help="skip forward+backward")
+    ben.add_argument("--reps", type=int, default=20, help="timed repetitions (median)")
+    ben.add_argument("--json", action="store_true", help="print the rows as JSON")
+    ben.set_defaults(run=cmd_bench)
     return p
 
 
@@ -178,6 +191,13 @@ def cmd_verify(args) -> int:
     from attnspec.verify import run_cli
 
     return run_cli(args, [(p, *_load(p)) for p in spec_files(args.paths)])
+
+
+def cmd_bench(args) -> int:
+    from attnspec.bench import run_cli
+
+    path = Path(args.path)
+    return run_cli(args, path, *_load(path))
 
 
 if __name__ == "__main__":

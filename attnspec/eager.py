@@ -738,3 +738,25 @@ def evaluate_mask(attn: ir.AttentionIR, B: int, Sq: int, Sk: int,
     if mask is None:
         return torch.ones(shape, dtype=torch.bool, device=frame.device)
     return torch.broadcast_to(mask, shape).clone()
+
+
+def mask_density(attn: ir.AttentionIR, B: int, Sq: int, Sk: int,
+                 inputs: Mapping[str, Tensor] | None = None,
+                 sizes: Mapping[str, int] | None = None, *,
+                 device: torch.device | str | None = None) -> float:
+    """The fraction of (batch, head, query, key) entries the combined mask keeps, without
+    broadcasting it to [B, H, Sq, Sk] (broadcasting repeats entries evenly, so the mean of the
+    unbroadcast mask is the same).
+
+    >>> from attnspec.ir.build import build_text
+    >>> spec = "attention A {\\n heads = 4\\n head_dim = 4\\n mask causal\\n}"
+    >>> mask_density(build_text(spec).attentions[0], 2, 4, 4)
+    0.625
+    """
+    settings = resolve_settings(attn)
+    frame = _make_frame(attn, settings, torch.float64, torch.device(device or "cpu"), B, Sq, Sk,
+                        None, inputs, sizes, params_required=False)
+    mask = _combined_mask(ExprInterpreter(frame))
+    if mask is None:
+        return 1.0
+    return float(mask.sum(dtype=torch.int64)) / mask.numel()

@@ -73,6 +73,7 @@ def test_auto_walk_skips_flash_that_refuses_and_takes_dense_sdpa_when_small():
     ref = layer._attend_eager(q, k, v, doc=doc, sizes=None)
     # flash refuses CPU float64 tensors (UnsupportedInputError): the walk goes on to SDPA
     out = layer._attend_auto(q, k, v, doc=doc, sizes=None)
+    assert layer.last_backend == "sdpa-small"
     torch.testing.assert_close(out, ref)
 
 
@@ -93,6 +94,7 @@ def test_auto_walk_takes_flex_above_the_small_size(monkeypatch):
         warnings.simplefilter("ignore")  # uncompiled flex on CPU warns
         out = layer._attend_auto(q, k, v, doc=doc, sizes=None)
     assert calls == [True]  # auto asks flex for its fast (FLASH) kernel where usable
+    assert layer.last_backend == "flex-triton"  # FLASH needs CUDA
     torch.testing.assert_close(out, layer._attend_eager(q, k, v, doc=doc, sizes=None),
                                atol=1e-5, rtol=1e-5)
 
@@ -105,6 +107,7 @@ def test_auto_walk_runs_flash_when_it_accepts(monkeypatch):
     q, k, v = qkv(2, 8, 8, 40, 64, torch.bfloat16)
     doc = documents(2, 40, 3)
     out = layer._attend_auto(q, k, v, doc=doc, sizes=None)
+    assert layer.last_backend == "flash"
     ref = layer._attend_eager(q.double(), k.double(), v.double(), doc=doc, sizes=None)
     torch.testing.assert_close(out.double(), ref, atol=2e-2, rtol=2e-2)
 
@@ -183,8 +186,8 @@ def test_flex_run_falls_back_to_triton_once_flash_fails(monkeypatch):
     monkeypatch.setattr(module, "_flex_flash_usable", lambda q, captured: True)
     q = torch.zeros(2)
     with pytest.warns(UserWarning, match="FLASH kernel cannot run it"):
-        out, _ = module._flex_run(body, (q,), (), True)
-    assert torch.equal(out, q + 1)
+        (out, _), kernel = module._flex_run(body, (q,), (), True)
+    assert torch.equal(out, q + 1) and kernel == "triton"
     assert seen == [module._FLEX_FLASH_OPTIONS, None]
     module._flex_run(body, (q,), (), True)  # remembered: straight to Triton, no new warning
     assert seen[-1] is None and len(seen) == 3

@@ -93,7 +93,7 @@ GENERATED_MODULE_NAMES = frozenset(
     "_flash_keep_keys _flash_pack _flash_empty_rows _flash_attend".split())
 GENERATED_CLASS_NAMES = frozenset(
     "SETTINGS GROUPS BACKENDS AUTO UNSUPPORTED PATTERNS backend forward _attend _attend_eager "
-    "_attend_sdpa _attend_flex _attend_flash _attend_auto _auto_cuda _mask _score _mup_init "
+    "_attend_sdpa _attend_flex _attend_flash _attend_auto _auto_cuda last_backend _mask _score _mup_init "
     "mup_param_groups q_proj k_proj v_proj o_proj".split())
 PYTHON_BUILTINS = frozenset(dir(builtins))
 
