@@ -105,24 +105,31 @@ def attention_flops(attn: ir.AttentionIR, batch: int, q_len: int, kv_len: int, k
 
 
 # --- timing ------------------------------------------------------------------------------------
-def median_ms(fn: Callable[[], object], device: str, reps: int, warmup: int) -> float:
-    """Median time of `fn()` in ms: CUDA events on CUDA, perf_counter elsewhere."""
+def median_ms(fn: Callable[[], object], device: str, reps: int, warmup: int,
+              inner: int = 1) -> float:
+    """Median time of `fn()` in ms: CUDA events on CUDA, perf_counter elsewhere. With `inner`
+    > 1 each sample times that many calls back to back and divides: the steady state of a
+    training loop, where the host runs ahead of the GPU and launch costs overlap kernels
+    (`inner=1` adds them: the latency of one lone call)."""
     cuda = str(device).startswith("cuda")
     for _ in range(warmup):
         fn()
     times = []
     for _ in range(reps):
         if cuda:
+            torch.cuda.synchronize()
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
-            fn()
+            for _ in range(inner):
+                fn()
             end.record()
             torch.cuda.synchronize()
-            times.append(start.elapsed_time(end))
+            times.append(start.elapsed_time(end) / inner)
         else:
             t = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t) * 1e3)
+            for _ in range(inner):
+                fn()
+            times.append((time.perf_counter() - t) * 1e3 / inner)
     return statistics.median(times)
 
 

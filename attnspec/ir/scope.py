@@ -87,13 +87,16 @@ GENERATED_MODULE_NAMES = frozenset(
     "_block_mask _BlockMask _FLEX_BLOCK _FLEX_COMPILED _flex_attention _create_block_mask "
     "_noop_mask _AuxRequest _flex_runner _flex_with_lse _flex_no_cpu_backward _FLEX_FLASH_FAILED "
     "_FLEX_FLASH_OPTIONS _FLEX_MASKS _FLEX_MASKS_KEPT _flex_flash_usable _flex_run "
-    "_structured_block_mask _general_block_mask _block_lists _block_mask_of _FLASH_DTYPES "
+    "_FLEX_SMALL_OPTIONS _FLEX_SMALL_TILES _flash_remembered _FLASH_REMEMBERED _flash_id_runs "
+    "_structured_block_mask _general_block_mask _built_lists _FLEX_BUILD_FAILED _block_lists "
+    "_block_mask_of _FLASH_DTYPES "
     "_FLASH_MAX_HEAD_DIM _FLASH_LIBRARIES _FlashLibrary "
     "_flash_library _find_flash _flash_check _flash_check_documents _flash_window _flash_runs "
     "_flash_keep_keys _flash_pack _flash_empty_rows _flash_attend".split())
 GENERATED_CLASS_NAMES = frozenset(
     "SETTINGS GROUPS BACKENDS AUTO UNSUPPORTED PATTERNS backend forward _attend _attend_eager "
-    "_attend_sdpa _attend_flex _attend_flash _attend_auto _auto_cuda last_backend _mask _score _mup_init "
+    "_attend_sdpa _attend_flex _attend_flash _attend_auto _auto_cuda last_backend _mask _score "
+    "_mup_init "
     "mup_param_groups q_proj k_proj v_proj o_proj".split())
 PYTHON_BUILTINS = frozenset(dir(builtins))
 

@@ -36,6 +36,11 @@ _FLEX_COMPILED = {}
 # Bodies whose compile for flex's FLASH kernel failed: they run on the Triton kernel from then on.
 _FLEX_FLASH_FAILED = set()
 _FLEX_FLASH_OPTIONS = {"BACKEND": "FLASH"}
+# Bodies whose Triton kernel needs smaller tiles than flex's defaults to fit in shared memory.
+_FLEX_SMALL_TILES = set()
+_FLEX_SMALL_OPTIONS = {"BLOCK_M": 64, "BLOCK_N": 32, "num_stages": 1, "num_warps": 4}
+# BlockMask builders whose compile failed: they run uncompiled from then on.
+_FLEX_BUILD_FAILED = set()
 # Structured BlockMasks built recently, newest last: (key, inputs, BlockMask).
 _FLEX_MASKS = []
 _FLEX_MASKS_KEPT = 16
@@ -78,7 +83,7 @@ def _flex_flash_usable(q, captured):
         return False
     if torch.are_deterministic_algorithms_enabled():
         return False
-    if torch.is_grad_enabled() and any(t.requires_grad for t in captured):
+    if any(t.requires_grad for t in captured):  # checked at trace time, even under no_grad
         return False
     return importlib.util.find_spec("flash_attn") is not None and \
         importlib.util.find_spec("flash_attn.cute") is not None
@@ -100,7 +105,17 @@ def _flex_run(body, args, captured, fast):
             warnings.warn(f"{body.__name__}: flex's FLASH kernel cannot run it "
                           f"({str(error).splitlines()[0][:200]}); using the Triton kernel",
                           stacklevel=3)
-    return _flex_runner(body, q.device)(*args, kernel_options=None), "triton"
+    if body in _FLEX_SMALL_TILES:
+        return _flex_runner(body, q.device)(*args, kernel_options=_FLEX_SMALL_OPTIONS), "triton"
+    try:
+        return _flex_runner(body, q.device)(*args, kernel_options=None), "triton"
+    except RuntimeError as error:
+        if "out of resource" not in str(error):
+            raise
+        # A score_mod reading many captured tensors can leave no Triton config that fits in
+        # shared memory at large head dims: smaller tiles do (remembered per body).
+        _FLEX_SMALL_TILES.add(body)
+        return _flex_runner(body, q.device)(*args, kernel_options=_FLEX_SMALL_OPTIONS), "triton"
 
 
 def _general_block_mask(mask_mod, batch, heads, q_len, kv_len, device):
@@ -109,6 +124,20 @@ def _general_block_mask(mask_mod, batch, heads, q_len, kv_len, device):
     CPU. `batch` / `heads` are None unless the mask reads `b` / `h`."""
     return _flex_runner(_create_block_mask, device)(mask_mod, batch, heads, q_len, kv_len,
                                                     device=device, BLOCK_SIZE=_BLOCK)
+
+
+def _built_lists(build, arguments):
+    """`build(*arguments)`, compiled on CUDA; run as is when compiling it fails (once, with a
+    warning): the BlockMask is then slower to build, never different."""
+    device = arguments[3]
+    if device.type == "cuda" and build not in _FLEX_BUILD_FAILED:
+        try:
+            return _flex_runner(build, device)(*arguments)
+        except Exception as error:  # noqa: BLE001 — a compiler bug must not stop the forward
+            _FLEX_BUILD_FAILED.add(build)
+            warnings.warn(f"{build.__name__}: compiling the BlockMask builder failed "
+                          f"({type(error).__name__}); building it uncompiled", stacklevel=3)
+    return build(*arguments)
 
 
 def _structured_block_mask(build, mask_mod, batch, q_len, kv_len, device, arguments):
@@ -125,7 +154,7 @@ def _structured_block_mask(build, mask_mod, batch, q_len, kv_len, device, argume
         if seen == key and all(x is y for x, y in zip(inputs, arguments)):
             _FLEX_MASKS.append(_FLEX_MASKS.pop(n))
             return block_mask
-    lists = _flex_runner(build, device)(batch, q_len, kv_len, device, *arguments)
+    lists = _built_lists(build, (batch, q_len, kv_len, device, *arguments))
     block_mask = _block_mask_of(lists, mask_mod, q_len, kv_len)
     _FLEX_MASKS.append((key, tuple(arguments), block_mask))
     del _FLEX_MASKS[:-_FLEX_MASKS_KEPT]
@@ -279,18 +308,14 @@ def _combine(classes, B, H):
 def _ordered(flags):
     """(count int32 [..., nQ], indices int32 [..., nQ, nK]) of the flagged key blocks.
 
-    Flagged blocks come first in ascending order, then the others in ascending order (what a
-    stable descending sort on the flag gives, as `create_block_mask` lays them out; entries
-    past the count are ignored by the kernels). Built from one cumulative sum and one scatter
-    instead of a sort: flagged block j goes to slot rank(j) - 1, an unflagged one to
-    count + (j - rank(j)), where rank(j) counts the flagged blocks up to j.
+    Flagged blocks come first in ascending order (a stable descending sort on the flag), as
+    `create_block_mask` lays them out; entries past the count are ignored by the kernels.
+    (A cumulative-sum-and-scatter version avoids the sort but trips Inductor's Triton codegen
+    in torch 2.11 when the builder is compiled.)
     """
     count = flags.sum(dim=-1, dtype=torch.int32)
-    rank = torch.cumsum(flags, dim=-1, dtype=torch.int32)
-    position = torch.arange(flags.shape[-1], device=flags.device, dtype=torch.int32)
-    slot = torch.where(flags, rank - 1, count[..., None] + position - rank)
-    indices = torch.empty_like(slot).scatter_(-1, slot.long(), position.expand_as(slot))
-    return count.contiguous(), indices.contiguous()
+    indices = torch.argsort(flags.to(torch.int8), dim=-1, descending=True, stable=True)
+    return count.contiguous(), indices.to(torch.int32).contiguous()
 
 
 def _block_lists(classes):
@@ -301,7 +326,8 @@ def _block_lists(classes):
     """
     partial, full = classes == 1, classes == 2
     return (*_ordered(partial), *_ordered(full),
-            *_ordered(partial.transpose(-2, -1)), *_ordered(full.transpose(-2, -1)))
+            *_ordered(partial.transpose(-2, -1).contiguous()),
+            *_ordered(full.transpose(-2, -1).contiguous()))
 
 
 def _block_mask_of(lists, mask_mod, q_len, kv_len, block=_BLOCK):
