@@ -16,5 +16,5 @@ export PYTHONPATH=$PWD SITE=${SITE:-/tmp/fa4site} OUT=${OUT:-gpu-out} PART=${1:-
 case "$PART" in
   a) python3 benchmarks/gpu_suite.py Causal SlidingWindow Documents AlibiCausal ;;
   b) python3 benchmarks/gpu_suite.py PrefixLM Anchor TypedGraph --masks ;;
-  *) python3 benchmarks/gpu_suite.py "$@" ;;
+  *) shift; python3 benchmarks/gpu_suite.py "$@" ;;
 esac
