@@ -193,3 +193,15 @@ def test_flex_run_falls_back_to_triton_once_flash_fails(monkeypatch):
     assert seen[-1] is None and len(seen) == 3
     module._flex_run(lambda q, kernel_options=None: (q, kernel_options), (q,), (), False)
     module._FLEX_FLASH_FAILED.discard(body)
+
+
+def test_general_block_masks_are_reused_for_the_same_captured_values():
+    module = attnspec.load(ROOT / "specs/anchor.attn")
+    layer = module.AnchorAttention()
+    groups = module._token_groups(layer.GROUPS, None, 290, 290)
+    mask_mod = module._mask_mod_AnchorAttention(groups, 290, 290)
+    first = module._general_block_mask(mask_mod, None, None, 290, 290, torch.device("cpu"))
+    again = module._mask_mod_AnchorAttention(groups, 290, 290)  # a new closure, same values
+    assert module._general_block_mask(again, None, None, 290, 290, torch.device("cpu")) is first
+    other = module._general_block_mask(mask_mod, None, None, 290, 300, torch.device("cpu"))
+    assert other is not first

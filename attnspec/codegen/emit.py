@@ -413,7 +413,7 @@ class _AttentionEmitter:
         if kind == "setting":
             return f"self.{name}"
         if kind == "alibi":
-            return "torch.tensor(_alibi_slopes(self.heads), dtype=dtype, device=q.device)"
+            return "_alibi_tensor(self.heads, dtype, q.device)"
         return name
 
     def _flex_block_lines(self, analysis, kind: str) -> tuple[list[str], dict | None]:

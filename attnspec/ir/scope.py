@@ -78,7 +78,8 @@ GENERATED_MODULE_NAMES = frozenset(
     "torch math collections SPEC_SOURCE _check_backend _check_overrides _int_setting "
     "_float_setting _check_heads _param_shape _check_rope_dims _check_tensor _same_dtype "
     "_seq_len _check_no_sizes _token_groups _in_group _Edges _edge_tables _alibi_slopes "
-    "_alibi_slope _t5_bucket _rms_norm _rope_angles _rope _sinusoidal _compute_dtype "
+    "_alibi_slope _alibi_tensor _ALIBI_TENSORS _t5_bucket _rms_norm _rope_angles _rope _sinusoidal "
+    "_compute_dtype "
     "_index_grids _softmax_rows _read _select_backend UnsupportedBackendError _sdpa _sdpa_masked "
     "_runs _sdpa_patterns UnsupportedInputError _SMALL_DENSE importlib warnings".split()
 ) | frozenset(  # the runtimes inlined from codegen/templates/*_runtime.py (a test keeps this true)
@@ -88,7 +89,8 @@ GENERATED_MODULE_NAMES = frozenset(
     "_noop_mask _AuxRequest _flex_runner _flex_with_lse _flex_no_cpu_backward _FLEX_FLASH_FAILED "
     "_FLEX_FLASH_OPTIONS _FLEX_MASKS _FLEX_MASKS_KEPT _flex_flash_usable _flex_run "
     "_FLEX_SMALL_OPTIONS _FLEX_SMALL_TILES _flash_remembered _FLASH_REMEMBERED _flash_id_runs "
-    "_structured_block_mask _general_block_mask _built_lists _FLEX_BUILD_FAILED _block_lists "
+    "_structured_block_mask _cached_block_mask _general_block_mask _built_lists _FLEX_BUILD_FAILED "
+    "_block_lists "
     "_block_mask_of _FLASH_DTYPES "
     "_FLASH_MAX_HEAD_DIM _FLASH_LIBRARIES _FlashLibrary "
     "_flash_library _find_flash _flash_check _flash_check_documents _flash_window _flash_runs "

@@ -121,9 +121,15 @@ def _flex_run(body, args, captured, fast):
 def _general_block_mask(mask_mod, batch, heads, q_len, kv_len, device):
     """`create_block_mask` for a mask without recognised structure: `mask_mod` is evaluated on
     every (query, key) pair, compiled on CUDA (fused, no [Sq, Sk] tensor kept); uncompiled on
-    CPU. `batch` / `heads` are None unless the mask reads `b` / `h`."""
-    return _flex_runner(_create_block_mask, device)(mask_mod, batch, heads, q_len, kv_len,
-                                                    device=device, BLOCK_SIZE=_BLOCK)
+    CPU. `batch` / `heads` are None unless the mask reads `b` / `h`. Kept for reuse like the
+    structured ones, keyed by the mask's code and the values it captured (token-group bounds,
+    sizes, the very same tensors)."""
+    cells = tuple(cell.cell_contents for cell in mask_mod.__closure__ or ())
+    arguments = tuple(tuple(sorted(c.items())) if isinstance(c, dict) else c for c in cells)
+    return _cached_block_mask(
+        (mask_mod.__code__, batch, heads), q_len, kv_len, device, arguments,
+        lambda: _flex_runner(_create_block_mask, device)(
+            mask_mod, batch, heads, q_len, kv_len, device=device, BLOCK_SIZE=_BLOCK))
 
 
 def _built_lists(build, arguments):
@@ -148,14 +154,27 @@ def _structured_block_mask(build, mask_mod, batch, q_len, kv_len, device, argume
     unmodified since: same `_version`) come again, as when every layer of a model gets the same
     document ids, or a mask reads no tensor at all.
     """
-    key = (build, batch, q_len, kv_len, str(device), tuple(
-        (id(a), a._version) if isinstance(a, torch.Tensor) else a for a in arguments))
+    return _cached_block_mask(
+        (build, batch), q_len, kv_len, device, arguments,
+        lambda: _block_mask_of(_built_lists(build, (batch, q_len, kv_len, device, *arguments)),
+                               mask_mod, q_len, kv_len))
+
+
+def _cached_block_mask(what, q_len, kv_len, device, arguments, make):
+    """`make()`, or the BlockMask it made for the same `what`, sizes and the very same
+    `arguments` (tensors compared by identity and `_version`; other values by equality)."""
+    try:
+        key = (what, q_len, kv_len, str(device), tuple(
+            (id(a), a._version) if isinstance(a, torch.Tensor) else a for a in arguments))
+        hash(key)
+    except TypeError:  # an unhashable captured value: build every time
+        return make()
     for n, (seen, inputs, block_mask) in enumerate(_FLEX_MASKS):
-        if seen == key and all(x is y for x, y in zip(inputs, arguments)):
+        if seen == key and all(x is y for x, y in zip(inputs, arguments)
+                               if isinstance(x, torch.Tensor)):
             _FLEX_MASKS.append(_FLEX_MASKS.pop(n))
             return block_mask
-    lists = _built_lists(build, (batch, q_len, kv_len, device, *arguments))
-    block_mask = _block_mask_of(lists, mask_mod, q_len, kv_len)
+    block_mask = make()
     _FLEX_MASKS.append((key, tuple(arguments), block_mask))
     del _FLEX_MASKS[:-_FLEX_MASKS_KEPT]
     return block_mask
