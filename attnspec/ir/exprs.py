@@ -56,21 +56,36 @@ def free_vars(expr: ir.Expr) -> frozenset[str]:
     """What an expression varies with: index names, `input`, `param`, `edge`, `score`,
     `seq_len`, `group` (group bounds can depend on call-time sizes).
 
+    Remembered per node (nodes are immutable), so analyses that ask of every subexpression
+    stay linear.
+
     >>> from attnspec.ir.nodes import IndexVar, SpanIR
     >>> sorted(free_vars(IndexVar(name="q", span=SpanIR(line=1, col=1, end_line=1, end_col=2))))
     ['q']
     """
-    found: set[str] = set()
-    for node in walk(expr):
-        if isinstance(node, ir.IndexVar):
-            found.add(node.name)
-        elif isinstance(node, ir.EdgeField):
-            found |= {"edge", "q", "k"}
-        elif isinstance(node, (ir.InputRef, ir.ParamRef, ir.ScoreRef, ir.SeqLen)):
-            found.add(node.kind)
-        elif isinstance(node, (ir.GroupBound, ir.InGroup)):
-            found.add("group")
-    return frozenset(found)
+    seen = _FREE_VARS.get(id(expr))
+    if seen is not None and seen[0] is expr:
+        return seen[1]
+    found = frozenset(_own_vars(expr)).union(*(free_vars(c) for c in children(expr)))
+    if len(_FREE_VARS) > 100_000:
+        _FREE_VARS.clear()
+    _FREE_VARS[id(expr)] = (expr, found)  # the node is kept, so its id is not reused
+    return found
+
+
+_FREE_VARS: dict[int, tuple[ir.Expr, frozenset[str]]] = {}
+
+
+def _own_vars(node: ir.Expr) -> set[str]:
+    if isinstance(node, ir.IndexVar):
+        return {node.name}
+    if isinstance(node, ir.EdgeField):
+        return {"edge", "q", "k"}
+    if isinstance(node, (ir.InputRef, ir.ParamRef, ir.ScoreRef, ir.SeqLen)):
+        return {node.kind}
+    if isinstance(node, (ir.GroupBound, ir.InGroup)):
+        return {"group"}
+    return set()
 
 
 def is_constant(expr: ir.Expr) -> bool:
