@@ -212,6 +212,13 @@ def _randomise_params(module: torch.nn.Module, gen: torch.Generator) -> None:
             p.copy_(torch.randn(p.shape, generator=gen, dtype=torch.float64) * std)
 
 
+def default_backends(cls, device: str) -> list[str]:
+    """Every backend generated into `cls` that runs on `device`, and on CUDA also `auto`
+    (whose choices there, such as flex's FLASH kernel, no single backend name covers)."""
+    names = [b for b in cls.BACKENDS if runs_on(b, device)]
+    return names + ["auto"] if str(device).startswith("cuda") else names
+
+
 def runs_on(backend: str, device: str) -> bool:
     """Whether `backend` can run on `device` at all (flash-attn kernels are CUDA only)."""
     return backend != "flash" or str(device).startswith("cuda")
@@ -299,10 +306,9 @@ def verify_spec(module_ir: ir.ModuleIR, py_module, backends: Sequence[str] | Non
     results = []
     for attn in module_ir.attentions:
         cls = getattr(py_module, attn.name)
-        wanted = [b for b in cls.BACKENDS if runs_on(b, device)] if backends is None \
-            else backends
+        wanted = default_backends(cls, device) if backends is None else backends
         for backend in wanted:
-            if backend not in cls.BACKENDS:
+            if backend != "auto" and backend not in cls.BACKENDS:
                 continue
             for i, case in enumerate(cases_for(attn)):
                 results.append(_safe_check(attn, cls, backend, case, dtype, device, seed + i,

@@ -205,3 +205,14 @@ def test_general_block_masks_are_reused_for_the_same_captured_values():
     assert module._general_block_mask(again, None, None, 290, 290, torch.device("cpu")) is first
     other = module._general_block_mask(mask_mod, None, None, 290, 300, torch.device("cpu"))
     assert other is not first
+
+
+def test_verify_checks_auto_on_cuda_by_default():
+    from attnspec.verify import default_backends, verify_spec
+
+    module = attnspec.load(ROOT / "specs/packed_documents.attn")
+    assert default_backends(module.PackedDocuments, "cuda")[-1] == "auto"
+    assert "auto" not in default_backends(module.PackedDocuments, "cpu")
+    results = verify_spec(attnspec.build((ROOT / "specs/packed_documents.attn").read_text()),
+                          module, ["auto"], torch.float32, "cpu", 0)
+    assert results and all(r.ok and r.backend == "auto" for r in results)
