@@ -232,18 +232,21 @@ def bench_module(module_ir: ir.ModuleIR, py_module, *, backends: Sequence[str] |
     A backend that fails on an input records a row with `note` and no timing."""
     rows = []
     for attn in module_ir.attentions:
-        cls = getattr(py_module, attn.name)
-        wanted = list(backends) if backends else \
-            [b for b in cls.BACKENDS if runs_on(b, device)] + ["auto"]
         for seq in seqs:
-            for backend in wanted:
-                if backend != "auto" and backend not in cls.BACKENDS:
-                    continue
+            for backend in wanted_backends(getattr(py_module, attn.name), backends, device):
                 if progress:
                     progress(f"{attn.name} {backend} S={seq}")
                 rows += _guarded(attn, py_module, backend, device, dtype, batch, seq, fwd_only,
                                  reps, warmup, module_ir.source_name)
     return rows
+
+
+def wanted_backends(cls, backends: Sequence[str] | None, device: str) -> list[str]:
+    """The backends to time for one class: those asked for that it has (auto always), or
+    every generated one that runs on `device`, and auto."""
+    if backends:
+        return [b for b in backends if b == "auto" or b in cls.BACKENDS]
+    return [b for b in cls.BACKENDS if runs_on(b, device)] + ["auto"]
 
 
 def _guarded(attn, py_module, backend, device, dtype, batch, seq, fwd_only, reps, warmup,
@@ -335,9 +338,11 @@ def run_cli(args, path, source, module_ir) -> int:
         module_ir = module_ir.model_copy(update={
             "attentions": tuple(a for a in module_ir.attentions if a.name == args.name)})
     backends = None if args.backend == "all" else tuple(args.backend.split(","))
-    per = len(backends) if backends else 5
-    progress = Progress(len(module_ir.attentions) * len(seqs) * per)
-    rows = bench_module(module_ir, attnspec.load(path), backends=backends, device=args.device,
+    py_module = attnspec.load(path)
+    progress = Progress(len(seqs) * sum(
+        len(wanted_backends(getattr(py_module, a.name), backends, args.device))
+        for a in module_ir.attentions))
+    rows = bench_module(module_ir, py_module, backends=backends, device=args.device,
                         dtype=dtype, seqs=seqs, batch=args.batch, fwd_only=args.fwd_only,
                         reps=args.reps, warmup=max(2, args.reps // 4), progress=progress)
     progress.close()
