@@ -1,7 +1,7 @@
 """Merge the suite's JSON parts (benchmarks/gpu_suite.py) into one results file, print the
 markdown tables of docs/performance.md and draw its chart (matplotlib).
 
-    python benchmarks/suite_report.py OUT.json PART.json [PART.json ...] [--png docs/performance.png]
+    python benchmarks/suite_report.py OUT.json PART.json [PART.json ...] [--png FILE.png]
 
 A pattern measured in several parts is taken from the last part that has it.
 """
