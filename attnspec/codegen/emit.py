@@ -404,9 +404,8 @@ class _AttentionEmitter:
     def _capture(self, alias: str, what: str) -> str:
         """The expression, in `_attend_flex`, of a tensor the mask/score mods capture."""
         kind, _, name = what.partition(" ")
-        if kind == "param":
-            copy = ".clone()" if alias != f"_p_{name}" else ""  # one read per captured tensor
-            return f"self.{name}.to(dtype){copy}"
+        if kind == "param":  # `_spread` copies: one captured tensor per read, as flex needs
+            return f"_spread(self.{name}.to(dtype))"
         if kind == "edges":
             source, field = name.split(".")
             return f"{source}.{field}"

@@ -45,7 +45,13 @@ class FlexExprGenerator(ExprGenerator):
         self._param_reads[e.name] = reads
         alias = f"_p_{e.name}" if reads == 1 else f"_p_{e.name}_{reads}"
         self.captured[alias] = f"param {e.name}"
-        return self._plain(alias, e.indices, "float")
+        # The captured copy has a trailing axis of replicas (`_spread`): each key reads replica
+        # kv_idx % R, so the backward's atomic adds into the param's gradient spread over R
+        # addresses instead of all landing on a handful.
+        k = self.index_names["k"]
+        self.uses.add(k)
+        parts = [self.generate(i).text for i in e.indices] + [f"{k} % {alias}.shape[-1]"]
+        return Code(f"{alias}[{', '.join(parts)}]", P_ATOM, "float", True)
 
     def input(self, e: ir.InputRef) -> Code:
         self.captured[e.name] = f"input {e.name}"

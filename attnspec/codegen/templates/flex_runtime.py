@@ -118,6 +118,15 @@ def _flex_run(body, args, captured, fast):
         return _flex_runner(body, q.device)(*args, kernel_options=_FLEX_SMALL_OPTIONS), "triton"
 
 
+def _spread(param, replicas=32, budget=1 << 20):
+    """`param` with a trailing axis of `replicas` copies (fewer for big tables: at most `budget`
+    elements), for a score_mod to read replica `kv_idx % R`. The copies' gradients sum back into
+    `param`; in flex's backward the atomic adds for one param entry then spread over R
+    addresses (one address for every pair of a head is what serialises learned bias tables)."""
+    copies = max(1, min(replicas, budget // max(param.numel(), 1)))
+    return param.unsqueeze(-1).expand(*param.shape, copies).contiguous()
+
+
 def _general_block_mask(mask_mod, batch, heads, q_len, kv_len, device):
     """`create_block_mask` for a mask without recognised structure: `mask_mod` is evaluated on
     every (query, key) pair, compiled on CUDA (fused, no [Sq, Sk] tensor kept); uncompiled on
