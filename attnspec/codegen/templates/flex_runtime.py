@@ -93,14 +93,15 @@ def _flex_run(body, args, captured, fast):
     """Run a generated flex body: on flex's FLASH kernel when `fast` and usable, else Triton.
     Returns the body's result and the kernel that ran ("flash" or "triton").
 
-    A FLASH compile that fails (an unsupported score_mod, head dim, ...) is remembered and that
-    body runs on Triton from then on, with one warning: both kernels compute the same thing.
+    A FLASH compile that fails (an unsupported score_mod, int64 tables, a head dim, ...) is
+    remembered and that body runs on Triton from then on, with one warning: both kernels
+    compute the same thing, and a real error in the call shows again on Triton.
     """
     q = args[0]
     if fast and body not in _FLEX_FLASH_FAILED and _flex_flash_usable(q, captured):
         try:
             return _flex_runner(body, q.device)(*args, kernel_options=_FLEX_FLASH_OPTIONS), "flash"
-        except (RuntimeError, NotImplementedError) as error:
+        except Exception as error:  # noqa: BLE001 — compile-time refusals come in many types
             _FLEX_FLASH_FAILED.add(body)
             warnings.warn(f"{body.__name__}: flex's FLASH kernel cannot run it "
                           f"({str(error).splitlines()[0][:200]}); using the Triton kernel",
