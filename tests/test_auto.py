@@ -167,10 +167,18 @@ def test_block_lists_q_side_is_the_transpose_of_the_kv_side():
 def test_flex_flash_kernel_is_not_usable_on_cpu_or_for_captured_gradients():
     module, _ = packed()
     q = torch.randn(1, 2, 4, 8, dtype=torch.bfloat16)
-    assert not module._flex_flash_usable(q, ())
-    param = torch.zeros(2, requires_grad=True)
-    monkey_q = q  # CPU: refused before any other condition
-    assert not module._flex_flash_usable(monkey_q, (param,))
+    assert not module._flex_flash_usable(q, ())  # CPU
+    assert not module._flex_flash_usable(q, (torch.zeros(2, requires_grad=True),))
+
+
+def test_spread_replicates_params_and_sums_their_gradients():
+    module, _ = packed()
+    param = torch.randn(3, 2, requires_grad=True)
+    copies = module._spread(param)
+    assert copies.shape == (3, 2, 32) and torch.equal(copies[..., 7], param.detach())
+    copies[..., 5].sum().backward()
+    assert torch.equal(param.grad, torch.ones(3, 2))
+    assert module._spread(torch.zeros(1 << 19)).shape[-1] == 2  # big tables: fewer copies
 
 
 def test_flex_run_falls_back_to_triton_once_flash_fails(monkeypatch):
