@@ -36,6 +36,7 @@ _FLEX_COMPILED = {}
 # Bodies whose compile for flex's FLASH kernel failed: they run on the Triton kernel from then on.
 _FLEX_FLASH_FAILED = set()
 _FLEX_FLASH_OPTIONS = {"BACKEND": "FLASH"}
+_FLEX_FLASH_FOUND = {}  # "cute": whether flash_attn.cute is installed
 # Bodies whose Triton kernel needs smaller tiles than flex's defaults to fit in shared memory.
 _FLEX_SMALL_TILES = set()
 _FLEX_SMALL_OPTIONS = {"BLOCK_M": 64, "BLOCK_N": 32, "num_stages": 1, "num_warps": 4}
@@ -85,8 +86,10 @@ def _flex_flash_usable(q, captured):
         return False
     if any(t.requires_grad for t in captured):  # checked at trace time, even under no_grad
         return False
-    return importlib.util.find_spec("flash_attn") is not None and \
-        importlib.util.find_spec("flash_attn.cute") is not None
+    if "cute" not in _FLEX_FLASH_FOUND:  # looked up once: a path scan per call would cost
+        _FLEX_FLASH_FOUND["cute"] = importlib.util.find_spec("flash_attn") is not None and \
+            importlib.util.find_spec("flash_attn.cute") is not None
+    return _FLEX_FLASH_FOUND["cute"]
 
 
 def _flex_run(body, args, captured, fast):
