@@ -55,9 +55,9 @@ UnsupportedBackendError a attends attn_mask auto available dropout_p enable_gqa 
 k_part key key_runs keys options patterns piece pieces queries r reasons runs
 scaled_dot_product_attention unsupported v_part AUTO_CPU AUTO_CUDA BLOCK_SIZE _AuxRequest
 _FLEX_BLOCK _FLEX_COMPILED _alibi _attend_flex _flex_attention _flex_no_cpu_backward _flex_runner
-_flex_with_lse args aux block_mask body classes compile create_block_mask fullgraph is_cuda
-is_grad_enabled kv_idx lse mask_mod mod q_idx requires_grad return_aux return_lse score_mod
-unsqueeze _compile gqa voided _auto_cuda choice fast captured batch kernel_options importlib.util
+_flex_with_lse args aux block_mask body classes compile fullgraph is_cuda
+is_grad_enabled kv_idx lse mask_mod q_idx requires_grad return_aux return_lse score_mod
+unsqueeze gqa voided _auto_cuda choice fast captured batch kernel_options importlib.util
 last_backend kernel
 __init__ __name__ abs all amax angle angles any append arange as_tensor b backend base
 bfloat16 bias bidirectional bool broadcast_shapes broadcast_to bucket buckets cat ceil
