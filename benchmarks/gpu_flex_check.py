@@ -53,7 +53,8 @@ def block_mask_build_times(S: int = 32768) -> list[tuple[str, float, float]]:
         return (q >= k) & (doc[b, q] == doc[b, k])
 
     def ours(classes):
-        return lambda: rt._block_mask(rt._combine(classes(), 1, 1), None, S, S, 128)
+        return lambda: rt._block_mask_of(rt._block_lists(rt._combine(classes(), 1, 1)), None,
+                                         S, S, 128)
 
     cases = [
         ("causal", causal, lambda: [rt._band_blocks(S, S, None, 0, False, 128, "cuda")]),

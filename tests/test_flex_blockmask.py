@@ -22,6 +22,11 @@ SEEDS = range(60)
 # ---------------------------------------------------------------------------------- helpers
 
 
+def block_mask(classes, mask_mod, q_len, kv_len, block):
+    """The BlockMask generated code builds from tile classes."""
+    return rt._block_mask_of(rt._block_lists(classes), mask_mod, q_len, kv_len, block)
+
+
 def tiles_from_lists(num, idx, n_k):
     """Dense bool [B, H, nQ, nK] of the tiles listed by (num, idx)."""
     keep = torch.arange(idx.shape[-1]) < num[..., None].long()
@@ -62,7 +67,7 @@ def check(classes, true, block, exact=False, mask_mod=None):
     b, h, sq, sk = true.shape
     assert classes.dtype == torch.int8 and classes.shape[:2] == (b, h)
     assert classes.shape[-2:] == (-(-sq // block), -(-sk // block))
-    bm = rt._block_mask(classes, mask_mod, sq, sk, block)
+    bm = block_mask(classes, mask_mod, sq, sk, block)
     assert bm.seq_lengths == (sq, sk) and bm.BLOCK_SIZE == (block, block)
     for t in (bm.kv_num_blocks, bm.kv_indices, bm.full_kv_num_blocks, bm.full_kv_indices):
         assert t.dtype == torch.int32
@@ -259,7 +264,7 @@ def test_combine_is_min_with_broadcast():
 
 def test_block_mask_layout():
     classes = torch.tensor([[[[2, 0, 1, 2], [0, 0, 0, 0], [1, 1, 2, 0]]]], dtype=torch.int8)
-    bm = rt._block_mask(classes, None, 40, 60, 16)
+    bm = block_mask(classes, None, 40, 60, 16)
     assert bm.kv_num_blocks.shape == (1, 1, 3) and bm.kv_indices.shape == (1, 1, 3, 4)
     assert bm.kv_num_blocks.tolist() == [[[1, 0, 2]]]
     assert bm.full_kv_num_blocks.tolist() == [[[2, 0, 1]]]
@@ -341,7 +346,7 @@ def test_flex_attention_causal_segments():
 
     classes = rt._combine([rt._band_blocks(s, s, None, 0, False, block, "cpu"),
                            rt._segment_blocks(ids, ids, block)], b, h)
-    bm = rt._block_mask(classes, mask_mod, s, s, block)
+    bm = block_mask(classes, mask_mod, s, s, block)
     q, k, v = (torch.randn(b, h, s, d, generator=gen) for _ in range(3))
     out = flex_attention(q, k, v, block_mask=bm)
     qi, ki = grid(s, s)
@@ -358,7 +363,7 @@ def test_long_sequences_stay_in_block_space():
     ids = torch.cumsum((torch.arange(s) % 5000 == 0).long(), -1)[None]
     classes = rt._combine([rt._band_blocks(s, s, None, 0, False, block, "cpu"),
                            rt._segment_blocks(ids, ids, block)], 1, 1)
-    bm = rt._block_mask(classes, None, s, s, block)
+    bm = block_mask(classes, None, s, s, block)
     assert bm.kv_num_blocks.shape == (1, 1, 1024)
     assert int(bm.full_kv_num_blocks.sum()) > 0 and int(bm.kv_num_blocks.sum()) > 0
 

@@ -85,7 +85,7 @@ GENERATED_MODULE_NAMES = frozenset(
 ) | frozenset(  # the runtimes inlined from codegen/templates/*_runtime.py (a test keeps this true)
     "_BLOCK _num_blocks _block_bounds _classes _band_rect _band_blocks _block_min_max "
     "_segment_blocks _key_length_blocks _key_padding_blocks _prefix_blocks _combine _ordered "
-    "_block_mask _BlockMask _FLEX_BLOCK _FLEX_COMPILED _flex_attention _create_block_mask "
+    "_BlockMask _FLEX_BLOCK _FLEX_COMPILED _flex_attention _create_block_mask "
     "_noop_mask _AuxRequest _flex_runner _flex_with_lse _flex_no_cpu_backward _FLEX_FLASH_FAILED "
     "_FLEX_FLASH_OPTIONS _FLEX_MASKS _FLEX_MASKS_KEPT _flex_flash_usable _flex_run "
     "_FLEX_SMALL_OPTIONS _FLEX_SMALL_TILES _flash_remembered _FLASH_REMEMBERED _flash_id_runs "

@@ -10,7 +10,8 @@ The classification only has to be sound: "skip" must never hide an attendable pa
 must never contain a masked valid pair; "partial" is always safe. Everything is computed with
 vectorised torch ops over block indices (or over tokens per side for id/padding tensors), so
 the cost is O(blocks) and no Sq x Sk tensor is ever built. `_combine` ANDs the classifications
-of a conjunction and `_block_mask` turns the result into a `BlockMask` via `from_kv_blocks`.
+of a conjunction, `_block_lists` lays the result out as a BlockMask's eight tensors and
+`_block_mask_of` wraps them (`_structured_block_mask` compiles the build and keeps the result).
 
 Positions past the end of a sequence (the tail of the last block) are not "valid pairs": the
 flex kernels mask them out by sequence length in full and partial blocks alike.
@@ -36,7 +37,7 @@ _FLEX_COMPILED = {}
 # Bodies whose compile for flex's FLASH kernel failed: they run on the Triton kernel from then on.
 _FLEX_FLASH_FAILED = set()
 _FLEX_FLASH_OPTIONS = {"BACKEND": "FLASH"}
-_FLEX_FLASH_FOUND = {}  # "cute": whether flash_attn.cute is installed
+_FLEX_FLASH_FOUND = {}  # "cute": whether torch >= 2.11 and flash_attn.cute is installed
 # Bodies whose Triton kernel needs smaller tiles than flex's defaults to fit in shared memory.
 _FLEX_SMALL_TILES = set()
 _FLEX_SMALL_OPTIONS = {"BLOCK_M": 64, "BLOCK_N": 32, "num_stages": 1, "num_warps": 4}
@@ -78,8 +79,6 @@ def _flex_flash_usable(q, captured):
     the score_mod captures (the kernel has none) and no deterministic-algorithms mode."""
     if not q.is_cuda or q.dtype not in (torch.float16, torch.bfloat16):
         return False
-    if tuple(int(x) for x in torch.__version__.split("+")[0].split(".")[:2]) < (2, 11):
-        return False
     if torch.cuda.get_device_capability(q.device)[0] < 9:
         return False
     if torch.are_deterministic_algorithms_enabled():
@@ -87,7 +86,9 @@ def _flex_flash_usable(q, captured):
     if any(t.requires_grad for t in captured):  # checked at trace time, even under no_grad
         return False
     if "cute" not in _FLEX_FLASH_FOUND:  # looked up once: a path scan per call would cost
-        _FLEX_FLASH_FOUND["cute"] = importlib.util.find_spec("flash_attn") is not None and \
+        version = tuple(int(x) for x in torch.__version__.split("+")[0].split(".")[:2])
+        _FLEX_FLASH_FOUND["cute"] = version >= (2, 11) and \
+            importlib.util.find_spec("flash_attn") is not None and \
             importlib.util.find_spec("flash_attn.cute") is not None
     return _FLEX_FLASH_FOUND["cute"]
 
@@ -109,17 +110,17 @@ def _flex_run(body, args, captured, fast):
             warnings.warn(f"{body.__name__}: flex's FLASH kernel cannot run it "
                           f"({str(error).splitlines()[0][:200]}); using the Triton kernel",
                           stacklevel=3)
-    if body in _FLEX_SMALL_TILES:
-        return _flex_runner(body, q.device)(*args, kernel_options=_FLEX_SMALL_OPTIONS), "triton"
-    try:
-        return _flex_runner(body, q.device)(*args, kernel_options=None), "triton"
-    except RuntimeError as error:
-        if "out of resource" not in str(error):
-            raise
-        # A score_mod reading many captured tensors can leave no Triton config that fits in
-        # shared memory at large head dims: smaller tiles do (remembered per body).
-        _FLEX_SMALL_TILES.add(body)
-        return _flex_runner(body, q.device)(*args, kernel_options=_FLEX_SMALL_OPTIONS), "triton"
+    run = _flex_runner(body, q.device)
+    if body not in _FLEX_SMALL_TILES:
+        try:
+            return run(*args, kernel_options=None), "triton"
+        except RuntimeError as error:
+            if "out of resource" not in str(error):
+                raise
+            # A score_mod reading many captured tensors can leave no Triton config that fits
+            # in shared memory at large head dims: smaller tiles do (remembered per body).
+            _FLEX_SMALL_TILES.add(body)
+    return run(*args, kernel_options=_FLEX_SMALL_OPTIONS), "triton"
 
 
 def _spread(param, replicas=32, budget=1 << 20):
@@ -370,10 +371,3 @@ def _block_mask_of(lists, mask_mod, q_len, kv_len, block=_BLOCK):
         full_kv_num_blocks=full_num, full_kv_indices=full_idx, q_num_blocks=q_num,
         q_indices=q_idx, full_q_num_blocks=full_q_num, full_q_indices=full_q_idx,
         BLOCK_SIZE=(block, block), mask_mod=mask_mod or _noop_mask)
-
-
-def _block_mask(classes, mask_mod, q_len, kv_len, block=_BLOCK):
-    """BlockMask from int8 tile classes [B, H, nQ, nK]: partial tiles (1) go to `kv_indices`,
-    full tiles (2) to `full_kv_indices`, and the q side likewise.
-    """
-    return _block_mask_of(_block_lists(classes), mask_mod, q_len, kv_len, block)
