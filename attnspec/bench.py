@@ -67,15 +67,16 @@ def random_documents(batch: int, length: int, gen: torch.Generator, shortest: in
 
 
 def bench_inputs(attn: ir.AttentionIR, batch: int, q_len: int, kv_len: int, dtype, device,
-                 gen: torch.Generator):
-    """(args, inputs, sizes) with realistic call-time inputs (see the module docstring)."""
+                 gen: torch.Generator, documents: tuple[int, int] = (256, 4096)):
+    """(args, inputs, sizes) with realistic call-time inputs (see the module docstring);
+    `documents` bounds the document lengths (`attnspec show` scales them to the picture)."""
     args, inputs, sizes = make_inputs(attn, Case("bench", batch, q_len, kv_len), dtype, device,
                                       gen)
     for decl in attn.inputs:
         kinds = [d.kind for d in decl.dims]
         if decl.dtype == "int" and kinds[:1] == ["batch"] and len(kinds) == 2 \
                 and not (attn.rope and attn.rope.positions == decl.name):
-            inputs[decl.name] = random_documents(batch, q_len, gen).to(device)
+            inputs[decl.name] = random_documents(batch, q_len, gen, *documents).to(device)
         elif decl.dtype == "int" and kinds == ["batch"]:
             inputs[decl.name] = torch.randint(kv_len // 2, kv_len + 1, (batch,),
                                               generator=gen).to(device)
@@ -282,35 +283,13 @@ def format_table(rows: Sequence[Timing]) -> str:
                      for row in (header, *body))
 
 
-class Progress:
-    """One status line on stderr: rewritten in place on a terminal, else a line per step."""
-
-    def __init__(self, total: int, stream=None):
-        import sys
-
-        self.total, self.done, self.stream = total, 0, stream or sys.stderr
-        self.live = self.stream.isatty()
-
-    def __call__(self, what: str) -> None:
-        self.done += 1
-        width = 24
-        filled = width * (self.done - 1) // max(self.total, 1)
-        line = f"[{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total} {what}"
-        self.stream.write(f"\r{line[:100]:<100}" if self.live else line + "\n")
-        self.stream.flush()
-
-    def close(self) -> None:
-        if self.live:
-            self.stream.write("\r" + " " * 100 + "\r")
-            self.stream.flush()
-
-
 def run_cli(args, path, source, module_ir) -> int:
     """`attnspec bench`: the table (or JSON) of `bench_module` for one spec file."""
     import json
     import sys
 
     import attnspec
+    from attnspec.console import Progress
     from attnspec.verify import DTYPES
 
     if module_ir is None:
@@ -339,13 +318,12 @@ def run_cli(args, path, source, module_ir) -> int:
             "attentions": tuple(a for a in module_ir.attentions if a.name == args.name)})
     backends = None if args.backend == "all" else tuple(args.backend.split(","))
     py_module = attnspec.load(path)
-    progress = Progress(len(seqs) * sum(
-        len(wanted_backends(getattr(py_module, a.name), backends, args.device))
-        for a in module_ir.attentions))
-    rows = bench_module(module_ir, py_module, backends=backends, device=args.device,
-                        dtype=dtype, seqs=seqs, batch=args.batch, fwd_only=args.fwd_only,
-                        reps=args.reps, warmup=max(2, args.reps // 4), progress=progress)
-    progress.close()
+    total = len(seqs) * sum(len(wanted_backends(getattr(py_module, a.name), backends,
+                                                 args.device)) for a in module_ir.attentions)
+    with Progress(total, label="bench") as progress:
+        rows = bench_module(module_ir, py_module, backends=backends, device=args.device,
+                            dtype=dtype, seqs=seqs, batch=args.batch, fwd_only=args.fwd_only,
+                            reps=args.reps, warmup=max(2, args.reps // 4), progress=progress)
     if args.json:
         print(json.dumps([r.as_dict() for r in rows], indent=1))
     else:

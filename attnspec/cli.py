@@ -1,4 +1,4 @@
-"""The `attnspec` command line: check, compile, explain, verify, bench.
+"""The `attnspec` command line: check, compile, explain, verify, bench, mup-check.
 
 Every problem in a spec is reported as `file:LINE:COL: error: message` with the source line and a
 caret; the exit code is 1 on any error and never a Python traceback.
@@ -7,6 +7,7 @@ caret; the exit code is 1 on any error and never a Python traceback.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -41,6 +42,8 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command")
     check = sub.add_parser("check", help="report every problem in specs")
     check.add_argument("paths", nargs="+", help=".attn files or directories")
+    check.add_argument("--json", action="store_true", help="print every file's diagnostics "
+                       "as JSON on stdout")
     check.set_defaults(run=cmd_check)
     comp = sub.add_parser("compile", help="compile a spec to a Python module")
     comp.add_argument("path", help="an .attn file")
@@ -53,6 +56,7 @@ def _parser() -> argparse.ArgumentParser:
     exp = sub.add_parser("explain", help="per attention and backend: supported or not and why, "
                          "and the plan")
     exp.add_argument("paths", nargs="+", help=".attn files or directories")
+    exp.add_argument("--json", action="store_true", help="print the report as JSON")
     exp.set_defaults(run=cmd_explain)
     ver = sub.add_parser("verify", help="check generated modules against the eager interpreter")
     ver.add_argument("paths", nargs="+", help=".attn files or directories")
@@ -76,6 +80,19 @@ def _parser() -> argparse.ArgumentParser:
     ben.add_argument("--reps", type=int, default=20, help="timed repetitions (median)")
     ben.add_argument("--json", action="store_true", help="print the rows as JSON")
     ben.set_defaults(run=cmd_bench)
+    mup = sub.add_parser("mup-check", help="muP coordinate check: activation sizes across "
+                         "widths under muP and standard parametrization")
+    mup.add_argument("path", help="an .attn file")
+    mup.add_argument("--name", help="the attention to check (default: the one with `mup`)")
+    mup.add_argument("--widths", default="64,128,256,512", help="comma-separated widths (dim)")
+    mup.add_argument("--steps", type=int, default=5, help="Adam steps")
+    mup.add_argument("--lr", type=float, default=1e-2, help="Adam learning rate (both)")
+    mup.add_argument("--batch", type=int, default=4)
+    mup.add_argument("--seq", type=int, default=16, help="sequence length")
+    mup.add_argument("--seed", type=int, default=0)
+    mup.add_argument("-o", "--output", metavar="PNG", help="also plot the curves (matplotlib)")
+    mup.add_argument("--json", action="store_true", help="print the measurements as JSON")
+    mup.set_defaults(run=cmd_mup_check)
     return p
 
 
@@ -89,12 +106,15 @@ def spec_files(paths: list[str]) -> Iterator[Path]:
 
 
 def _report(diagnostics: list[Diagnostic], source: Source | None) -> None:
+    from attnspec.console import colour_diagnostics
+
     for d in diagnostics:
-        print(d.format(source), file=sys.stderr)
+        print(colour_diagnostics(d.format(source), sys.stderr), file=sys.stderr)
 
 
-def _load(path: Path):
-    """(source, IR) or (source, None) after printing the diagnostics."""
+def _load(path: Path, collect: list | None = None):
+    """(source, IR) or (source, None) after printing the diagnostics — or, given `collect`,
+    appending them there (as JSON-ready dicts) instead of printing."""
     from attnspec.compiler import build, read_spec
 
     source = None
@@ -102,11 +122,19 @@ def _load(path: Path):
         source = read_spec(path)
         warnings: list[Diagnostic] = []
         module = build(source, warnings)
-        _report(warnings, source)
+        _emit_diagnostics(warnings, source, collect)
         return source, module
     except AttnSpecError as e:
-        _report(e.diagnostics, e.source or source)
+        _emit_diagnostics(e.diagnostics, e.source or source, collect)
         return source, None
+
+
+def _emit_diagnostics(diagnostics: list[Diagnostic], source: Source | None,
+                      collect: list | None) -> None:
+    if collect is None:
+        _report(diagnostics, source)
+    else:
+        collect += [d.as_dict(source) for d in diagnostics]
 
 
 def cmd_check(args) -> int:
@@ -114,10 +142,14 @@ def cmd_check(args) -> int:
     if not files:
         print("attnspec: no .attn files found", file=sys.stderr)
         return 1
-    failed = 0
+    failed, report = 0, []
     for path in files:
-        _, module = _load(path)
+        diagnostics = [] if args.json else None
+        _, module = _load(path, diagnostics)
         failed += module is None
+        report.append({"file": str(path), "ok": module is not None, "diagnostics": diagnostics})
+    if args.json:
+        print(json.dumps(report, indent=1))
     print(f"checked {len(files)} file(s): {failed} with errors", file=sys.stderr)
     return 1 if failed else 0
 
@@ -174,16 +206,19 @@ def _ast_text(file) -> str:
 
 
 def cmd_explain(args) -> int:
-    from attnspec.explain import explain_module
+    from attnspec.explain import explain_data, explain_module
 
     failed, reports = 0, []
     for path in spec_files(args.paths):
         _, module = _load(path)
         if module is None:
             failed += 1
+        elif args.json:
+            reports += [{"file": str(path), **explain_data(a, module.source_name)}
+                        for a in module.attentions]
         else:
             reports.append(explain_module(module))
-    print("\n\n".join(reports))
+    print(json.dumps(reports, indent=1) if args.json else "\n\n".join(reports))
     return 1 if failed else 0
 
 
@@ -195,6 +230,13 @@ def cmd_verify(args) -> int:
 
 def cmd_bench(args) -> int:
     from attnspec.bench import run_cli
+
+    path = Path(args.path)
+    return run_cli(args, path, *_load(path))
+
+
+def cmd_mup_check(args) -> int:
+    from attnspec.mup_check import run_cli
 
     path = Path(args.path)
     return run_cli(args, path, *_load(path))

@@ -72,6 +72,17 @@ class Diagnostic:
         return "\n".join(parts)
 
 
+    def as_dict(self, source: Source | None = None) -> dict:
+        """The diagnostic as JSON-ready data (`--json` output of the commands).
+
+        >>> Diagnostic("error", "oops", Span(2, 3, 2, 5)).as_dict(Source("m.attn", ""))["line"]
+        2
+        """
+        return {"file": source.name if source else self.source_name, "severity": self.severity,
+                "message": self.message, "line": self.span.line, "col": self.span.col,
+                "end_line": self.span.end_line, "end_col": self.span.end_col, "hint": self.hint}
+
+
 def _printable(line: str) -> str:
     """Keep a source line on one terminal line whatever bytes it holds."""
     return "".join(ch if ch.isprintable() or ch == "\t" else "?" for ch in line)[:400]

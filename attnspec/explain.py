@@ -15,22 +15,39 @@ from attnspec.lower import backends
 from attnspec.lower.analysis import analyze
 
 
-def explain_attention(attn: ir.AttentionIR, source_name: str = "<spec>") -> str:
-    lines = [f"attention {attn.name} ({attn.mode} mode)"]
-    lines += [f"  {line}" for line in analyze(attn).describe()]
+def explain_data(attn: ir.AttentionIR, source_name: str = "<spec>") -> dict:
+    """What `explain` reports about one attention, as JSON-ready data (`explain --json`)."""
     plans = backends.plans(attn)
+    report = {}
     for name, reasons in backends.reasons(attn).items():
-        if reasons:
-            lines.append(f"  {name}: not supported")
-            lines += [f"    - {r.format(source_name)}" for r in reasons]
-        else:
-            lines.append(f"  {name}: supported ({plans[name].kind})")
-            lines += [f"    {note}" for note in plans[name].notes]
-    lines.append(f"  auto -> {backends.auto(attn, 'cpu')} on CPU, "
-                 f"{backends.auto(attn, 'cuda')} on CUDA")
+        report[name] = ({"supported": False, "reasons": [r.format(source_name) for r in reasons]}
+                        if reasons else
+                        {"supported": True, "plan": plans[name].kind,
+                         "notes": list(plans[name].notes)})
     order = backends.auto_order(attn, "cuda")
+    return {"attention": attn.name, "mode": attn.mode, "facts": analyze(attn).describe(),
+            "backends": report,
+            "auto": {"cpu": backends.auto(attn, "cpu"), "cuda": backends.auto(attn, "cuda"),
+                     "cuda_order": [{"backend": b, "why": backends.AUTO_REASONS[b]}
+                                    for b in order]}}
+
+
+def explain_attention(attn: ir.AttentionIR, source_name: str = "<spec>") -> str:
+    data = explain_data(attn, source_name)
+    lines = [f"attention {attn.name} ({attn.mode} mode)"]
+    lines += [f"  {line}" for line in data["facts"]]
+    for name, report in data["backends"].items():
+        if report["supported"]:
+            lines.append(f"  {name}: supported ({report['plan']})")
+            lines += [f"    {note}" for note in report["notes"]]
+        else:
+            lines.append(f"  {name}: not supported")
+            lines += [f"    - {reason}" for reason in report["reasons"]]
+    auto = data["auto"]
+    lines.append(f"  auto -> {auto['cpu']} on CPU, {auto['cuda']} on CUDA")
+    order = [step["backend"] for step in auto["cuda_order"]]
     lines.append(f"  auto on CUDA tries: {' -> '.join(order)} (first that can run the call)")
-    lines += [f"    {choice}: {backends.AUTO_REASONS[choice]}" for choice in order]
+    lines += [f"    {step['backend']}: {step['why']}" for step in auto["cuda_order"]]
     return "\n".join(lines)
 
 

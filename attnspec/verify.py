@@ -22,13 +22,14 @@ import math
 import random
 import sys
 import xml.etree.ElementTree as ET
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
 from attnspec import eager
+from attnspec.console import Progress
 from attnspec.errors import UnsupportedInputError
 from attnspec.ir import nodes as ir
 from attnspec.ir.consts import eval_const, resolve_settings
@@ -186,10 +187,30 @@ def check_case(attn: ir.AttentionIR, module_cls, backend: str, case: Case, dtype
     grad_out = torch.randn(_output_shape(attn, case), generator=gen, dtype=torch.float64)
     if not has_backward(backend, device):
         grad_out = None  # forward only (flex on CPU)
+    return check_inputs(attn, module, args, inputs, sizes, dtype, grad_out,
+                        Result(spec_name, attn.name, backend, case.name, True, 0.0, ""))
+
+
+def check_inputs(attn: ir.AttentionIR, module, args: tuple, inputs: dict, sizes: dict | None,
+                 dtype: torch.dtype, grad_out: torch.Tensor | None = None,
+                 result: Result | None = None) -> Result:
+    """One module instance (on its device, in `dtype`) on the given inputs against the
+    interpreter: outputs, and gradients of `(out * grad_out).sum()` when `grad_out` is given.
+    Rows the reference makes exactly 0 (nothing to attend) must be exactly 0 (contract §9.4).
+
+    >>> import attnspec
+    >>> spec = "attention A {\\n heads = 1\\n head_dim = 4\\n mask k > q\\n}"
+    >>> attn, cls = attnspec.build(spec).attentions[0], attnspec.load(spec).A
+    >>> q = torch.randn(1, 1, 3, 4)
+    >>> check_inputs(attn, cls(backend="sdpa"), (q, q, q), {}, None, torch.float32).ok
+    True
+    """
+    result = result or Result("", attn.name, getattr(module, "backend", ""), "inputs", True,
+                              0.0, "")
     runs = {name: _run(attn, module, name, args, inputs, sizes, run_dtype, grad_out)
             for name, run_dtype in (("module", dtype), ("ref", torch.float64),
                                     ("eager_t", dtype))}
-    return _compare(runs, dtype, Result(spec_name, attn.name, backend, case.name, True, 0.0, ""))
+    return _compare(runs, dtype, result)
 
 
 def _output_shape(attn: ir.AttentionIR, case: Case) -> tuple[int, ...]:
@@ -268,8 +289,21 @@ def _compare(runs: dict, dtype: torch.dtype, result: Result) -> Result:
         ratio, detail = _ratio(got, want, base, dtype, scale)
         if ratio > result.worst_ratio or math.isnan(ratio):
             result.worst_ratio, result.worst_tensor, result.detail = ratio, name, detail
+    rows = _nonzero_empty_rows(out, ref)
+    if rows:
+        result.worst_ratio, result.worst_tensor = math.inf, "out"
+        result.detail = f"{rows} row(s) with nothing to attend are not exactly 0"
     result.ok = result.worst_ratio <= 1.0
     return result
+
+
+def _nonzero_empty_rows(out: torch.Tensor, ref: torch.Tensor) -> int:
+    """How many rows (last dim) the reference makes exactly 0 are not exactly 0 in `out`. With
+    random values only a row with nothing to attend is exactly 0 in the float64 reference."""
+    if out.shape != ref.shape or not out.numel():
+        return 0
+    empty = (ref == 0).all(-1).to(out.device)
+    return int((out[empty] != 0).any(-1).sum())
 
 
 def _problem_scale(tensors: dict) -> float:
@@ -298,22 +332,33 @@ def _ratio(got, want, base, dtype, scale: float = 1.0) -> tuple[float, str]:
 # --- whole specs -------------------------------------------------------------------------------
 def verify_spec(module_ir: ir.ModuleIR, py_module, backends: Sequence[str] | None = None,
                 dtype: torch.dtype = torch.float32, device: str = "cpu",
-                seed: int | None = None) -> list[Result]:
+                seed: int | None = None,
+                progress: Callable[[str], None] | None = None) -> list[Result]:
     """Every attention x backend x case of one compiled spec. `backends` None means every
     backend generated into each class that runs on `device`; a requested backend a spec cannot
-    run is skipped; one that refuses a case's inputs gives a `refused` result."""
+    run is skipped; one that refuses a case's inputs gives a `refused` result. `progress` is
+    called after each check with a short description."""
     seed = random.randrange(2**31) if seed is None else seed
     results = []
+    for attn, cls, backend, i, case in planned_checks(module_ir, py_module, backends, device):
+        results.append(_safe_check(attn, cls, backend, case, dtype, device, seed + i,
+                                   module_ir.source_name))
+        if progress:
+            progress(f"{attn.name} {backend} {case.name}")
+    return results
+
+
+def planned_checks(module_ir: ir.ModuleIR, py_module, backends: Sequence[str] | None,
+                   device: str) -> list[tuple]:
+    """(attention IR, class, backend, case index, case) for every check `verify_spec` runs."""
+    planned = []
     for attn in module_ir.attentions:
         cls = getattr(py_module, attn.name)
         wanted = default_backends(cls, device) if backends is None else backends
-        for backend in wanted:
-            if backend != "auto" and backend not in cls.BACKENDS:
-                continue
-            for i, case in enumerate(cases_for(attn)):
-                results.append(_safe_check(attn, cls, backend, case, dtype, device, seed + i,
-                                           module_ir.source_name))
-    return results
+        planned += [(attn, cls, backend, i, case)
+                    for backend in wanted if backend == "auto" or backend in cls.BACKENDS
+                    for i, case in enumerate(cases_for(attn))]
+    return planned
 
 
 def _safe_check(attn, cls, backend, case, dtype, device, seed, spec_name) -> Result:
@@ -370,14 +415,16 @@ def run_cli(args, loaded) -> int:
               file=sys.stderr)
         return 1
     backends = None if args.backend == "all" else tuple(args.backend.split(","))
-    seed = args.seed
-    results, broken = [], 0
-    for path, _source, module_ir in loaded:
-        if module_ir is None:
-            broken += 1
-            continue
-        module = attnspec.load(path)
-        results += verify_spec(module_ir, module, backends, dtype, args.device, seed)
+    modules = [(module_ir, attnspec.load(path)) for path, _source, module_ir in loaded
+               if module_ir is not None]
+    broken = len(loaded) - len(modules)
+    total = sum(len(planned_checks(m, py, backends, args.device)) for m, py in modules)
+    results = []
+    # Live bar on a terminal only: in a log the final table already lists every check.
+    with Progress(total, label="verify", quiet=args.json or not sys.stderr.isatty()) as progress:
+        for module_ir, py_module in modules:
+            results += verify_spec(module_ir, py_module, backends, dtype, args.device,
+                                   args.seed, progress=progress)
     if args.json:
         print(json.dumps([asdict(r) for r in results], indent=1))
     else:

@@ -9,8 +9,9 @@ import pytest
 import torch
 
 import attnspec
-from attnspec.bench import Progress, bench_inputs, bench_source, density, random_documents
+from attnspec.bench import bench_inputs, bench_source, density, random_documents
 from attnspec.cli import main
+from attnspec.console import Progress
 
 ROOT = Path(__file__).resolve().parent.parent
 SPEC = "attention A {\n heads = 2\n head_dim = 8\n input doc: int[batch, seq]\n mask causal\n" \
@@ -84,7 +85,7 @@ def test_progress_rewrites_one_line_on_a_terminal():
             return True
 
     stream = Tty()
-    progress = Progress(2, stream)
+    progress = Progress(2, stream, use_rich=False)
     progress("a")
     progress("b")
     progress.close()
