@@ -12,7 +12,7 @@ Example:
     >>> spec = "attention A {\\n heads = 2\\n head_dim = 8\\n mask causal\\n}"
     >>> results = verify_spec(attnspec.build(spec), attnspec.load(spec))
     >>> sorted({r.backend for r in results}), all(r.ok for r in results)
-    (['eager', 'sdpa'], True)
+    (['eager', 'flex', 'sdpa'], True)
 """
 
 from __future__ import annotations
