@@ -93,7 +93,33 @@ def _parser() -> argparse.ArgumentParser:
     mup.add_argument("-o", "--output", metavar="PNG", help="also plot the curves (matplotlib)")
     mup.add_argument("--json", action="store_true", help="print the measurements as JSON")
     mup.set_defaults(run=cmd_mup_check)
+    _show_parser(sub)
     return p
+
+
+def _show_parser(sub) -> None:
+    show = sub.add_parser("show", help="the mask, block sparsity and bias of an attention: "
+                          "text in the terminal, a picture with -o (docs/show.md)")
+    show.add_argument("path", help="an .attn file")
+    show.add_argument("--name", help="only this attention (default: every one)")
+    show.add_argument("--q-len", type=int, help="query length (default 1024, 128 with "
+                      "--weights; token groups: their total)")
+    show.add_argument("--kv-len", type=int, help="key length (default: --q-len)")
+    show.add_argument("--sizes", help="sizes of `*` token groups: GROUP=N,...")
+    show.add_argument("--head", type=int, help="the head to show (default 0); in the terminal "
+                      "it also adds a bias summary")
+    show.add_argument("--batch-index", type=int, default=0, help="the batch row to show")
+    show.add_argument("--block", type=int, default=128, help="block size of the sparsity "
+                      "overlay (default 128)")
+    show.add_argument("--weights", action="store_true", help="attention weights of random "
+                      "inputs instead of the mask")
+    show.add_argument("--seed", type=int, default=0, help="seed of the random inputs/params")
+    show.add_argument("-o", "--output", metavar="PNG", help="write a picture (matplotlib); "
+                      "several attentions go to OUT_NAME.png")
+    show.add_argument("--json", action="store_true", help="print the data as JSON")
+    show.add_argument("--ascii", action="store_true", help="plain ASCII characters")
+    show.add_argument("--width", type=int, help="text width (default: the terminal's)")
+    show.set_defaults(run=cmd_show)
 
 
 def spec_files(paths: list[str]) -> Iterator[Path]:
@@ -237,6 +263,13 @@ def cmd_bench(args) -> int:
 
 def cmd_mup_check(args) -> int:
     from attnspec.mup_check import run_cli
+
+    path = Path(args.path)
+    return run_cli(args, path, *_load(path))
+
+
+def cmd_show(args) -> int:
+    from attnspec.show import run_cli
 
     path = Path(args.path)
     return run_cli(args, path, *_load(path))

@@ -17,7 +17,9 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from functools import reduce
 
@@ -28,7 +30,8 @@ from torch import Tensor
 from attnspec.ir import nodes as ir
 from attnspec.ir.consts import eval_const, resolve_settings
 
-__all__ = ["run", "evaluate_mask", "alibi_slopes", "t5_bucket", "ExprInterpreter", "Frame"]
+__all__ = ["run", "evaluate_mask", "alibi_slopes", "t5_bucket", "ExprInterpreter", "Frame",
+           "score_pipeline", "recording_weights"]
 
 RMS_EPS = 1e-6
 _COMPARE = {
@@ -498,6 +501,8 @@ def _pattern_predicate(interp: ExprInterpreter) -> Tensor:
 def _softmax(score: Tensor, sink: Tensor | None) -> Tensor:
     """Softmax over keys where an all -inf row gives 0 (never NaN); `sink` [1, H, 1, 1] joins
     every row's denominator. The shift `m` is detached: the result does not depend on it."""
+    if score.shape[-1] == 0:  # no keys at all (kv_len 0): every row attends nothing -> 0
+        return score
     m = score.detach().amax(-1, keepdim=True)
     if sink is not None:
         m = torch.maximum(m, sink.detach())
@@ -508,6 +513,50 @@ def _softmax(score: Tensor, sink: Tensor | None) -> Tensor:
         denom = denom + torch.exp(sink - m)
     # Rows with nothing to attend have e == 0: divide by 1 to give 0 with finite gradients.
     return e / torch.where(denom > 0, denom, torch.ones_like(denom))
+
+
+def score_pipeline(frame: Frame, score: Tensor,
+                   interpreter: Callable[[Frame, Tensor], ExprInterpreter] = ExprInterpreter
+                   ) -> Tensor:
+    """`score` after every step of the attention's score pipeline, in order (`bias e` adds e,
+    `score = e` replaces it). `interpreter(frame, score)` makes each step's evaluator:
+    `attnspec.show` passes one whose q/k grids are a window of positions.
+
+    >>> from attnspec.ir.build import build_text
+    >>> attn = build_text("attention A {\\n heads = 1\\n head_dim = 4\\n bias q - k\\n"
+    ...                   " score = 2 * score\\n}").attentions[0]
+    >>> frame = Frame(attn, resolve_settings(attn), torch.float64, torch.device("cpu"), 1, 2, 2)
+    >>> score_pipeline(frame, torch.zeros(1, 1, 2, 2)).squeeze().tolist()
+    [[0.0, -2.0], [2.0, 0.0]]
+    """
+    for step in frame.attn.pipeline:
+        value = interpreter(frame, score).run(step.expr).to(frame.dtype)
+        score = score + value if step.kind == "bias" else torch.broadcast_to(value, score.shape)
+    return score
+
+
+_WEIGHTS: ContextVar[list[Tensor] | None] = ContextVar("attnspec_eager_weights", default=None)
+
+
+@contextmanager
+def recording_weights() -> Iterator[list[Tensor]]:
+    """Collect the attention probabilities `[B, heads, Sq, Sk]` (after the softmax, before
+    dropout; detached) of every `run` inside the block, in call order.
+
+    >>> from attnspec.ir.build import build_text
+    >>> attn = build_text("attention A {\\n heads = 1\\n head_dim = 4\\n mask causal\\n}")
+    >>> q = k = v = torch.randn(1, 1, 2, 4, dtype=torch.float64)
+    >>> with recording_weights() as weights:
+    ...     _ = run(attn.attentions[0], {}, q, k, v)
+    >>> weights[0][0, 0, 0].tolist()
+    [1.0, 0.0]
+    """
+    record: list[Tensor] = []
+    token = _WEIGHTS.set(record)
+    try:
+        yield record
+    finally:
+        _WEIGHTS.reset(token)
 
 
 # --- q/k transforms ----------------------------------------------------------------------------
@@ -576,15 +625,15 @@ def _attend(frame: Frame, q: Tensor, k: Tensor, v: Tensor, training: bool,
         q, k = q.to(storage).to(frame.dtype), k.to(storage).to(frame.dtype)
     group = int(settings["heads"]) // int(settings["kv_heads"])  # head h reads kv head h // group
     k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
-    score = float(settings["scale"]) * (q @ k.transpose(-1, -2))
-    for step in attn.pipeline:
-        value = ExprInterpreter(frame, score).run(step.expr).to(frame.dtype)
-        score = score + value if step.kind == "bias" else torch.broadcast_to(value, score.shape)
+    score = score_pipeline(frame, float(settings["scale"]) * (q @ k.transpose(-1, -2)))
     mask = _combined_mask(ExprInterpreter(frame))
     if mask is not None:
         score = score.masked_fill(~mask, float("-inf"))
     sink = frame.params["sink"].view(1, -1, 1, 1) if attn.sinks else None
     p = _softmax(score, sink)
+    record = _WEIGHTS.get()
+    if record is not None:
+        record.append(p.detach())
     if training and float(settings["dropout"]) > 0:
         p = F.dropout(p, float(settings["dropout"]), training=True)
     return p @ v
