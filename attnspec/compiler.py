@@ -28,6 +28,9 @@ def read_spec(path: str | Path) -> Source:
     except OSError as e:
         raise AttnSpecError([Diagnostic("error", f"cannot read file: {e.strerror or e}")],
                             Source(name, "")) from None
+    except ValueError:  # a path with a NUL byte, which no file system accepts
+        raise AttnSpecError([Diagnostic("error", "cannot read file: the path contains a NUL "
+                                        "byte")], Source(name.replace("\x00", "?"), "")) from None
     return decode_spec(data, name)
 
 
@@ -72,8 +75,17 @@ def as_source(path_or_text: str | Path) -> Source:
     if isinstance(path_or_text, Path):
         return read_spec(path_or_text)
     looks_like_path = "\n" not in path_or_text and "{" not in path_or_text
-    if looks_like_path and Path(path_or_text).is_file():
+    if looks_like_path and _is_file(path_or_text):
         return read_spec(path_or_text)
     if looks_like_path and path_or_text.endswith(".attn"):
         return read_spec(path_or_text)  # reports the missing file
     return Source("<spec>", path_or_text)
+
+
+def _is_file(text: str) -> bool:
+    """Whether `text` names an existing file; a string no path can be (too long, NUL) is not
+    one (`Path.is_file` raises OSError for a name over the system's limit)."""
+    try:
+        return Path(text).is_file()
+    except (OSError, ValueError):
+        return False

@@ -43,8 +43,11 @@ class Source:
     text: str
 
     def line(self, number: int) -> str:
-        lines = self.text.splitlines()
-        return lines[number - 1] if 0 < number <= len(lines) else ""
+        """Line `number` as the parser counts lines: only `\\n` ends one (`str.splitlines` would
+        also split at `\\r`, form feeds, U+2028 and more, which a spec may hold as whitespace or
+        in comments, and the caret would show another line)."""
+        lines = self.text.split("\n")
+        return lines[number - 1].removesuffix("\r") if 0 < number <= len(lines) else ""
 
 
 @dataclass(frozen=True)
@@ -60,13 +63,18 @@ class Diagnostic:
         head = f"{name}:{self.span.line}:{self.span.col}: {self.severity}: {self.message}"
         parts = [head]
         if source is not None:
-            text = _printable(source.line(self.span.line))
+            # On a very long line, the part around the column: the caret stays in view.
+            start = self.span.col - 61 if self.span.col > 300 else 0
+            text = _printable(source.line(self.span.line)[start:])
             if text.strip():
+                col = self.span.col - start
                 one_line = self.span.end_line == self.span.line
                 width = self.span.end_col - self.span.col if one_line else 1
-                width = max(1, min(width, len(text) - self.span.col + 2))
+                width = max(1, min(width, len(text) - col + 2))
                 parts.append("  " + text)
-                parts.append("  " + " " * (self.span.col - 1) + "^" * width)
+                # Tabs copied, so the caret lines up wherever the terminal's tab stops are.
+                indent = "".join("\t" if c == "\t" else " " for c in text[:col - 1])
+                parts.append("  " + indent + "^" * width)
         if self.hint:
             parts.append(f"  hint: {self.hint}")
         return "\n".join(parts)

@@ -224,3 +224,26 @@ def test_verify_checks_auto_on_cuda_by_default():
     results = verify_spec(attnspec.build((ROOT / "specs/packed_documents.attn").read_text()),
                           module, ["auto"], torch.float32, "cpu", 0)
     assert results and all(r.ok and r.backend == "auto" for r in results)
+
+
+def test_padding_the_head_dim_keeps_attention_exact():
+    """flex on CUDA zero-pads head dims below 16 (Inductor's minimum): q.k and the sliced
+    output are unchanged. Checked with SDPA, which takes the same explicit scale."""
+    module, _ = packed()
+    q, k, v = (torch.randn(1, 2, 5, d, dtype=torch.float64) for d in (8, 8, 2))
+    want = torch.nn.functional.scaled_dot_product_attention(q, k, v, scale=0.3)
+    padded = [module._pad_head_dim(t, 16) for t in (q, k, v)]
+    assert all(t.shape[-1] == 16 for t in padded)
+    got = torch.nn.functional.scaled_dot_product_attention(*padded, scale=0.3)[..., :2]
+    torch.testing.assert_close(got, want)
+    assert module._pad_head_dim(q, 4) is q
+
+
+@pytest.mark.parametrize("bias, fast", [("where(k % 2 == 0, -inf, 0.0)", False),
+                                        ("where(k % 2 == 0, -1e4, 0.0)", True)])
+def test_infinite_scores_keep_flex_off_its_flash_kernel(bias, fast):
+    """flex's FLASH kernel gave wrong results for -inf scores on the H100
+    (tests/corpus/flex_flash_neg_inf_bias.attn): auto asks for it only without them."""
+    source = attnspec.compile(f"attention A {{\n heads = 2\n head_dim = 16\n mask causal\n"
+                              f" bias {bias}\n}}")
+    assert ("fast=True" in source) == fast

@@ -27,7 +27,7 @@ from attnspec.ir.build import build_text
 
 ROOT = Path(__file__).resolve().parent.parent
 # Names made from checked spec names: temporaries, flex functions, captured params and edges.
-PER_SPEC = r"_t\d+|_(flex|mask_mod|block_lists)_[A-Za-z]\w*|_[pes]_\w+|a\d+"
+PER_SPEC = r"_t\d+|_(flex|mask_mod|block_lists)_[A-Za-z]\w*|_[pes]\d*_\w+|a\d+"
 # The flex runtime is inlined verbatim: its own identifiers are known.
 RUNTIME_NAMES = frozenset(
     n.id if isinstance(n, ast.Name) else n.arg if isinstance(n, (ast.arg, ast.keyword))
@@ -266,7 +266,7 @@ def test_source_uses_only_known_names(path):
     assert not unknown
     imports = {a.name for n in ast.walk(ast.parse(src)) if isinstance(n, ast.Import)
                for a in n.names}
-    assert imports <= {"torch", "math", "collections", "importlib.util", "warnings"}
+    assert imports <= {"torch", "math", "collections", "importlib.util", "warnings", "difflib"}
     # the one optional import: attnspec's own error class, so that users can catch one type
     from_imports = [(n.module, [a.name for a in n.names]) for n in ast.walk(ast.parse(src))
                     if isinstance(n, ast.ImportFrom)]
@@ -382,7 +382,7 @@ def test_wrong_input_shape_names_the_input():
         m(q, q, q, doc=torch.zeros(2, 99, dtype=torch.long))
     with pytest.raises(ValueError, match="doc: missing input"):
         m(q, q, q)
-    with pytest.raises(ValueError, match="doc: expected a int tensor"):
+    with pytest.raises(ValueError, match="doc: expected an int tensor"):
         m(q, q, q, doc=torch.zeros(2, 100))
     with pytest.raises(ValueError, match=re.escape("q: expected shape [B, heads, Sq, head_dim]")):
         m(q[:, :4], q, q, doc=torch.zeros(2, 100, dtype=torch.long))

@@ -173,6 +173,9 @@ def test_shipped_specs_that_flash_runs():
     ("mask k > q", "", "starts 1 key(s) after it"),
     ("mask causal", " dropout = 0.1", "no attention dropout"),
     ("mask causal", " value_dim = 12", "value_dim a multiple of 8"),
+    ("mask causal", " value_dim = 8", "value_dim a multiple of 8 from 16"),
+    ("input n: int[batch]\n mask key_len(n)\n score = softcap(score, 5.0)", "",
+     "softcap over unpadded keys"),
     ("input valid: bool[batch, seq]\n mask key_valid(valid)\n bias alibi", "",
      "unpadded keys would move it"),
 ])

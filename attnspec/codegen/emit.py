@@ -15,6 +15,7 @@ Example:
 from __future__ import annotations
 
 import builtins
+import math
 import re
 import textwrap
 from functools import cache, lru_cache
@@ -75,6 +76,8 @@ resolved rest rotated rsqrt s scaled scatter_reduce score self self_loops set se
 shape sigmoid sin sink size sizes sorted sqrt src stack start std stop str sum super t
 tanh tensor tensors to torch total training transpose type types uniform_ unknown v v_proj
 value values view w weight weight_decay where x x1 x2 zero zero_ zeros zeros_like zip
+bad_index bad_type close cutoff devices difflib get_close_matches hint is_autocast_enabled
+named outside projection tolist u unexpected article
 """.split())
 
 # Float settings with a valid range: (low, high), None = unbounded.
@@ -120,6 +123,14 @@ _RUNTIME_IMPORTS = ("import torch", "import math", "import importlib.util", "imp
 
 
 @cache
+def _infinite_score(attn: ir.AttentionIR) -> bool:
+    """Whether the score pipeline writes an infinite constant (e.g. `bias where(c, -inf, 0)`):
+    flex's FLASH kernel gave wrong outputs and gradients for -inf scores on the H100
+    (tests/corpus, benchmarks/gpu_edge_cases.py), so such specs run flex on Triton."""
+    return any(isinstance(e, ir.Const) and isinstance(e.value, float) and
+               not math.isfinite(e.value) for step in attn.pipeline for e in walk(step.expr))
+
+
 def _runtime(filename: str) -> str:
     """A runtime file of templates/ (flex_runtime.py: structured BlockMask builders;
     flash_runtime.py: flash-attn packing; each a tested module of its own), without its
@@ -175,7 +186,16 @@ def _string_lines(text: str, width: int = 80) -> list[str]:
             pieces.append(line[:cut])
             line = line[cut:]
         pieces.append(line)
-    return [repr(p) for p in pieces] or ["''"]
+    return [_string_literal(p) for p in pieces] or ["''"]
+
+
+def _string_literal(text: str) -> str:
+    """repr(text), with `"` escaped when the text holds three in a row (repr then quotes with
+    `'`): the layout pass (layout.reflow) finds docstrings by counting triple quotes per line."""
+    literal = repr(text)
+    if '"""' in literal:
+        literal = literal[0] + literal[1:-1].replace('"', '\\"') + literal[-1]
+    return literal
 
 
 def _name(name: str) -> str:
@@ -188,7 +208,7 @@ def _name(name: str) -> str:
 
 def _check_module_names(module: ir.ModuleIR) -> None:
     for a in module.attentions:
-        if _name(a.name) in MODULE_NAMES | _BUILTINS or _TEMP.match(a.name):
+        if _name(a.name) in scope.RESERVED_BY_KIND["attention"] or _TEMP.match(a.name):
             raise ValueError(f"cannot generate code: attention name `{a.name}` is used by the "
                              "generated module itself; rename it")
 
@@ -219,11 +239,21 @@ def _needs(module: ir.ModuleIR) -> dict[str, bool]:
     }
 
 
-def _flex_score(code: Code) -> str:
-    """A replaced score inside score_mod: a tensor in the score's dtype."""
+def _flex_first_mask(code: Code) -> str:
+    """The first mask inside mask_mod: a bool tensor even when the mask is a constant
+    (`mask false`, `mask heads > 2`): flex's vmap rejects a mask_mod returning a Python bool."""
     if not code.tensor:
-        return f"torch.full_like(score, {code.text})"
-    return f"({code.text}).to(score.dtype)"
+        return f"mask = torch.full_like(kv_idx, {code.text}, dtype=torch.bool)"
+    return f"mask = {code.text}"
+
+
+def _flex_score(code: Code) -> str:
+    """A replaced score inside score_mod: a tensor in the score dtype. `score_dtype` (float32
+    for half inputs), never `score.dtype`: flex traces score_mod with a score of the *input*
+    dtype, so `.to(score.dtype)` would round every score to bfloat16 inside the kernel."""
+    if not code.tensor:
+        return f"torch.full_like(score, {code.text}, dtype=score_dtype)"
+    return f"({code.text}).to(score_dtype)"
 
 
 def _comment_lines(notes: tuple[str, ...], width: int = 88) -> list[str]:
@@ -299,6 +329,7 @@ class _AttentionEmitter:
             "settings": [self._setting(s) for s in a.numeric],
             "params": [self._param(p) for p in a.params],
             "rope": self._rope(), "rms": a.qk_norm == "rms", "sinks": a.sinks,
+            "infinite_score": _infinite_score(a),
             "qkv_bias": a.qkv_bias, "out_bias": a.out_bias,
             "kv_dim": "self.context_dim" if a.cross else "self.dim",
             "mup": {"zero_query": a.mup.zero_query} if a.mup and self.layer else None,
@@ -370,7 +401,7 @@ class _AttentionEmitter:
     # flex -------------------------------------------------------------------------------------
     def _flex(self, analysis) -> dict:
         a = self.attn
-        mask_gen, score_gen = FlexExprGenerator(), FlexExprGenerator(dtype_name="score.dtype")
+        mask_gen, score_gen = FlexExprGenerator(), FlexExprGenerator(dtype_name="score_dtype")
         mask_lines = self._flex_mask_lines(mask_gen) if (a.masks or a.patterns) else []
         score_lines = self._flex_score_lines(score_gen) if a.pipeline else []
         kind = flex_lowering.block_mask_kind(analysis)
@@ -391,7 +422,7 @@ class _AttentionEmitter:
     def _flex_mask_lines(self, gen: FlexExprGenerator) -> list[str]:
         for n, expr in enumerate(self.attn.masks):
             _statement(gen, expr, f"# mask, spec line {expr.span.line}", lambda c, first=n == 0: (
-                f"mask = {c.text}" if first else f"mask = mask & {gen.wrap(c, P_AND)}"))
+                _flex_first_mask(c) if first else f"mask = mask & {gen.wrap(c, P_AND)}"))
         if self.attn.patterns:
             self._pattern_statements(gen)
             gen.lines.append("mask = mask & allowed" if self.attn.masks else "mask = allowed")
@@ -475,7 +506,7 @@ class _AttentionEmitter:
         for s in a.numeric:
             _name(s.name)
         for p in a.params:
-            if _name(p.name) in CLASS_NAMES or p.name in RESERVED or _TEMP.match(p.name):
+            if _name(p.name) in scope.RESERVED_BY_KIND["param"] or _TEMP.match(p.name):
                 raise ValueError(f"cannot generate code: param `{p.name}` would replace an "
                                  "attribute of the generated module; rename it")
         for i in a.inputs:
@@ -579,8 +610,11 @@ class _AttentionEmitter:
             passes += [f"{n}={n}, " for n in names]
             params += [f"{n}, " for n in names]
             lines.append(self._input_line(i))
+        # The arguments forward() takes, named when an unexpected keyword is given.
+        positional = ["x", "context"] if self.layer else ["q", "k", "v"]
+        keywords = _tuple(positional + [n.strip(", ") for n in params] + ["sizes"])
         return {"kwargs": "".join(kwargs), "pass_kwargs": "".join(passes),
-                "attend_params": "".join(params), "input_lines": lines}
+                "attend_params": "".join(params), "input_lines": lines, "keywords": keywords}
 
     def _input_line(self, i: ir.InputDecl) -> str:
         if i.dtype == "edges":

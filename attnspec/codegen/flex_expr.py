@@ -2,9 +2,9 @@
 
 Inside those functions b, h, q_idx, kv_idx are 0-d tensors and everything the expression reads
 must be a tensor captured from the enclosing call: inputs under their names, params under
-aliases (`_p_NAME`, a second read of the same param `_p_NAME_2`: flex allows gradients into a
-captured tensor read once), edge tables as `_e_NAME_FIELD`, ALiBi slopes as `_alibi`, and
-settings as plain numbers `_s_NAME`. There are
+aliases (`_p_NAME`, a second read of the same param `_p2_NAME`: flex allows gradients into a
+captured tensor read once; `_p_NAME_2` could be param `NAME_2`'s alias), edge tables as
+`_e_NAME_FIELD`, ALiBi slopes as `_alibi`, and settings as plain numbers `_s_NAME`. There are
 no data-dependent checks (they cannot run inside a kernel): index ranges rest on the checker.
 
 Example:
@@ -29,7 +29,7 @@ class FlexExprGenerator(ExprGenerator):
     index_names: dict[str, str] = field(
         default_factory=lambda: {"b": "b", "h": "h", "q": "q_idx", "k": "kv_idx"})
     settings_owner: str = "_s"  # unused: `setting` below names each setting on its own
-    dtype_name: str = "torch.float32"  # the score generator uses "score.dtype"
+    dtype_name: str = "torch.float32"  # the score generator uses "score_dtype"
     captured: dict[str, str] = field(default_factory=dict)
     _param_reads: dict[str, int] = field(default_factory=dict)
 
@@ -43,7 +43,7 @@ class FlexExprGenerator(ExprGenerator):
     def param(self, e: ir.ParamRef) -> Code:
         reads = self._param_reads.get(e.name, 0) + 1
         self._param_reads[e.name] = reads
-        alias = f"_p_{e.name}" if reads == 1 else f"_p_{e.name}_{reads}"
+        alias = f"_p_{e.name}" if reads == 1 else f"_p{reads}_{e.name}"
         self.captured[alias] = f"param {e.name}"
         # The captured copy has a trailing axis of replicas (`_spread`): each key reads replica
         # kv_idx % R, so the backward's atomic adds into the param's gradient spread over R

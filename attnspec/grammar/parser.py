@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 
 import lark
-from lark import Lark, Token, Transformer, v_args
+from lark import Lark, Token, Transformer_NonRecursive, v_args
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
 
 from attnspec.cache import cache_dir
@@ -23,6 +23,12 @@ from attnspec.grammar import ast
 from attnspec.ir.scope import KEYWORDS
 
 MAX_NESTING = 200  # brackets deeper than this are an error, long before Python's recursion limit
+# Expressions deeper than this are an error (here, and after macro expansion in the builder):
+# generated Python nests about one bracket per level, and Python's parser stops at 200.
+MAX_DEPTH = 100
+# Longer integer literals are an error here: int() refuses more than 4300 digits, and the
+# builder rejects anything past 2^53 anyway.
+MAX_INT_DIGITS = 100
 
 
 _TOKEN_NAMES = {
@@ -48,12 +54,22 @@ class _BracketFilter:
                 depth = max(0, depth - 1)
             if tok.type == "_SEP" and depth > 0 and ";" not in tok.value:
                 continue
+            if tok.type == "INT" and _digits(tok) > MAX_INT_DIGITS:
+                raise _TooLong(tok)
             yield tok
 
 
 class _TooDeep(Exception):
     def __init__(self, token: Token):
         self.token = token
+
+
+class _TooLong(_TooDeep):
+    """An integer literal of more than MAX_INT_DIGITS digits."""
+
+
+def _digits(token: Token) -> int:
+    return len(token.value) - token.value.count("_")
 
 
 @functools.lru_cache(maxsize=1)
@@ -95,8 +111,9 @@ def _number(text: str) -> int | float:
 
 
 @v_args(meta=True, inline=True)
-class _ToAst(Transformer):
-    """Builds AST nodes; method names are the grammar's rule and alias names."""
+class _ToAst(Transformer_NonRecursive):
+    """Builds AST nodes; method names are the grammar's rule and alias names. Non-recursive:
+    a long chain such as `q + q + ... + q` is as deep as it is long."""
 
     # --- atoms
     def int_lit(self, meta, tok):
@@ -225,14 +242,41 @@ def parse(text: str, source_name: str = "<spec>") -> ast.File:
     source = Source(source_name, text)
     try:
         tree = _parser().parse(text)
+        deepest = _too_deep(tree)
+        if deepest is not None:  # checked before building the AST: that costs more than parsing
+            raise AttnSpecError([Diagnostic(
+                "error", f"expression nested deeper than {MAX_DEPTH} levels", deepest,
+                hint="each operator, call and index is a level")], source)
         items = _ToAst().transform(tree)
+    except _TooLong as e:
+        raise _error(source, f"integer literal of {_digits(e.token)} digits is too large",
+                     e.token) from None
     except _TooDeep as e:
         raise _error(source, f"brackets nested deeper than {MAX_NESTING}", e.token) from None
     except UnexpectedInput as e:
         raise AttnSpecError([_syntax_diagnostic(e)], source) from None
-    except RecursionError:
+    except RecursionError:  # not expected: the LALR parser and the transformer are iterative
         raise AttnSpecError([Diagnostic("error", "expression nested too deeply")], source) from None
     return ast.File(tuple(items), source_name)
+
+
+# The grammar's rules and aliases that become one AST expression node each.
+_EXPRESSION_RULES = frozenset("int_lit float_lit true_lit false_lit inf_lit score_ref name or_ "
+                              "and_ in_group compare binary neg not_ index field call".split())
+
+
+def _too_deep(tree: lark.Tree) -> Span | None:
+    """Where an expression first nests deeper than MAX_DEPTH, or None. Iterative, since the
+    passes after parsing recurse once per level and must not meet a deeper tree."""
+    stack = [(tree, 0)]
+    while stack:
+        node, level = stack.pop()
+        if node.data in _EXPRESSION_RULES:
+            level += 1
+            if level > MAX_DEPTH:
+                return _span(node.meta)
+        stack.extend((child, level) for child in node.children if isinstance(child, lark.Tree))
+    return None
 
 
 def _error(source: Source, message: str, token: Token) -> AttnSpecError:

@@ -9,6 +9,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 from attnspec.errors import AttnSpecError, Diagnostic, Source, Span, did_you_mean
@@ -36,6 +37,10 @@ def macro_table(file: ast.File, diags: Diagnostics) -> dict[str, Macro]:
             diags.error(f"`let {let.name}` is defined twice", let.name_span)
             continue
         seen.add(let.name)
+        for param in let.params or ():  # in the body the word would mean the keyword
+            if param.name in scope.KEYWORDS:
+                diags.error(f"`{param.name}` is a keyword and cannot name a parameter",
+                            param.span)
         if let.name in table:
             diags.warning(f"`let {let.name}` shadows the standard library's `{let.name}`",
                           let.name_span)
@@ -56,6 +61,17 @@ def _let_clash(name: str) -> str | None:
         return f"`{name}` is a built-in name and cannot be redefined"
     if name in scope.BUILTINS or name in scope.INTRINSIC_MACROS:
         return f"`{name}` is a builtin function and cannot be redefined"
+    return None
+
+
+def _init_problem(kind: str, args: list[float]) -> str | None:
+    """Why `kind(*args)` cannot initialise a param (torch would raise building the module)."""
+    if not all(math.isfinite(a) for a in args):
+        return f"`{kind}` takes finite numbers, got {', '.join(map(str, args))}"
+    if kind == "normal" and args[0] < 0:
+        return f"`normal(std)` needs std >= 0, got {args[0]}"
+    if kind == "uniform" and args[0] > args[1]:
+        return f"`uniform(lo, hi)` needs lo <= hi, got {args[0]} > {args[1]}"
     return None
 
 
@@ -483,6 +499,10 @@ class _AttentionBuilder:
             return None
         values = [self._const_value(a.value) for a in args]
         if any(v is None or isinstance(v, bool) for v in values):
+            return None
+        problem = _init_problem(name, [float(v) for v in values])
+        if problem is not None:
+            self.diags.error(problem, expr.span)
             return None
         return ir.Init(kind=name, args=tuple(float(v) for v in values))
 

@@ -15,6 +15,8 @@ Example:
 
 from __future__ import annotations
 
+import math
+
 from attnspec.errors import Diagnostic, Span
 from attnspec.ir import nodes as ir
 from attnspec.ir import scope
@@ -129,6 +131,12 @@ class AttentionChecker:
                                 f"{v['heads']}")
         if not 0.0 <= v["dropout"] < 1.0:
             self._setting_error("dropout", f"dropout must be in [0, 1), got {v['dropout']}")
+        for s in self.attn.numeric:  # NaN or inf would make every output NaN or 0, silently
+            if s.type == "float" and not math.isfinite(v[s.name]):
+                self._setting_error(s.name, f"`{s.name}` must be a finite number, got "
+                                    f"{v[s.name]}")
+        if v.get("init_std", 0.0) < 0:  # else the constructor raises
+            self._setting_error("init_std", f"init_std must be at least 0, got {v['init_std']}")
         if self.attn.mode == "layer" and v["head_dim"] < 1:
             self._setting_error("head_dim", "dim // heads is 0: set head_dim or a larger dim")
         if any(v.get(n, 1) < 1 for n in ("heads", "kv_heads", "head_dim", "value_dim")):
@@ -216,8 +224,8 @@ class AttentionChecker:
             if not isinstance(dims, int) or dims < 2 or dims % 2 or dims > self.values["head_dim"]:
                 self.error(f"rope dims must be even and in [2, head_dim = "
                            f"{self.values['head_dim']}], got {dims}", rope.span)
-        if rope.base <= 0:
-            self.error("rope base must be positive", rope.span)
+        if not 0 < rope.base < math.inf:
+            self.error(f"rope base must be positive and finite, got {rope.base}", rope.span)
         self._rope_input(rope.positions, ("int", "float"), 2, rope.span)
         self._rope_input(rope.freqs, ("float",), 3, rope.span)
         self._freqs_width(rope)
@@ -298,7 +306,10 @@ class AttentionChecker:
         if kind == "kv_heads":
             return None if self._kv_head_index(index) else \
                 "a kv_heads dimension is indexed with `h // (heads // kv_heads)`"
-        size = eval_const(dim.size, self.values)
+        try:
+            size = eval_const(dim.size, self.values)
+        except ConstError:  # reported at the declaration (_const_dim)
+            return None
         lo, hi = iv.of(index) or (None, None)
         if lo is None or lo < 0 or hi > size - 1:
             shown = "unknown" if lo is None else f"[{lo}, {hi}]"

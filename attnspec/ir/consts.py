@@ -44,6 +44,8 @@ def evaluate_settings(numeric: Sequence[ir.NumericSetting],
 
 def _coerce(setting: ir.NumericSetting, value) -> int | float:
     if setting.type == "int":
+        if isinstance(value, int) and not isinstance(value, bool):
+            return _int64(value)
         if isinstance(value, bool) or not float(value).is_integer():
             raise ConstError(f"{setting.name} must be an integer, got {value!r}")
         return int(value)
@@ -84,10 +86,18 @@ def _eval(expr: ir.Expr, values: Mapping[str, float]):
         operand = _eval(expr.operand, values)
         return -operand if expr.op == "-" else not operand
     if isinstance(expr, ir.Binary):
-        return _BINARY[expr.op](_eval(expr.left, values), _eval(expr.right, values))
+        return _int64(_BINARY[expr.op](_eval(expr.left, values), _eval(expr.right, values)))
     if isinstance(expr, ir.Call):
         return _call(expr, [_eval(a, values) for a in expr.args])
     raise ConstError(f"`{expr.kind}` is not a constant")
+
+
+def _int64(value):
+    """`value`, unless it is an int outside int64 (the language's integer semantics, §5): Python
+    ints would grow without bound (and past 4300 digits cannot even be printed)."""
+    if isinstance(value, int) and not -(2**63) <= value < 2**63:
+        raise ConstError("integer constant overflows int64")
+    return value
 
 
 def _call(expr: ir.Call, args: list):

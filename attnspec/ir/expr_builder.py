@@ -20,11 +20,11 @@ from pathlib import Path
 
 from attnspec.errors import Diagnostic, Span, did_you_mean
 from attnspec.grammar import ast
-from attnspec.grammar.parser import parse
+from attnspec.grammar.parser import MAX_DEPTH, parse
 from attnspec.ir import nodes as ir
 from attnspec.ir import scope
 from attnspec.ir.consts import ConstError, eval_const
-from attnspec.ir.exprs import FLOAT_FUNCS, binary_type, free_vars, promote
+from attnspec.ir.exprs import FLOAT_FUNCS, binary_type, depth, free_vars, promote
 from attnspec.ir.printer import expr_text
 
 MAX_EXPANDED_NODES = 20_000  # per expression, after macro expansion
@@ -106,15 +106,23 @@ class ExprBuilder:
     # entry point ------------------------------------------------------------------------------
     def build(self, expr: ast.Expr, ctx: str, env: Env | None = None) -> ir.Expr | None:
         self.count = 0
+        env = env or Env()
         try:
-            return self._build(expr, env or Env(), ctx)
+            built = self._build(expr, env, ctx)
         except _TooLarge as e:
             self.diags.error(f"expression has more than {MAX_EXPANDED_NODES} nodes after macro "
                              "expansion", e.span, hint="a macro may use its argument many times")
             return None
-        except RecursionError:
-            self.diags.error("expression nested too deeply", expr.span)
-            return None
+        except RecursionError:  # far deeper than MAX_DEPTH
+            return self._too_deep(expr, env)
+        if built is not None and depth(built) > MAX_DEPTH:
+            return self._too_deep(expr, env)
+        return built
+
+    def _too_deep(self, expr: ast.Expr, env: Env) -> None:
+        self.diags.error(f"expression nested deeper than {MAX_DEPTH} levels after macro "
+                         "expansion", env.where(expr.span),
+                         hint="each operator, call and index is a level, every `let` expanded")
 
     def _build(self, expr: ast.Expr, env: Env, ctx: str) -> ir.Expr | None:
         self.count += 1

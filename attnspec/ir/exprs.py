@@ -52,6 +52,22 @@ def walk(expr: ir.Expr) -> Iterator[ir.Expr]:
         stack.extend(reversed(children(node)))
 
 
+def depth(expr: ir.Expr) -> int:
+    """The number of nodes on the longest path from `expr` down to a leaf (a leaf is 1).
+
+    >>> from attnspec.ir.build import build_text
+    >>> depth(build_text("attention A { heads = 1; head_dim = 8; mask q - k <= 4 }")
+    ...       .attentions[0].masks[0])
+    3
+    """
+    best, stack = 0, [(expr, 1)]
+    while stack:  # iterative: it measures expressions too deep to recurse over
+        node, level = stack.pop()
+        best = max(best, level)
+        stack.extend((child, level + 1) for child in children(node))
+    return best
+
+
 def free_vars(expr: ir.Expr) -> frozenset[str]:
     """What an expression varies with: index names, `input`, `param`, `edge`, `score`,
     `seq_len`, `group` (group bounds can depend on call-time sizes).

@@ -73,7 +73,11 @@ def identifier_problem(name: str) -> str | None:
 GENERATED_LOCALS = frozenset(
     "self q k v x context sizes B S Sq Sk dtype b h qi ki score mask shape probs out groups "
     "q_len kv_len q_angles k_angles allowed options bias gqa args classes block_mask mask_mod "
-    "lse library slopes".split())
+    "lse library slopes unexpected "
+    # the flex/auto methods and functions that inputs are passed to (tests/test_codegen_safety.py
+    # finds every local of the functions an input reaches and checks that it is listed here)
+    "captured choice enable_gqa fast kernel kernel_options kv_idx q_idx score_mod "
+    "score_dtype".split())
 GENERATED_MODULE_NAMES = frozenset(
     "torch math collections SPEC_SOURCE _check_backend _check_overrides _int_setting "
     "_float_setting _check_heads _param_shape _check_rope_dims _check_tensor _same_dtype "
@@ -81,7 +85,8 @@ GENERATED_MODULE_NAMES = frozenset(
     "_alibi_slope _alibi_tensor _ALIBI_TENSORS _t5_bucket _rms_norm _rope_angles _rope _sinusoidal "
     "_compute_dtype "
     "_index_grids _softmax_rows _read _select_backend UnsupportedBackendError _sdpa _sdpa_masked "
-    "_runs _sdpa_patterns UnsupportedInputError _SMALL_DENSE importlib warnings".split()
+    "_runs _sdpa_patterns UnsupportedInputError _SMALL_DENSE importlib warnings "
+    "_same_device _check_weight _autocast_on _check_unexpected".split()
 ) | frozenset(  # the runtimes inlined from codegen/templates/*_runtime.py (a test keeps this true)
     "_BLOCK _num_blocks _block_bounds _classes _band_rect _band_blocks _block_min_max "
     "_segment_blocks _key_length_blocks _key_padding_blocks _prefix_blocks _combine _ordered "
@@ -94,19 +99,42 @@ GENERATED_MODULE_NAMES = frozenset(
     "_FLEX_BUILD_FAILED "
     "_block_lists "
     "_block_mask_of _FLASH_DTYPES "
-    "_FLASH_MAX_HEAD_DIM _FLASH_LIBRARIES _FlashLibrary "
+    "_FLASH_MAX_HEAD_DIM _FLASH_MIN_HEAD_DIM _FLEX_MIN_HEAD_DIM _pad_head_dim _FLASH_LIBRARIES "
+    "_FlashLibrary "
     "_flash_library _find_flash _flash_check _flash_check_documents _flash_window _flash_runs "
     "_flash_keep_keys _flash_pack _flash_empty_rows _flash_attend".split())
 GENERATED_CLASS_NAMES = frozenset(
-    "SETTINGS GROUPS BACKENDS AUTO UNSUPPORTED PATTERNS backend forward _attend _attend_eager "
+    "SETTINGS GROUPS BACKENDS AUTO AUTO_CPU AUTO_CUDA UNSUPPORTED PATTERNS backend forward "
+    "_attend _attend_eager "
     "_attend_sdpa _attend_flex _attend_flash _attend_auto _auto_cuda last_backend _mask _score "
     "_mup_init "
     "mup_param_groups q_proj k_proj v_proj o_proj".split())
 PYTHON_BUILTINS = frozenset(dir(builtins))
 
+# torch.nn.Module's public attributes (torch 2.5 to 2.13; no torch import here, a test compares
+# with the installed torch): a param of the same name cannot be registered (`compile`, `xpu`).
+MODULE_ATTRIBUTES = frozenset(
+    """T_destination add_module apply bfloat16 buffers call_super_init children compile cpu cuda
+    double dump_patches eval extra_repr float forward get_buffer get_extra_state get_parameter
+    get_submodule half ipu load_state_dict modules mtia named_buffers named_children
+    named_modules named_parameters parameters register_backward_hook register_buffer
+    register_forward_hook register_forward_pre_hook register_full_backward_hook
+    register_full_backward_pre_hook register_load_state_dict_post_hook
+    register_load_state_dict_pre_hook register_module register_parameter
+    register_state_dict_post_hook register_state_dict_pre_hook requires_grad_ set_extra_state
+    set_submodule share_memory state_dict to to_empty train training type xpu zero_grad
+    """.split())
+
+# Module-level functions generated per attention: PREFIX + the attention's name.
+ATTENTION_FUNCTION_PREFIXES = ("_mask_mod_", "_block_lists_", "_flex_")
+# Attention names whose functions would replace a runtime helper (`run`: `_flex_run`).
+_PREFIXED_MODULE_NAMES = frozenset(
+    name[len(prefix):] for name in GENERATED_MODULE_NAMES for prefix in ATTENTION_FUNCTION_PREFIXES
+    if name.startswith(prefix))
+
 RESERVED_BY_KIND = {
-    "attention": GENERATED_MODULE_NAMES | PYTHON_BUILTINS,
+    "attention": GENERATED_MODULE_NAMES | PYTHON_BUILTINS | _PREFIXED_MODULE_NAMES,
     "input": RESERVED | GENERATED_LOCALS | GENERATED_MODULE_NAMES | PYTHON_BUILTINS,
-    "param": RESERVED | GENERATED_CLASS_NAMES,
+    "param": RESERVED | GENERATED_CLASS_NAMES | MODULE_ATTRIBUTES,
     "group": frozenset(),
 }

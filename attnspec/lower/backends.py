@@ -5,7 +5,7 @@ Example:
     >>> import attnspec
     >>> a = attnspec.build("attention A {\\n heads = 2\\n head_dim = 8\\n mask causal\\n}")
     >>> [p.backend for p in plans(a.attentions[0]).values()]
-    ['eager', 'sdpa', 'flex', 'flash']
+    ['eager', 'sdpa', 'flex']
 """
 
 from __future__ import annotations

@@ -41,6 +41,7 @@ NAME = "flash"
 EXPRESSIBLE = (Band, Segment, KeyLength, KeyPadding)
 MAX_HEAD_DIM = 256  # flash-attn 2 and flash-attn 4 on Hopper
 HEAD_DIM_MULTIPLE = 8  # flash-attn 4 needs 16-byte aligned rows in fp16/bf16
+MIN_HEAD_DIM = 16  # flash-attn 4's backward gave wrong dq at head_dim 8 (H100, differential fuzz)
 
 
 def supports(attn: ir.AttentionIR, analysis: Analysis) -> list[Reason]:
@@ -86,6 +87,10 @@ def _score_reasons(analysis: Analysis) -> list[Reason]:
                        "(the two do not commute)", steps[0].span)]
     reasons = []
     if steps and isinstance(steps[0], Softcap):
+        if analysis.key_padding or analysis.key_lengths:
+            # Found by differential fuzzing on the H100 (tests/corpus/flash_softcap_key_len.attn)
+            reasons.append(Reason("flash-attn 4 gives wrong gradients for a softcap over "
+                                  "unpadded keys (key padding or key lengths)", steps[0].span))
         steps = steps[1:]
     if steps and _is_alibi(steps[-1]):
         alibi = steps.pop()
@@ -111,10 +116,11 @@ def _head_dim_reasons(attn: ir.AttentionIR) -> list[Reason]:
     reasons = []
     for name in ("head_dim", "value_dim"):
         size = values.get(name)
-        if isinstance(size, int) and (size % HEAD_DIM_MULTIPLE or size > MAX_HEAD_DIM):
+        if isinstance(size, int) and (size % HEAD_DIM_MULTIPLE or
+                                      not MIN_HEAD_DIM <= size <= MAX_HEAD_DIM):
             setting = attn.setting(name)
             reasons.append(Reason(f"flash-attn needs {name} a multiple of {HEAD_DIM_MULTIPLE} "
-                                  f"and at most {MAX_HEAD_DIM}, got {size}",
+                                  f"from {MIN_HEAD_DIM} to {MAX_HEAD_DIM}, got {size}",
                                   setting.span if setting is not None else attn.span))
     return reasons
 

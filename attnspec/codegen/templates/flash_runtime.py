@@ -20,6 +20,8 @@ import torch
 from attnspec.errors import UnsupportedInputError
 
 _FLASH_DTYPES = (torch.float16, torch.bfloat16)
+# flash-attn 4 gave wrong dq at head_dim 8 on the H100 (differential fuzzing, 2026-11-23)
+_FLASH_MIN_HEAD_DIM = 16
 _FLASH_MAX_HEAD_DIM = 256
 _FLASH_LIBRARIES = {}
 _FLASH_REMEMBERED = []  # (key, ids tensor, value), newest last
@@ -105,9 +107,9 @@ def _flash_check(owner, library, q, v, alibi_slopes, sink):
         problems.append(f"q, k, v are {q.dtype}: flash-attn computes in float16/bfloat16 only "
                         "(cast them, or use another backend)")
     for name, size in (("head_dim", q.shape[-1]), ("value_dim", v.shape[-1])):
-        if size % 8 or size > _FLASH_MAX_HEAD_DIM:
-            problems.append(f"{name} {size}: flash-attn needs a multiple of 8 up to "
-                            f"{_FLASH_MAX_HEAD_DIM}")
+        if size % 8 or not _FLASH_MIN_HEAD_DIM <= size <= _FLASH_MAX_HEAD_DIM:
+            problems.append(f"{name} {size}: flash-attn needs a multiple of 8 from "
+                            f"{_FLASH_MIN_HEAD_DIM} to {_FLASH_MAX_HEAD_DIM}")
     if library.version == 2 and q.shape[-1] != v.shape[-1]:
         problems.append(f"flash-attn 2 needs head_dim == value_dim, got {q.shape[-1]} and "
                         f"{v.shape[-1]}")
@@ -237,7 +239,8 @@ def _flash_attend(owner, library, q, k, v, *, scale, documents=None, key_valid=N
     if key_valid is not None:
         keep, cu_k, max_k = _flash_keep_keys(key_valid, cu_k)
     if max_k == 0:  # no key anywhere: every row is 0 (a product over zero keys keeps autograd)
-        return q @ k[:, :1, :0].transpose(-2, -1) @ v[:, :1, :0]
+        out = q @ k[:, :1, :0].transpose(-2, -1) @ v[:, :1, :0]
+        return out if sink is None else out + 0 * sink.sum()  # the sink's gradient is 0, too
     out = library.varlen_call(_flash_pack(q), _flash_pack(k, keep), _flash_pack(v, keep), cu_q,
                               cu_k, max_q, max_k, **options)
     if key_valid is not None:

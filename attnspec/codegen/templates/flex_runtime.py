@@ -41,6 +41,7 @@ _FLEX_FLASH_FOUND = {}  # "cute": whether torch >= 2.11 and flash_attn.cute is i
 # Bodies whose Triton kernel needs smaller tiles than flex's defaults to fit in shared memory.
 _FLEX_SMALL_TILES = set()
 _FLEX_SMALL_OPTIONS = {"BLOCK_M": 64, "BLOCK_N": 32, "num_stages": 1, "num_warps": 4}
+_FLEX_MIN_HEAD_DIM = 16  # Inductor: "embedding dimension ... must be at least 16"
 # BlockMask builders whose compile failed: they run uncompiled from then on.
 _FLEX_BUILD_FAILED = set()
 # Structured BlockMasks built recently, newest last: (key, inputs, BlockMask).
@@ -66,11 +67,16 @@ def _flex_with_lse(q, k, v, **options):
     return out, aux.lse
 
 
-def _flex_no_cpu_backward(owner, tensors):
-    """flex_attention has no CPU backward: refuse before the forward, not in the middle of it."""
-    if any(t.requires_grad for t in tensors) and torch.is_grad_enabled():
+def _flex_no_cpu_backward(owner, q, k, v, params):
+    """flex_attention has no CPU backward: refuse before the forward, not in the middle of it.
+    Without grad mode q, k, v come back detached: flex refuses CPU tensors that require grad
+    even under no_grad (a NotImplementedError from inside torch)."""
+    if not torch.is_grad_enabled():
+        return q.detach(), k.detach(), v.detach()
+    if any(t.requires_grad for t in (q, k, v, *params)):
         raise ValueError(f"{owner}: FlexAttention has no backward on CPU; use a CUDA device, "
                          "or backend='sdpa' / 'eager' for training on CPU")
+    return q, k, v
 
 
 def _flex_flash_usable(q, captured):
@@ -102,6 +108,13 @@ def _flex_run(body, args, captured, fast):
     compute the same thing, and a real error in the call shows again on Triton.
     """
     q = args[0]
+    if q.is_cuda and min(q.shape[-1], args[2].shape[-1]) < _FLEX_MIN_HEAD_DIM:
+        dv = args[2].shape[-1]
+        # Inductor's flex lowering refuses head dims below 16: zero columns keep q.k and the
+        # output exact (the scale is passed explicitly), and the extra columns are sliced off.
+        padded = tuple(_pad_head_dim(t, _FLEX_MIN_HEAD_DIM) for t in args[:3])
+        (out, lse), kernel = _flex_run(body, padded + tuple(args[3:]), captured, fast)
+        return (out[..., :dv], lse), kernel
     if fast and body not in _FLEX_FLASH_FAILED and _flex_flash_usable(q, captured):
         try:
             return _flex_runner(body, q.device)(*args, kernel_options=_FLEX_FLASH_OPTIONS), "flash"
@@ -121,6 +134,12 @@ def _flex_run(body, args, captured, fast):
             # in shared memory at large head dims: smaller tiles do (remembered per body).
             _FLEX_SMALL_TILES.add(body)
     return run(*args, kernel_options=_FLEX_SMALL_OPTIONS), "triton"
+
+
+def _pad_head_dim(x, size):
+    """`x` with its last (head) dim zero-padded to at least `size`: for kernels with a minimum
+    head dim, zero q/k columns add nothing to q.k and zero v columns give output columns to drop."""
+    return torch.nn.functional.pad(x, (0, size - x.shape[-1])) if x.shape[-1] < size else x
 
 
 def _spread(param, replicas=32, budget=1 << 20):
