@@ -29,7 +29,8 @@ PLUGIN = ("-p", "attnspec.pytest_plugin", "-p", "no:cacheprovider", "-p",
 TINY = "attention Tiny {\n    heads = 2\n    head_dim = 8\n    mask causal\n}\n"
 BROKEN = "attention Broken {\n    heads = 2\n    head_dim = 8\n    mask caual\n}\n"
 # sdpa cannot run a score transform; flash can, but not on CPU tensors
-SOFTCAP = "attention Capped {\n    heads = 2\n    head_dim = 16\n    score = softcap(score, 30.0)\n}"
+SOFTCAP = ("attention Capped {\n    heads = 2\n    head_dim = 16\n"
+           "    score = softcap(score, 30.0)\n}")
 # Makes the inner run's SDPA wrong by 1%: the eager interpreter does not use it.
 WRONG_SDPA = """
 import torch
