@@ -1,15 +1,18 @@
-"""The `attnspec` command line: check, compile, explain, verify, bench, mup-check.
+"""The `attnspec` command line: check, compile, explain, verify, bench, mup-check, show.
 
 Every problem in a spec is reported as `file:LINE:COL: error: message` with the source line and a
-caret; the exit code is 1 on any error and never a Python traceback.
+caret; the exit code is 1 on any error and never a Python traceback. A bad option value (an
+unknown backend, a number out of its documented range) is a usage error: exit 2, argparse's
+message.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from attnspec.errors import AttnSpecError, Diagnostic, Source
@@ -17,10 +20,30 @@ from attnspec.errors import AttnSpecError, Diagnostic, Source
 EMIT_CHOICES = ("py", "ast", "ir", "ir-json")
 BACKENDS = ("auto", "eager", "flex", "sdpa", "flash")
 
+# Ranges of the numeric options, named in --help; a value outside is a usage error (exit 2).
+# verify gives case i the seed S + i; the margin keeps every S + i a valid 31-bit seed.
+SEED_MARGIN = 1 << 16
+MAX_SEED = 2**31 - 1 - SEED_MARGIN
+# `show` evaluates the mask in windows, but its time grows with Sq·Sk (about a minute of CPU at
+# 32768², docs/show.md), and its random q/k/v hold [batch_index + 1, heads, S, head_dim].
+MAX_SHOW_LEN = 32768
+MAX_SHOW_BATCH_INDEX = 7
+MAX_SHOW_WIDTH = 10_000
+MAX_MUP_WIDTH = 4096  # four [w, w] projections plus Adam state per width: ~1 GB at 4096
+MAX_MUP_STEPS = 10_000
+MAX_MUP_BATCH = 64
+MAX_MUP_SEQ = 1024  # the probe keeps [batch, heads, S, S] logits
+MAX_BENCH_SEQ = 1 << 20
+MAX_BENCH_BATCH = 4096
+MAX_BENCH_REPS = 10_000
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help (0) or a usage error (2), printed already: return the code
+        return e.code if isinstance(e.code, int) else 2
     if not getattr(args, "command", None):
         parser.print_help()
         return 1
@@ -36,9 +59,85 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+# --- option types: a bad value is argparse's usage error (exit 2) -------------------------------
+def int_in(low: int, high: int | None = None) -> Callable[[str], int]:
+    """An argparse `type`: an integer in [low, high] (no upper bound for None)."""
+    def parse(text: str) -> int:
+        return _checked_int(text, low, high)
+
+    parse.__name__ = "integer"  # argparse names the type in its messages
+    return parse
+
+
+def ints_in(low: int, high: int, distinct: int = 1) -> Callable[[str], tuple[int, ...]]:
+    """An argparse `type`: comma-separated integers in [low, high], at least `distinct` of them
+    different."""
+    def parse(text: str) -> tuple[int, ...]:
+        items = [item.strip() for item in text.split(",")]
+        if not all(items):
+            raise argparse.ArgumentTypeError(f"takes comma-separated integers, got {text!r}")
+        values = tuple(_checked_int(item, low, high, "comma-separated integers")
+                       for item in items)
+        if len(set(values)) < distinct:
+            raise argparse.ArgumentTypeError(f"needs at least {distinct} distinct values, got "
+                                             f"{text!r}")
+        return values
+
+    parse.__name__ = "integer list"
+    return parse
+
+
+def _checked_int(text: str, low: int, high: int | None, what: str = "an integer") -> int:
+    shown = text if len(text) <= 40 else text[:40] + "..."  # a 4000-digit value stays readable
+    try:
+        value = int(text)
+    except ValueError:  # also a number of more digits than Python converts
+        raise argparse.ArgumentTypeError(f"takes {what}, got {shown!r}") from None
+    if value < low or (high is not None and value > high):
+        allowed = f"at least {low}" if high is None else f"in {low}..{high}"
+        raise argparse.ArgumentTypeError(f"must be {allowed}, got {shown}")
+    return value
+
+
+def backend_list(text: str) -> str:
+    """An argparse `type` for verify's and bench's --backend: `all`, or comma-separated names
+    from BACKENDS (duplicates dropped)."""
+    names = [name.strip() for name in text.split(",")]
+    if names == ["all"]:
+        return "all"
+    valid = ", ".join((*BACKENDS, "all"))
+    if not all(names):
+        raise argparse.ArgumentTypeError(f"empty backend name in {text!r}; use a "
+                                         f"comma-separated list of {valid}")
+    unknown = [name for name in names if name not in BACKENDS]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown backend {unknown[0]!r}; use a "
+                                         f"comma-separated list of {valid}")
+    return ",".join(dict.fromkeys(names))
+
+
+def device_name(text: str) -> str:
+    """An argparse `type` for --device: a device string torch parses (cpu, cuda, cuda:1). Whether
+    the device exists here is the command's check (exit 1)."""
+    import torch
+
+    try:
+        torch.device(text)
+    except (RuntimeError, ValueError, TypeError):
+        raise argparse.ArgumentTypeError(f"not a device: {text!r} (use cpu, cuda or "
+                                         f"cuda:N)") from None
+    return text
+
+
+SEED = int_in(0, MAX_SEED)
+SEED_HELP = f"seed of the random inputs, 0..{MAX_SEED}"
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="attnspec", description="A compiler for attention "
-                                "mechanisms: .attn specs to verified PyTorch modules.")
+                                "mechanisms: .attn specs to verified PyTorch modules.",
+                                epilog="Exit codes: 0 success, 1 an error (or, for verify, any "
+                                "failure or nothing verified), 2 a usage error.")
     sub = p.add_subparsers(dest="command")
     check = sub.add_parser("check", help="report every problem in specs")
     check.add_argument("paths", nargs="+", help=".attn files or directories")
@@ -48,7 +147,8 @@ def _parser() -> argparse.ArgumentParser:
     comp = sub.add_parser("compile", help="compile a spec to a Python module")
     comp.add_argument("path", help="an .attn file")
     comp.add_argument("-o", "--output", help="output file (default: NAME_attn.py beside the "
-                      "spec; `-` for stdout)")
+                      "spec; `-` for stdout); never the spec itself, and its directory must "
+                      "exist")
     comp.add_argument("--backend", choices=BACKENDS, help="the module's default backend")
     comp.add_argument("--emit", choices=EMIT_CHOICES, default="py",
                       help="what to write: the module (py) or a pipeline stage")
@@ -58,43 +158,70 @@ def _parser() -> argparse.ArgumentParser:
     exp.add_argument("paths", nargs="+", help=".attn files or directories")
     exp.add_argument("--json", action="store_true", help="print the report as JSON")
     exp.set_defaults(run=cmd_explain)
-    ver = sub.add_parser("verify", help="check generated modules against the eager interpreter")
+    _verify_parser(sub)
+    _bench_parser(sub)
+    _mup_parser(sub)
+    _show_parser(sub)
+    return p
+
+
+def _verify_parser(sub) -> None:
+    ver = sub.add_parser("verify", help="check generated modules against the eager interpreter",
+                         epilog="Exit codes: 0 every check passed; 1 a check failed, a spec "
+                         "does not build, the device is not usable, or nothing was verified (no "
+                         "specs, no checks planned, every check refused); 2 a usage error.")
     ver.add_argument("paths", nargs="+", help=".attn files or directories")
-    ver.add_argument("--backend", default="all", help="comma-separated backends, or all")
-    ver.add_argument("--device", default="cpu")
+    ver.add_argument("--backend", default="all", type=backend_list,
+                     help=f"comma-separated backends ({', '.join(BACKENDS)}), or all")
+    ver.add_argument("--device", default="cpu", type=device_name, help="cpu, cuda, cuda:N")
     ver.add_argument("--dtype", default="float32", help="float64, float32, bfloat16, float16")
-    ver.add_argument("--json", action="store_true", help="print results as JSON")
-    ver.add_argument("--junit", metavar="FILE", help="also write JUnit XML to FILE")
-    ver.add_argument("--seed", type=int, default=0)
+    ver.add_argument("--json", action="store_true", help="print results as JSON (a spec that "
+                     "does not build is a failed entry)")
+    ver.add_argument("--junit", metavar="FILE", help="also write JUnit XML to FILE (its "
+                     "directory is created)")
+    ver.add_argument("--seed", type=SEED, default=0, help=f"{SEED_HELP}; case i uses "
+                     f"SEED + i (the range leaves room for that)")
     ver.set_defaults(run=cmd_verify)
+
+
+def _bench_parser(sub) -> None:
     ben = sub.add_parser("bench", help="time every backend of a spec (and auto)")
     ben.add_argument("path", help="an .attn file")
     ben.add_argument("--name", help="only this attention")
-    ben.add_argument("--backend", default="all", help="comma-separated backends (auto "
-                     "included), or all")
-    ben.add_argument("--device", default="cuda")
+    ben.add_argument("--backend", default="all", type=backend_list, help="comma-separated "
+                     "backends (auto included), or all")
+    ben.add_argument("--device", default="cuda", type=device_name)
     ben.add_argument("--dtype", default="bf16", help="bf16, fp16, float32, float64")
-    ben.add_argument("--seq", default="8192", help="comma-separated sequence lengths")
-    ben.add_argument("--batch", type=int, default=4)
+    ben.add_argument("--seq", default="8192", type=ints_in(1, MAX_BENCH_SEQ),
+                     help=f"comma-separated sequence lengths, each 1..{MAX_BENCH_SEQ}")
+    ben.add_argument("--batch", type=int_in(1, MAX_BENCH_BATCH), default=4,
+                     help=f"batch size, 1..{MAX_BENCH_BATCH}")
     ben.add_argument("--fwd-only", action="store_true", help="skip forward+backward")
-    ben.add_argument("--reps", type=int, default=20, help="timed repetitions (median)")
+    ben.add_argument("--reps", type=int_in(1, MAX_BENCH_REPS), default=20,
+                     help=f"timed repetitions (median), 1..{MAX_BENCH_REPS}")
     ben.add_argument("--json", action="store_true", help="print the rows as JSON")
     ben.set_defaults(run=cmd_bench)
+
+
+def _mup_parser(sub) -> None:
     mup = sub.add_parser("mup-check", help="muP coordinate check: activation sizes across "
                          "widths under muP and standard parametrization")
     mup.add_argument("path", help="an .attn file")
     mup.add_argument("--name", help="the attention to check (default: the one with `mup`)")
-    mup.add_argument("--widths", default="64,128,256,512", help="comma-separated widths (dim)")
-    mup.add_argument("--steps", type=int, default=5, help="Adam steps")
+    mup.add_argument("--widths", default="64,128,256,512", type=ints_in(1, MAX_MUP_WIDTH, 2),
+                     help=f"comma-separated widths (dim), at least two distinct, each "
+                     f"1..{MAX_MUP_WIDTH}")
+    mup.add_argument("--steps", type=int_in(1, MAX_MUP_STEPS), default=5,
+                     help=f"Adam steps, 1..{MAX_MUP_STEPS}")
     mup.add_argument("--lr", type=float, default=1e-2, help="Adam learning rate (both)")
-    mup.add_argument("--batch", type=int, default=4)
-    mup.add_argument("--seq", type=int, default=16, help="sequence length")
-    mup.add_argument("--seed", type=int, default=0)
+    mup.add_argument("--batch", type=int_in(1, MAX_MUP_BATCH), default=4,
+                     help=f"1..{MAX_MUP_BATCH}")
+    mup.add_argument("--seq", type=int_in(1, MAX_MUP_SEQ), default=16,
+                     help=f"sequence length, 1..{MAX_MUP_SEQ}")
+    mup.add_argument("--seed", type=SEED, default=0, help=SEED_HELP)
     mup.add_argument("-o", "--output", metavar="PNG", help="also plot the curves (matplotlib)")
     mup.add_argument("--json", action="store_true", help="print the measurements as JSON")
     mup.set_defaults(run=cmd_mup_check)
-    _show_parser(sub)
-    return p
 
 
 def _show_parser(sub) -> None:
@@ -102,33 +229,56 @@ def _show_parser(sub) -> None:
                           "text in the terminal, a picture with -o (docs/show.md)")
     show.add_argument("path", help="an .attn file")
     show.add_argument("--name", help="only this attention (default: every one)")
-    show.add_argument("--q-len", type=int, help="query length (default 1024, 128 with "
-                      "--weights; token groups: their total)")
-    show.add_argument("--kv-len", type=int, help="key length (default: --q-len)")
+    length = int_in(1, MAX_SHOW_LEN)
+    show.add_argument("--q-len", type=length, help=f"query length, 1..{MAX_SHOW_LEN} "
+                      f"(default 1024, 128 with --weights; token groups: their total, also at "
+                      f"most {MAX_SHOW_LEN})")
+    show.add_argument("--kv-len", type=length, help=f"key length, 1..{MAX_SHOW_LEN} "
+                      f"(default: --q-len)")
     show.add_argument("--sizes", help="sizes of `*` token groups: GROUP=N,...")
-    show.add_argument("--head", type=int, help="the head to show (default 0); in the terminal "
-                      "it also adds a bias summary")
-    show.add_argument("--batch-index", type=int, default=0, help="the batch row to show")
-    show.add_argument("--block", type=int, default=128, help="block size of the sparsity "
-                      "overlay (default 128)")
+    show.add_argument("--head", type=int_in(0), help="the head to show (default 0); in the "
+                      "terminal it also adds a bias summary")
+    show.add_argument("--batch-index", type=int_in(0, MAX_SHOW_BATCH_INDEX), default=0,
+                      help=f"the batch row to show, 0..{MAX_SHOW_BATCH_INDEX}")
+    show.add_argument("--block", type=length, default=128, help=f"block size of the sparsity "
+                      f"overlay, 1..{MAX_SHOW_LEN} (default 128)")
     show.add_argument("--weights", action="store_true", help="attention weights of random "
                       "inputs instead of the mask")
-    show.add_argument("--seed", type=int, default=0, help="seed of the random inputs/params")
+    show.add_argument("--seed", type=SEED, default=0, help=SEED_HELP + " and params")
     show.add_argument("-o", "--output", metavar="PNG", help="write a picture (matplotlib); "
                       "several attentions go to OUT_NAME.png")
     show.add_argument("--json", action="store_true", help="print the data as JSON")
     show.add_argument("--ascii", action="store_true", help="plain ASCII characters")
-    show.add_argument("--width", type=int, help="text width (default: the terminal's)")
+    show.add_argument("--width", type=int_in(20, MAX_SHOW_WIDTH), help=f"text width, "
+                      f"20..{MAX_SHOW_WIDTH} (default: the terminal's)")
     show.set_defaults(run=cmd_show)
 
 
 def spec_files(paths: list[str]) -> Iterator[Path]:
-    """Files as given; directories searched recursively for *.attn, in sorted order."""
+    """Files as given; directories searched recursively for *.attn, in sorted order. A named
+    path that is not a regular file is the reader's error; in a directory it is skipped."""
     for p in map(Path, paths):
         if p.is_dir():
-            yield from sorted(p.rglob("*.attn"))
+            yield from _regular_specs(p)
         else:
             yield p
+
+
+def _regular_specs(directory: Path) -> Iterator[Path]:
+    """The regular *.attn files under `directory`, sorted; anything else of that name (a FIFO, a
+    device, a socket, a directory) is skipped with a warning: reading it could block forever."""
+    from attnspec.compiler import file_kind
+
+    for path in sorted(directory.rglob("*.attn")):
+        try:
+            kind = file_kind(path.stat().st_mode)
+        except OSError:  # e.g. a dangling symlink: reading it reports the error
+            kind = None
+        if kind is None:
+            yield path
+        else:
+            print(f"{path}: warning: skipped: it is {kind}, not a regular file",
+                  file=sys.stderr)
 
 
 def _report(diagnostics: list[Diagnostic], source: Source | None) -> None:
@@ -138,9 +288,10 @@ def _report(diagnostics: list[Diagnostic], source: Source | None) -> None:
         print(colour_diagnostics(d.format(source), sys.stderr), file=sys.stderr)
 
 
-def _load(path: Path, collect: list | None = None):
+def _load(path: Path, collect: list | None = None, failures: dict | None = None):
     """(source, IR) or (source, None) after printing the diagnostics — or, given `collect`,
-    appending them there (as JSON-ready dicts) instead of printing."""
+    appending them there (as JSON-ready dicts) instead of printing. Given `failures`, a path that
+    does not build maps there to its first error (verify reports it as a failed entry)."""
     from attnspec.compiler import build, read_spec
 
     source = None
@@ -152,7 +303,18 @@ def _load(path: Path, collect: list | None = None):
         return source, module
     except AttnSpecError as e:
         _emit_diagnostics(e.diagnostics, e.source or source, collect)
+        if failures is not None:
+            failures[path] = _first_error(e.diagnostics)
         return source, None
+
+
+def _first_error(diagnostics: list[Diagnostic]) -> str:
+    """`LINE:COL: message` of the first error (or first diagnostic) of a failed build."""
+    errors = [d for d in diagnostics if d.severity == "error"] or diagnostics
+    if not errors:
+        return "the spec does not build"
+    d = errors[0]
+    return f"{d.span.line}:{d.span.col}: {d.message}"
 
 
 def _emit_diagnostics(diagnostics: list[Diagnostic], source: Source | None,
@@ -184,6 +346,10 @@ def cmd_compile(args) -> int:
     from attnspec.compiler import parse_source, read_spec
 
     path = Path(args.path)
+    if args.output not in (None, "-") and _same_file(path, Path(args.output)):
+        print(f"{args.output}: error: this is the spec being compiled; refusing to overwrite "
+              f"it (choose another -o)", file=sys.stderr)
+        return 1
     try:
         source = read_spec(path)
         if args.emit == "ast":
@@ -216,12 +382,25 @@ def _default_output(path: Path, emit: str) -> str:
     return str(path.with_name(path.stem + "_attn.py")) if emit == "py" else "-"
 
 
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether `a` and `b` are one file, whatever the spelling (`./x`, absolute, a symlink, a
+    hard link); a `b` that does not exist is not `a`."""
+    try:
+        return os.path.samefile(a, b)
+    except (OSError, ValueError):
+        return False
+
+
 def _write(text: str, output: str) -> int:
     if output == "-":
         sys.stdout.write(text)
-    else:
-        Path(output).write_text(text)
-        print(f"wrote {output}", file=sys.stderr)
+        return 0
+    try:
+        Path(output).write_text(text, encoding="utf-8")
+    except OSError as e:  # a missing directory, a read-only place, a directory named so
+        print(f"{output}: error: cannot write: {e.strerror or e}", file=sys.stderr)
+        return 1
+    print(f"wrote {output}", file=sys.stderr)
     return 0
 
 
@@ -251,7 +430,9 @@ def cmd_explain(args) -> int:
 def cmd_verify(args) -> int:
     from attnspec.verify import run_cli
 
-    return run_cli(args, [(p, *_load(p)) for p in spec_files(args.paths)])
+    failures: dict[Path, str] = {}
+    loaded = [(p, *_load(p, failures=failures)) for p in spec_files(args.paths)]
+    return run_cli(args, loaded, failures)
 
 
 def cmd_bench(args) -> int:

@@ -8,6 +8,8 @@ Example:
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 
 from attnspec.errors import AttnSpecError, Diagnostic, Source
@@ -19,12 +21,35 @@ from attnspec.ir.build import build_text
 MAX_SPEC_BYTES = 4 * 1024 * 1024
 
 
+# Not blocking on a FIFO swapped in between the stat and the open (no effect on regular files).
+_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
+_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"),
+          (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+          (stat.S_ISSOCK, "a socket"))
+
+
+def file_kind(mode: int) -> str | None:
+    """None for a regular file, else what it is ("a FIFO", ...): reading anything but a regular
+    file can block forever (a FIFO without a writer) or never end (/dev/zero).
+
+    >>> file_kind(stat.S_IFREG), file_kind(stat.S_IFIFO)
+    (None, 'a FIFO')
+    """
+    if stat.S_ISREG(mode):
+        return None
+    return next((kind for test, kind in _KINDS if test(mode)), "a special file")
+
+
 def read_spec(path: str | Path) -> Source:
-    """Read a spec file as UTF-8; unreadable or binary files raise `AttnSpecError`."""
+    """Read a spec file as UTF-8; unreadable, binary, oversized or non-regular files raise
+    `AttnSpecError`. At most MAX_SPEC_BYTES + 1 bytes are read."""
     path = Path(path)
     name = str(path)
     try:
-        data = path.read_bytes()
+        data = _read_regular(path, MAX_SPEC_BYTES + 1)
+    except _NotRegular as e:
+        raise AttnSpecError([Diagnostic("error", f"cannot read file: it is {e}, not a regular "
+                                        "file")], Source(name, "")) from None
     except OSError as e:
         raise AttnSpecError([Diagnostic("error", f"cannot read file: {e.strerror or e}")],
                             Source(name, "")) from None
@@ -32,6 +57,34 @@ def read_spec(path: str | Path) -> Source:
         raise AttnSpecError([Diagnostic("error", "cannot read file: the path contains a NUL "
                                         "byte")], Source(name.replace("\x00", "?"), "")) from None
     return decode_spec(data, name)
+
+
+class _NotRegular(Exception):
+    """The path names something other than a regular file; the message says what."""
+
+
+def _read_regular(path: Path, limit: int) -> bytes:
+    """At most `limit` bytes of the regular file `path`. The kind is checked before opening (so
+    a device is never opened) and again on the open descriptor (the path may change between)."""
+    kind = file_kind(os.stat(path).st_mode)
+    if kind is not None:
+        raise _NotRegular(kind)
+    fd = os.open(path, _OPEN_FLAGS)
+    try:
+        kind = file_kind(os.fstat(fd).st_mode)
+        if kind is not None:
+            raise _NotRegular(kind)
+        chunks: list[bytes] = []
+        size = 0
+        while size < limit:
+            chunk = os.read(fd, min(limit - size, 1 << 20))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
 
 
 def decode_spec(data: bytes, name: str) -> Source:

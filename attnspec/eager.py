@@ -2,7 +2,8 @@
 
 Every backend is verified against this module (in float64), so it is written for clarity, not
 speed: every score is materialised as a dense `[B, heads, Sq, Sk]` tensor. It shares no code with
-lowering or code generation; it uses only the IR and `attnspec.ir.consts` for constant settings.
+lowering or code generation; it uses only the IR, `attnspec.ir.consts` for constant settings and
+`attnspec.ir.exprs.free_vars`.
 
 Example:
     >>> import torch
@@ -29,6 +30,7 @@ from torch import Tensor
 
 from attnspec.ir import nodes as ir
 from attnspec.ir.consts import eval_const, resolve_settings
+from attnspec.ir.exprs import free_vars
 
 __all__ = ["run", "evaluate_mask", "alibi_slopes", "t5_bucket", "ExprInterpreter", "Frame",
            "score_pipeline", "recording_weights"]
@@ -81,12 +83,20 @@ def t5_bucket(rel: Tensor, buckets: int, max_distance: int, bidirectional: bool)
         rel = rel.abs()
     else:
         rel = -rel.clamp(max=0)
-    # The large branch is only used where rel >= max_exact; clamping keeps log() finite elsewhere.
-    ratio = rel.clamp(min=max_exact).to(torch.float64) / max_exact
-    large = max_exact + (torch.log(ratio) / math.log(max_distance / max_exact)
-                         * (n - max_exact)).to(torch.int64)
-    large = large.clamp(max=n - 1)
-    return offset + torch.where(rel < max_exact, rel, large)
+    # Every distance from 0 to max_distance gets its bucket on the host (Python's float64 log),
+    # then a table lookup: a device `log` one ulp off would move exact boundaries (16, 32, 64 for
+    # 32 buckets over 128) into the bucket below, so CPU and CUDA would disagree.
+    table = torch.tensor([_t5_one_bucket(r, n, max_exact, max_distance)
+                          for r in range(max_distance + 1)], device=rel.device)
+    return offset + table[rel.clamp(max=max_distance)]
+
+
+def _t5_one_bucket(rel: int, n: int, max_exact: int, max_distance: int) -> int:
+    """HF T5's bucket of one non-negative distance (the formula of docs/language.md)."""
+    if rel < max_exact:
+        return rel
+    ratio = math.log(rel / max_exact) / math.log(max_distance / max_exact)
+    return min(max_exact + int(ratio * (n - max_exact)), n - 1)
 
 
 # --- call-time state ---------------------------------------------------------------------------
@@ -486,6 +496,40 @@ def _combined_mask(interp: ExprInterpreter) -> Tensor | None:
     return reduce(torch.logical_and, parts) if parts else None
 
 
+def _zero_excluded_keys(frame: Frame, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+    """k and v [B, KVH, Sk, *] with 0 at every key that a key-only mask conjunct excludes (key
+    padding, key lengths): whatever those slots hold, NaN and inf included, then reaches no
+    output or gradient (0 * NaN in `p @ v`, or in a norm's backward, would be NaN). Their
+    gradients are 0, as for any key that no query attends."""
+    keep = _key_only_mask(ExprInterpreter(frame))
+    if keep is None:
+        return k, v
+    keep = torch.broadcast_to(keep, (frame.batch, 1, 1, frame.kv_len)).transpose(-1, -2)
+    return (torch.where(keep, k, torch.zeros((), dtype=k.dtype, device=k.device)),
+            torch.where(keep, v, torch.zeros((), dtype=v.dtype, device=v.device)))
+
+
+def _key_only_mask(interp: ExprInterpreter) -> Tensor | None:
+    """AND of the mask conjuncts that read neither q nor h (an edges field reads q): the keys
+    any query may attend at all, broadcastable to [B, 1, 1, Sk]; None when there is none."""
+    parts = []
+    for mask in interp.frame.attn.masks:
+        for conjunct, negated in _conjuncts(mask):
+            if not free_vars(conjunct) & {"q", "h"}:
+                value = interp.run(conjunct)
+                parts.append(torch.logical_not(value) if negated else value)
+    return reduce(torch.logical_and, parts) if parts else None
+
+
+def _conjuncts(e: ir.Expr, negated: bool = False) -> list[tuple[ir.Expr, bool]]:
+    """The terms whose AND is `e`, each with whether it is negated: `a & b`, `!(a | b)`, `!!a`."""
+    if isinstance(e, ir.Unary) and e.op == "!":
+        return _conjuncts(e.operand, not negated)
+    if isinstance(e, ir.Binary) and e.op == ("|" if negated else "&"):
+        return _conjuncts(e.left, negated) + _conjuncts(e.right, negated)
+    return [(e, negated)]
+
+
 def _pattern_predicate(interp: ExprInterpreter) -> Tensor:
     groups = interp.frame.groups
 
@@ -614,6 +658,7 @@ def _attend(frame: Frame, q: Tensor, k: Tensor, v: Tensor, training: bool,
     """q [B, H, Sq, D], k [B, KVH, Sk, D], v [B, KVH, Sk, Dv] in the compute dtype; `storage`
     is the caller's dtype."""
     attn, settings = frame.attn, frame.settings
+    k, v = _zero_excluded_keys(frame, k, v)
     if attn.qk_norm == "rms":
         q = _rms_norm(q, frame.params["q_norm_weight"])
         k = _rms_norm(k, frame.params["k_norm_weight"])

@@ -436,7 +436,9 @@ def run_cli(args, path: Path, source, module_ir: ir.ModuleIR | None) -> int:
         print(colour_diagnostics(picked, sys.stderr), file=sys.stderr)
         return 1
     try:
-        widths = _parse_widths(args.widths)
+        # The CLI's --widths type gives a tuple; text still works for a hand-made Namespace.
+        widths = (_parse_widths(args.widths) if isinstance(args.widths, str)
+                  else check_widths(args.widths))
         if args.output:
             _figure_class()  # before training: a missing matplotlib fails at once
         cls = getattr(attnspec.load(path), picked.name)

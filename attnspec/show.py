@@ -762,10 +762,21 @@ def run_cli(args, path, source, module_ir) -> int:
     return 1 if failed else 0
 
 
+def _check_cli_lengths(q_len: int, kv_len: int) -> None:
+    """The command's length limit also for lengths that token groups or --sizes set (--q-len
+    and --kv-len are checked by the parser): the time grows with Sq·Sk."""
+    from attnspec.cli import MAX_SHOW_LEN
+
+    if max(q_len, kv_len) > MAX_SHOW_LEN:
+        raise ValueError(f"lengths must be at most {MAX_SHOW_LEN}, got q_len={q_len}, "
+                         f"kv_len={kv_len}")
+
+
 def _show_one(attn: ir.AttentionIR, args, py_module, output: str | None) -> str | dict:
     """One attention: writes `output` if given; returns its text, or its JSON data."""
     q_len, kv_len, sizes = show_lengths(attn, args.q_len, args.kv_len, parse_sizes(args.sizes),
                                         args.weights)
+    _check_cli_lengths(q_len, kv_len)
     head = args.head if args.head is not None else 0
     tensors, inputs = show_inputs(attn, args.batch_index + 1, q_len, kv_len, args.seed)
     common = {"batch_index": args.batch_index, "inputs": inputs, "sizes": sizes or None}

@@ -45,6 +45,9 @@ class Case:
     batch: int
     q_len: int
     kv_len: int
+    # Constructor overrides of this case (e.g. `(("head_dim", 16),)`): the module and the
+    # interpreter both run with them, so one spec is checked at other head dims or widths.
+    overrides: tuple[tuple[str, float], ...] = ()
 
 
 @dataclass
@@ -93,7 +96,7 @@ def _allows_different_lengths(attn: ir.AttentionIR) -> bool:
 def make_inputs(attn: ir.AttentionIR, case: Case, dtype: torch.dtype, device: str,
                 gen: torch.Generator) -> tuple[tuple, dict, dict]:
     """(positional args, input kwargs, sizes) of fresh random values for one case."""
-    values = resolve_settings(attn)
+    values = resolve_settings(attn, dict(case.overrides))
     B, Sq, Sk = case.batch, case.q_len, case.kv_len
 
     def randn(*shape):
@@ -182,19 +185,22 @@ def check_case(attn: ir.AttentionIR, module_cls, backend: str, case: Case, dtype
     """Outputs and gradients of one module instance against the interpreter."""
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    module = module_cls(backend=backend).to(device=device, dtype=dtype).eval()
+    overrides = dict(case.overrides)
+    module = module_cls(backend=backend, **overrides).to(device=device, dtype=dtype).eval()
     _randomise_params(module, gen)
     args, inputs, sizes = make_inputs(attn, case, dtype, device, gen)
     grad_out = torch.randn(_output_shape(attn, case), generator=gen, dtype=torch.float64)
     if not has_backward(backend, device):
         grad_out = None  # forward only (flex on CPU)
     return check_inputs(attn, module, args, inputs, sizes, dtype, grad_out,
-                        Result(spec_name, attn.name, backend, case.name, True, 0.0, ""))
+                        Result(spec_name, attn.name, backend, case.name, True, 0.0, ""),
+                        overrides)
 
 
 def check_inputs(attn: ir.AttentionIR, module, args: tuple, inputs: dict, sizes: dict | None,
                  dtype: torch.dtype, grad_out: torch.Tensor | None = None,
-                 result: Result | None = None) -> Result:
+                 result: Result | None = None,
+                 overrides: dict | None = None) -> Result:
     """One module instance (on its device, in `dtype`) on the given inputs against the
     interpreter: outputs, and gradients of `(out * grad_out).sum()` when `grad_out` is given.
     Rows the reference makes exactly 0 (nothing to attend) must be exactly 0 (contract §9.4).
@@ -208,14 +214,15 @@ def check_inputs(attn: ir.AttentionIR, module, args: tuple, inputs: dict, sizes:
     """
     result = result or Result("", attn.name, getattr(module, "backend", ""), "inputs", True,
                               0.0, "")
-    runs = {name: _run(attn, module, name, args, inputs, sizes, run_dtype, grad_out)
+    runs = {name: _run(attn, module, name, args, inputs, sizes, run_dtype, grad_out,
+                       overrides)
             for name, run_dtype in (("module", dtype), ("ref", torch.float64),
                                     ("eager_t", dtype))}
     return _compare(runs, dtype, result)
 
 
 def _output_shape(attn: ir.AttentionIR, case: Case) -> tuple[int, ...]:
-    values = resolve_settings(attn)
+    values = resolve_settings(attn, dict(case.overrides))
     if attn.mode == "kernel":
         return (case.batch, values["heads"], case.q_len, values["value_dim"])
     return (case.batch, case.q_len, values["dim"])
@@ -251,7 +258,7 @@ def has_backward(backend: str, device: str) -> bool:
     return not (backend == "flex" and not str(device).startswith("cuda"))
 
 
-def _run(attn, module, which: str, args, inputs, sizes, dtype, grad_out):
+def _run(attn, module, which: str, args, inputs, sizes, dtype, grad_out, overrides=None):
     """One forward and (with `grad_out`) backward: the module, or the interpreter in `dtype`."""
     grad = grad_out is not None
     leaves = [a.detach().to(dtype).requires_grad_(grad) for a in args]
@@ -259,9 +266,9 @@ def _run(attn, module, which: str, args, inputs, sizes, dtype, grad_out):
              for k, v in module.state_dict().items()}
     if not grad:
         with torch.no_grad():
-            out = _forward(attn, module, which, leaves, state, inputs, sizes, dtype)
+            out = _forward(attn, module, which, leaves, state, inputs, sizes, overrides)
         return out, {}
-    out = _forward(attn, module, which, leaves, state, inputs, sizes, dtype)
+    out = _forward(attn, module, which, leaves, state, inputs, sizes, overrides)
     named = dict(module.named_parameters()) if which == "module" else \
         {k: v for k, v in state.items() if v.requires_grad}
     out.backward(grad_out.to(device=out.device, dtype=out.dtype))
@@ -271,11 +278,13 @@ def _run(attn, module, which: str, args, inputs, sizes, dtype, grad_out):
     return out.detach(), grads
 
 
-def _forward(attn, module, which: str, leaves, state, inputs, sizes, dtype):
+def _forward(attn, module, which: str, leaves, state, inputs, sizes, overrides):
+    dtype = leaves[0].dtype
     call_inputs = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in inputs.items()}
     if which == "module":
         return module(*leaves, **call_inputs, **({"sizes": sizes} if sizes else {}))
-    return eager.run(attn, state, *leaves, inputs=call_inputs, sizes=sizes or None)
+    return eager.run(attn, state, *leaves, inputs=call_inputs, sizes=sizes or None,
+                     overrides=overrides)
 
 
 def _compare(runs: dict, dtype: torch.dtype, result: Result) -> Result:
@@ -390,24 +399,38 @@ def format_table(results: list[Result]) -> str:
 
 
 def junit_xml(results: list[Result]) -> str:
-    """JUnit XML (one testcase per spec x attention x backend x case) for CI dashboards."""
+    """JUnit XML (one testcase per spec x attention x backend x case, and one per spec that does
+    not build) for CI dashboards."""
     suite = ET.Element("testsuite", name="attnspec verify", tests=str(len(results)),
                        failures=str(sum(not r.ok for r in results)),
                        skipped=str(sum(r.refused for r in results)))
     for r in results:
-        case = ET.SubElement(suite, "testcase", classname=f"{r.spec}.{r.attention}",
-                             name=f"{r.backend}[{r.case}]")
+        built = r.backend != BUILD
+        case = ET.SubElement(suite, "testcase",
+                             classname=f"{r.spec}.{r.attention}" if built else r.spec,
+                             name=f"{r.backend}[{r.case}]" if built else BUILD)
         if r.refused:
             ET.SubElement(case, "skipped", message=r.detail)
         elif not r.ok:
-            failure = ET.SubElement(case, "failure", message=f"ratio {r.worst_ratio:.3g} "
-                                    f"({r.worst_tensor})")
+            message = f"ratio {r.worst_ratio:.3g} ({r.worst_tensor})" if built else r.detail
+            failure = ET.SubElement(case, "failure", message=message)
             failure.text = r.detail
     return ET.tostring(suite, encoding="unicode") + "\n"
 
 
-def run_cli(args, loaded) -> int:
-    """`attnspec verify`: `loaded` is [(path, source, module_ir or None)]."""
+BUILD = "build"  # the backend column of a spec that does not build: one failed entry per file
+
+
+def build_failure(path, message: str | None) -> Result:
+    """The failed entry of a spec that does not build, so that --json and --junit list it."""
+    return Result(str(path), "", BUILD, "", False, math.inf, "",
+                  message or "the spec does not build")
+
+
+def run_cli(args, loaded, build_errors: dict | None = None) -> int:
+    """`attnspec verify`: `loaded` is [(path, source, module_ir or None)]; `build_errors` maps a
+    path that does not build to its first error. Exit 0 when every check passed; 1 on a failure,
+    an unusable device or when nothing was verified (a run that checked nothing must not pass)."""
     import attnspec
 
     dtype = DTYPES.get(args.dtype)
@@ -415,21 +438,65 @@ def run_cli(args, loaded) -> int:
         print(f"attnspec: unknown dtype {args.dtype!r}; use one of {', '.join(DTYPES)}",
               file=sys.stderr)
         return 1
+    problem = _device_problem(args.device)
+    if problem is not None:  # one clear error, not one crashed row per case
+        print(f"attnspec: {problem}", file=sys.stderr)
+        return 1
     backends = None if args.backend == "all" else tuple(args.backend.split(","))
-    modules = [(module_ir, attnspec.load(path)) for path, _source, module_ir in loaded
-               if module_ir is not None]
-    broken = len(loaded) - len(modules)
-    total = sum(len(planned_checks(m, py, backends, args.device)) for m, py in modules)
+    modules = {path: (module_ir, attnspec.load(path)) for path, _source, module_ir in loaded
+               if module_ir is not None}
+    total = sum(len(planned_checks(m, py, backends, args.device)) for m, py in modules.values())
     results = []
     # Live bar on a terminal only: in a log the final table already lists every check.
     with Progress(total, label="verify", quiet=args.json or not sys.stderr.isatty()) as progress:
-        for module_ir, py_module in modules:
-            results += verify_spec(module_ir, py_module, backends, dtype, args.device,
-                                   args.seed, progress=progress)
+        for path, _source, module_ir in loaded:
+            if module_ir is None:
+                results.append(build_failure(path, (build_errors or {}).get(path)))
+                continue
+            results += verify_spec(*modules[path], backends, dtype, args.device, args.seed,
+                                   progress=progress)
     if args.json:
         print(json.dumps([asdict(r) for r in results], indent=1))
     else:
         print(format_table(results))
-    if args.junit:
-        Path(args.junit).write_text(junit_xml(results))
-    return 1 if broken or any(not r.ok for r in results) else 0
+    if args.junit and not _write_junit(args.junit, results):
+        return 1
+    empty = _nothing_verified(loaded, results)
+    if empty is not None:
+        print(f"attnspec: nothing verified: {empty}", file=sys.stderr)
+        return 1
+    return 1 if any(not r.ok for r in results) else 0
+
+
+def _device_problem(device: str) -> str | None:
+    """Why `device` cannot run anything here, or None."""
+    try:
+        if torch.device(device).type == "cuda" and not torch.cuda.is_available():
+            return f"--device {device}: no CUDA device here; use --device cpu"
+        torch.empty(1, device=device)  # e.g. cuda:7 on a one-GPU machine
+    except Exception as e:  # noqa: BLE001 — torch raises RuntimeError, AssertionError, ...
+        return f"--device {device} is not usable here ({type(e).__name__}: {e})"
+    return None
+
+
+def _write_junit(path: str, results: list[Result]) -> bool:
+    """Write the JUnit XML, creating its directory; False (after saying why) if that fails."""
+    try:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(junit_xml(results), encoding="utf-8")
+    except OSError as e:
+        print(f"attnspec: cannot write --junit {path}: {e.strerror or e}", file=sys.stderr)
+        return False
+    return True
+
+
+def _nothing_verified(loaded, results: list[Result]) -> str | None:
+    """Why no check ran and passed, or None. Failures are their own report."""
+    if not loaded:
+        return "no .attn files found"
+    if any(not r.ok for r in results) or any(r.ok and not r.refused for r in results):
+        return None
+    if not results:
+        return ("no checks planned: no requested backend is generated for these specs (see "
+                "`attnspec explain`)")
+    return "every check was refused (see the table): choose a backend and device that run them"

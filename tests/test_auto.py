@@ -247,3 +247,25 @@ def test_infinite_scores_keep_flex_off_its_flash_kernel(bias, fast):
     source = attnspec.compile(f"attention A {{\n heads = 2\n head_dim = 16\n mask causal\n"
                               f" bias {bias}\n}}")
     assert ("fast=True" in source) == fast
+
+
+def test_flex_flash_kernel_runs_inference_only(monkeypatch):
+    """flex's FLASH kernel is flash-attn 4's CuTe code: its backward gave wrong gradients on the
+    H200 matrix (head_dim 16; score_mods with GQA at 32 and 256), so a call needing gradients
+    runs on Triton; inference still uses it."""
+    module, _ = packed()
+    monkeypatch.setattr(module, "_flex_flash_usable", lambda q, captured: True)
+
+    def body(q, k, v, kernel_options=None):
+        return (q, kernel_options), None
+
+    def kernel(d, grad):
+        qkv = [torch.zeros(1, 1, 4, d, requires_grad=grad) for _ in range(3)]
+        return module._flex_run(body, qkv, (), True)[1]
+
+    assert kernel(16, True) == "triton"
+    assert kernel(16, False) == "flash"
+    assert kernel(128, True) == "triton"
+    assert kernel(128, False) == "flash"
+    with torch.no_grad():
+        assert kernel(16, True) == "flash"

@@ -60,7 +60,6 @@ def test_cli_json(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("extra, message", [
-    (["--seq", "12x"], "--seq takes comma-separated integers"),
     (["--name", "B"], "no attention 'B'; it has A"),
     (["--dtype", "int8"], "unknown dtype 'int8'"),
 ])
@@ -68,6 +67,17 @@ def test_cli_errors(tmp_path, capsys, extra, message):
     path = tmp_path / "a.attn"
     path.write_text(SPEC)
     assert main(["bench", str(path), "--device", "cpu", *extra]) == 1
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--seq", "12x"], "argument --seq: takes comma-separated integers"),
+    (["--seq", "0"], "argument --seq: must be in"),
+])
+def test_cli_usage_errors(tmp_path, capsys, extra, message):
+    path = tmp_path / "a.attn"
+    path.write_text(SPEC)
+    assert main(["bench", str(path), "--device", "cpu", *extra]) == 2
     assert message in capsys.readouterr().err
 
 

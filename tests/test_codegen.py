@@ -352,13 +352,13 @@ def test_overrides_change_shapes():
 
 @pytest.mark.parametrize("overrides, message", [
     ({"dimm": 3}, "unknown setting(s) dimm; valid: heads"),
-    ({"heads": 0}, "heads must be positive"),
-    ({"heads": 2.5}, "heads must be an integer"),
-    ({"heads": True}, "heads must be an integer"),
+    ({"heads": 0}, "heads must be a positive integer, got 0"),
+    ({"heads": 2.5}, "heads must be a positive integer, got 2.5"),
+    ({"heads": True}, "heads must be a positive integer, got True"),
     ({"kv_heads": 5}, "heads (12) must be a multiple of kv_heads (5)"),
-    ({"dropout": 1.5}, "dropout must be in [0.0, 1.0)"),
-    ({"dropout": 1.0}, "dropout must be in [0.0, 1.0)"),
-    ({"scale": "big"}, "scale must be a number"),
+    ({"dropout": 1.5}, "in [0.0, 1.0), got 1.5"),
+    ({"dropout": 1.0}, "in [0.0, 1.0), got 1.0"),
+    ({"scale": "big"}, "scale must be a finite number"),
 ])
 def test_bad_overrides_raise(overrides, message):
     _, _, mod = compiled(str(ROOT / "specs/causal_lm.attn"))

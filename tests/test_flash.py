@@ -134,7 +134,7 @@ def compiled(text, name="t.attn"):
     return build_text(text, name), attnspec.load(text)
 
 
-def kernel_spec(body, heads=4, kv_heads=2, head_dim=16, extra=""):
+def kernel_spec(body, heads=4, kv_heads=2, head_dim=32, extra=""):
     return (f"attention T {{\n heads = {heads}\n kv_heads = {kv_heads}\n head_dim = {head_dim}"
             f"\n{extra}\n{body}\n}}\n")
 
@@ -338,7 +338,7 @@ def packed_docs(monkeypatch, version=4):
     return with_fake(monkeypatch, mod, version).T(backend="flash").to(torch.bfloat16)
 
 
-def qkv(B=2, S=10, dtype=torch.bfloat16, heads=4, kv_heads=2, d=16):
+def qkv(B=2, S=10, dtype=torch.bfloat16, heads=4, kv_heads=2, d=32):
     return (torch.randn(B, heads, S, d, dtype=dtype), torch.randn(B, kv_heads, S, d, dtype=dtype),
             torch.randn(B, kv_heads, S, d, dtype=dtype))
 
@@ -366,7 +366,7 @@ def test_cpu_without_a_fake_is_refused():
 def test_library_limits_are_refused_with_every_reason(monkeypatch):
     _, mod = compiled(kernel_spec("mask causal\n bias alibi", head_dim=16, extra=" value_dim = 24"))
     m = with_fake(monkeypatch, mod, 4).T(backend="flash").to(torch.bfloat16)
-    q, k, _ = qkv()
+    q, k, _ = qkv(d=16)
     v = torch.randn(2, 2, 10, 24, dtype=torch.bfloat16)
     with pytest.raises(UnsupportedInputError, match="flash-attn 4 has no alibi_slopes"):
         m(q, k, v)
@@ -427,3 +427,36 @@ def test_runtime_top_level_names_are_reserved_for_spec_names():
         names |= {a.asname or a.name for n in tree.body if isinstance(n, ast.ImportFrom)
                   for a in n.names}
         assert names <= GENERATED_MODULE_NAMES, names - GENERATED_MODULE_NAMES
+
+
+# --- kernel trust: where flash-attn 4's backward is wrong (benchmarks/gpu_kernel_probe.py) -----
+def test_gradients_below_the_backward_head_dim_are_refused(monkeypatch):
+    """flash-attn 4's dq is wrong at head_dim 16 (H200 matrix): a call that needs gradients
+    there is refused with the reason, one that does not (inference) runs."""
+    _, mod = compiled(kernel_spec("mask causal", head_dim=16))
+    m = with_fake(monkeypatch, mod, 4).T(backend="flash").to(torch.bfloat16)
+    q, k, v = qkv(d=16)
+    with torch.no_grad():
+        assert m(q, k, v).shape == (2, 4, 10, 16)
+    assert m(q, k, v).shape == (2, 4, 10, 16)  # no tensor wants a gradient
+    with pytest.raises(UnsupportedInputError, match="backward is wrong below 32"):
+        m(q, k.requires_grad_(), v)
+
+
+def test_auto_steps_past_flash_when_gradients_are_needed_below_its_head_dim(monkeypatch):
+    _, mod = compiled(kernel_spec("mask causal", head_dim=16))
+    m = with_fake(monkeypatch, mod, 4).T(backend="auto").to(torch.bfloat16)
+    q, k, v = (t.requires_grad_() for t in qkv(d=16))
+    assert mod.T.AUTO_CUDA[0] == "flash"
+    out = m._attend_auto(q, k, v, sizes=None)  # auto's CUDA path, on CPU tensors
+    assert m.last_backend != "flash"
+    out.float().sum().backward()
+    assert all(torch.isfinite(t.grad).all() for t in (q, k, v))
+
+
+def test_explain_states_the_backward_rule():
+    from attnspec.explain import explain_module
+
+    text = explain_module(build_text(kernel_spec("mask causal", head_dim=16), "t.attn"))
+    assert "training refused at head_dim 16, value_dim 16" in text
+    assert "training refused" not in explain_module(build_text(kernel_spec("mask causal"), "t"))

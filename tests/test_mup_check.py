@@ -145,10 +145,7 @@ def test_png_without_matplotlib(capsys, monkeypatch):
     ("attention L {\n dim = 64\n heads = 2\n}\n", (), "L` has no `mup` block"),
     (SMALL, ("--name", "Nope"), "no attention 'Nope'; it has Small"),
     (SMALL + SMALL.replace("Small", "Other"), (), "several attentions have `mup` (Small, Other)"),
-    (SMALL, ("--widths", "32,x"), "--widths takes comma-separated integers"),
-    (SMALL, ("--widths", "64"), "at least two distinct positive widths"),
-    (SMALL, ("--widths", "2,64"), "width 2: head_dim must be positive"),
-    (SMALL, ("--steps", "0"), "must be positive"),
+    (SMALL, ("--widths", "2,64"), "width 2: head_dim must be a positive integer"),
     ("attention M {\n heads = 2\n head_dim = 8\n mup { base_dim = 4 }\n}\n", (),
      "`mup` needs layer mode"),
 ])
@@ -157,3 +154,15 @@ def test_errors(capsys, tmp_path, spec, argv, message):
     path.write_text(spec)
     code, out, err = run_cli(capsys, str(path), *argv)
     assert code == 1 and message in err and "Traceback" not in err and not out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (("--widths", "32,x"), "argument --widths: takes comma-separated integers"),
+    (("--widths", "64"), "argument --widths: needs at least 2 distinct values"),
+    (("--steps", "0"), "argument --steps: must be in"),
+])
+def test_usage_errors(capsys, tmp_path, argv, message):
+    path = tmp_path / "k.attn"
+    path.write_text(SMALL)
+    code, out, err = run_cli(capsys, str(path), *argv)
+    assert code == 2 and message in err and "Traceback" not in err and not out

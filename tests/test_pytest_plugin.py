@@ -38,9 +38,13 @@ import torch
 _sdpa = torch.nn.functional.scaled_dot_product_attention
 
 def pytest_configure(config):
+    import attnspec
+    attnspec._LOADED.clear()  # modules bind SDPA when loaded: load them again, after the patch
     torch.nn.functional.scaled_dot_product_attention = lambda *a, **k: _sdpa(*a, **k) * 1.01
 
 def pytest_unconfigure(config):
+    import attnspec
+    attnspec._LOADED.clear()  # nor may later runs get a module that bound the wrong SDPA
     torch.nn.functional.scaled_dot_product_attention = _sdpa
 """
 

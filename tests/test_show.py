@@ -243,8 +243,6 @@ def test_without_matplotlib_a_picture_is_a_clean_error(tmp_path, capsys, monkeyp
 @pytest.mark.parametrize("argv,message", [
     (["--name", "bigbird"], "no attention 'bigbird' (did you mean 'BigBird'?)"),
     (["--head", "8"], "head must be in [0, 8)"),
-    (["--block", "0"], "--block must be at least 1"),
-    (["--q-len", "0"], "lengths must be positive"),
     (["--sizes", "a=x"], "--sizes takes GROUP=N"),
 ])
 def test_errors(argv, message, capsys):
@@ -252,6 +250,16 @@ def test_errors(argv, message, capsys):
                  *argv])
     err = capsys.readouterr().err
     assert code == 1 and message in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--block", "0"], "argument --block: must be in 1..32768"),
+    (["--q-len", "0"], "argument --q-len: must be in 1..32768"),
+])
+def test_usage_errors(argv, message, capsys):
+    code = main(["show", str(ROOT / "specs/local_strided_bigbird.attn"), *argv])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and "Traceback" not in err
 
 
 def test_spec_errors(tmp_path, capsys):

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import jinja2
 
-from attnspec.cache import cache_dir
+from attnspec.cache import cache_dir, open_trusted
 from attnspec.ir import nodes as ir
 from attnspec.ir import scope
 from attnspec.ir.exprs import free_vars, walk
@@ -50,6 +50,7 @@ _BUILTINS = frozenset(dir(builtins))  # class and argument names must not shadow
 # generator may write, besides MODULE_NAMES, temporaries `_t<N>` and the spec's checked names.
 # Tests check generated modules against this list: nothing else can reach the source.
 GENERATED_NAMES = MODULE_NAMES | CLASS_NAMES | LOCAL_NAMES | frozenset("""
+bucket_of firsts mid ratio target
 B GROUPS H Linear Module Parameter S SETTINGS SPEC_SOURCE Sk Sq Tensor ValueError _ _Edges
 axis enumerate index table _read AUTO BACKENDS ImportError PATTERNS UNSUPPORTED
 UnsupportedBackendError a attends attn_mask auto available dropout_p enable_gqa is_causal
@@ -78,6 +79,7 @@ tanh tensor tensors to torch total training transpose type types uniform_ unknow
 value values view w weight weight_decay where x x1 x2 zero zero_ zeros zeros_like zip
 bad_index bad_type close cutoff devices difflib get_close_matches hint is_autocast_enabled
 named outside projection tolist u unexpected article
+new_zeros
 """.split())
 
 # Float settings with a valid range: (low, high), None = unbounded.
@@ -144,13 +146,25 @@ def _runtime(filename: str) -> str:
 @lru_cache(maxsize=1)
 def _environment() -> jinja2.Environment:
     # Compiling the template takes ~0.2 s: jinja2 keeps the compiled code in attnspec's cache
-    # directory (checked against the template's mtime) when there is one.
+    # directory (checked against the template's source) when there is a trusted one.
     cache = cache_dir()
     return jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(Path(__file__).parent / "templates")),
         undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
         keep_trailing_newline=True, autoescape=False,
-        bytecode_cache=jinja2.FileSystemBytecodeCache(cache) if cache else None)
+        bytecode_cache=_TrustedBytecodeCache(cache) if cache else None)
+
+
+class _TrustedBytecodeCache(jinja2.FileSystemBytecodeCache):
+    """jinja2's file cache, loading only files that `open_trusted` accepts (this user's,
+    writable by no one else): a cache file is unpickled (its checksum) and then run as code.
+    jinja2 writes new files with mode 0600 already."""
+
+    def load_bytecode(self, bucket: jinja2.bccache.Bucket) -> None:
+        f = open_trusted(self._get_cache_filename(bucket))
+        if f is not None:
+            with f:
+                bucket.load_bytecode(f)
 
 
 class _BuilderArgument:
@@ -358,6 +372,7 @@ class _AttentionEmitter:
             "sdpa": self._sdpa(plans.get("sdpa")),
             "flex": self._flex(analysis) if "flex" in plans else None,
             "flash": self._flash(plans["flash"], analysis) if "flash" in plans else None,
+            "key_valid": self._key_valid(analysis),
         }
 
     # flash ------------------------------------------------------------------------------------
@@ -369,7 +384,7 @@ class _AttentionEmitter:
             "kind": plan.kind, "summary": _comment_lines(plan.notes),
             "documents": documents or "None",
             "documents_str": repr(documents),
-            "key_valid": self._flash_key_valid(analysis),
+            "key_valid": self._key_valid(analysis),
             "band": "None" if band is None else (
                 f"({self._offset(band.lo)}, {self._offset(band.hi)}, "
                 f"{band.align == 'bottom_right'})"),
@@ -377,12 +392,14 @@ class _AttentionEmitter:
             "alibi": self._flash_alibi(analysis.biases),
         }
 
-    def _flash_key_valid(self, analysis) -> str:
-        """[B, Sk] bool of the keys every query may see (key padding AND key lengths)."""
+    def _key_valid(self, analysis) -> str:
+        """[B, Sk] bool of the keys every query may see (key padding AND key lengths): flash
+        unpads to them, and every backend zeroes k and v elsewhere (the template's prologue)."""
         parts = [item.input for item in analysis.key_padding]
         parts += [f"(torch.arange(Sk, device=q.device) < {item.input}.view(-1, 1))"
                   for item in analysis.key_lengths]
-        return " & ".join(parts) or "None"
+        joined = " & ".join(parts) or "None"
+        return f"({joined})" if len(parts) > 1 else joined  # an atom: the prologue indexes it
 
     def _flash_softcap(self, cap) -> str:
         """flash-attn's `softcap=`: the pipeline's one softcap (flash.supports allows one)."""

@@ -17,7 +17,7 @@ import lark
 from lark import Lark, Token, Transformer_NonRecursive, v_args
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
 
-from attnspec.cache import cache_dir
+from attnspec.cache import cache_dir, open_trusted, write_private
 from attnspec.errors import AttnSpecError, Diagnostic, Source, Span
 from attnspec.grammar import ast
 from attnspec.ir.scope import KEYWORDS
@@ -74,27 +74,43 @@ def _digits(token: Token) -> int:
 
 @functools.lru_cache(maxsize=1)
 def _parser() -> Lark:
-    """The LALR parser. Building its tables takes ~0.2 s, so Lark's analysis is cached in
-    attnspec's cache directory (keyed by the grammar and Lark's version; Lark re-checks both on
-    load); without a writable cache directory it is built each time."""
+    """The LALR parser. Building its tables takes ~0.2 s, so they are cached in attnspec's cache
+    directory (keyed by the grammar, the options and Lark's version); without a trusted cache
+    directory they are built each time."""
     grammar = (Path(__file__).parent / "attnspec.lark").read_text()
-    options = dict(parser="lalr", postlex=_BracketFilter(), propagate_positions=True,
-                   maybe_placeholders=False)
-    cache = _cache_file(grammar)
-    if cache is not None:
+    options = dict(parser="lalr", propagate_positions=True, maybe_placeholders=False)
+    path = _cache_file(grammar, options)
+    cached = _load_cached(path) if path is not None else None
+    if cached is not None:
+        return cached
+    built = Lark(grammar, postlex=_BracketFilter(), **options)
+    if path is not None:
+        write_private(path, built.save)
+    return built
+
+
+def _load_cached(path: str) -> Lark | None:
+    """The parser saved at `path`, or None. Lark's tables are a pickle: only a file that
+    `open_trusted` accepts (this user's, writable by no one else) is read. Attnspec saves and
+    loads them itself rather than through Lark's `cache=` option, which would unpickle
+    whatever file lies at the path."""
+    f = open_trusted(path)
+    if f is None:
+        return None
+    with f:
         try:
-            return Lark(grammar, cache=cache, **options)
-        except Exception:  # noqa: BLE001 — an unreadable or stale cache only costs time
-            pass
-    return Lark(grammar, **options)
+            return Lark.load(f)
+        except Exception:  # noqa: BLE001 — a stale or corrupt cache only costs time
+            return None
 
 
-def _cache_file(grammar: str) -> str | None:
-    """Lark's cache file for this grammar in `cache_dir()`, or None without one."""
+def _cache_file(grammar: str, options: dict) -> str | None:
+    """The parser's cache file in `cache_dir()`, or None without a trusted one."""
     root = cache_dir()
     if root is None:
         return None
-    digest = hashlib.sha256(f"{lark.__version__}\n{grammar}".encode()).hexdigest()[:16]
+    key = f"{lark.__version__}\n{sorted(options.items())}\n{_BracketFilter.__qualname__}\n{grammar}"
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
     return os.path.join(root, f"grammar-{digest}.lark-cache")
 
 

@@ -20,9 +20,11 @@ from attnspec.ir import scope
 from attnspec.ir.consts import ConstError, eval_const, evaluate_settings
 from attnspec.ir.expr_builder import (
     AttnScope,
+    Budget,
     Diagnostics,
     ExprBuilder,
     Macro,
+    check_expansion,
     span_ir,
     stdlib_file,
 )
@@ -80,13 +82,17 @@ def build_file(file: ast.File, source: Source) -> tuple[ir.ModuleIR, list[Diagno
     holds what could be built (for further checking) and must not be compiled."""
     diags = Diagnostics()
     macros = macro_table(file, diags)
+    if check_expansion(file, macros, diags):  # sized first: building a blow-up takes minutes
+        return ir.ModuleIR(source_name=source.name, source_text=source.text,
+                           attentions=()), diags.items
     attentions = []
     names: set[str] = set()
+    budget = Budget()  # MAX_FILE_NODES for all attentions together
     for attention in file.attentions:
         if attention.name in names:
             diags.error(f"attention `{attention.name}` is defined twice", attention.name_span)
         names.add(attention.name)
-        built = build_attention(attention, macros, diags)
+        built = build_attention(attention, macros, diags, budget)
         if built is not None:
             attentions.append(built)
     if not file.attentions and not diags.has_errors:
@@ -129,15 +135,17 @@ _STATEMENT_KINDS = {
 }
 
 
-def build_attention(node: ast.Attention, macros: Mapping[str, Macro],
-                    diags: Diagnostics) -> ir.AttentionIR | None:
+def build_attention(node: ast.Attention, macros: Mapping[str, Macro], diags: Diagnostics,
+                    budget: Budget | None = None) -> ir.AttentionIR | None:
     """Build one attention block; errors go to `diags`. What could not be built is left out,
-    so the checker can still report the rest; None only when the settings are unusable."""
-    return _AttentionBuilder(node, macros, diags).build()
+    so the checker can still report the rest; None only when the settings are unusable.
+    `budget` counts expanded nodes across the attentions of one file."""
+    return _AttentionBuilder(node, macros, diags, budget).build()
 
 
 class _AttentionBuilder:
-    def __init__(self, node: ast.Attention, macros: Mapping[str, Macro], diags: Diagnostics):
+    def __init__(self, node: ast.Attention, macros: Mapping[str, Macro], diags: Diagnostics,
+                 budget: Budget | None = None):
         self.node = node
         self.diags = diags
         self.by_kind: dict[str, list] = {k: [] for k in _STATEMENT_KINDS.values()}
@@ -152,7 +160,7 @@ class _AttentionBuilder:
         self.qk_norm = self._enum("qk_norm")
         self.scope = AttnScope(settings=self._numeric_names(), inputs=self._declared("input"),
                                params=self._declared("param"), groups=self._groups_by_name())
-        self.exprs = ExprBuilder(macros, self.scope, diags)
+        self.exprs = ExprBuilder(macros, self.scope, diags, budget)
 
     # declarations -----------------------------------------------------------------------------
     def _unique_settings(self, stmts, allowed: tuple[str, ...]) -> dict[str, ast.Setting]:

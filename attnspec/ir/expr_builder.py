@@ -13,8 +13,10 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-from collections.abc import Mapping
+import itertools
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +30,11 @@ from attnspec.ir.exprs import FLOAT_FUNCS, binary_type, depth, free_vars, promot
 from attnspec.ir.printer import expr_text
 
 MAX_EXPANDED_NODES = 20_000  # per expression, after macro expansion
+# All expressions of one file together, after macro expansion: the per-expression cap alone
+# lets many expressions just under it take minutes. The largest shipped spec has ~1,000.
+MAX_FILE_NODES = 200_000
+_TOO_LARGE_HINT = ("every use of a `let` parameter repeats its argument, so a `let` that uses "
+                   "its parameter twice doubles the size at each level: simplify the lets")
 
 
 def span_ir(span: Span) -> ir.SpanIR:
@@ -93,15 +100,24 @@ class AttnScope:
     param_types: dict[str, ir.ParamDecl] = field(default_factory=dict)
 
 
+@dataclass
+class Budget:
+    """Nodes one file's expressions have been expanded to so far (its attentions share one)."""
+
+    spent: int = 0
+
+
 class ExprBuilder:
     """Builds typed IR expressions. `ctx` is "const" (settings and literals only), "pair"
     (masks and biases: indices, inputs, params, groups) or "score" (pair plus `score`)."""
 
-    def __init__(self, macros: Mapping[str, Macro], attn: AttnScope, diags: Diagnostics):
+    def __init__(self, macros: Mapping[str, Macro], attn: AttnScope, diags: Diagnostics,
+                 budget: Budget | None = None):
         self.macros = macros
         self.attn = attn
         self.diags = diags
         self.count = 0
+        self.budget = budget or Budget()
 
     # entry point ------------------------------------------------------------------------------
     def build(self, expr: ast.Expr, ctx: str, env: Env | None = None) -> ir.Expr | None:
@@ -109,9 +125,10 @@ class ExprBuilder:
         env = env or Env()
         try:
             built = self._build(expr, env, ctx)
-        except _TooLarge as e:
-            self.diags.error(f"expression has more than {MAX_EXPANDED_NODES} nodes after macro "
-                             "expansion", e.span, hint="a macro may use its argument many times")
+        except _TooLarge:  # check_expansion stops this before building: a second line of defence
+            whole_file = self.count <= MAX_EXPANDED_NODES
+            self.diags.error(_too_large_message("this expression", whole_file),
+                             env.where(expr.span), hint=_TOO_LARGE_HINT)
             return None
         except RecursionError:  # far deeper than MAX_DEPTH
             return self._too_deep(expr, env)
@@ -126,8 +143,9 @@ class ExprBuilder:
 
     def _build(self, expr: ast.Expr, env: Env, ctx: str) -> ir.Expr | None:
         self.count += 1
-        if self.count > MAX_EXPANDED_NODES:
-            raise _TooLarge(env.where(expr.span))
+        self.budget.spent += 1
+        if self.count > MAX_EXPANDED_NODES or self.budget.spent > MAX_FILE_NODES:
+            raise _TooLarge()
         method = getattr(self, "_" + type(expr).__name__.lower())
         return method(expr, env, ctx)
 
@@ -527,6 +545,153 @@ class ExprBuilder:
         return bound
 
 
+# --- expansion sizes, before building -------------------------------------------------------
+def check_expansion(file: ast.File, macros: Mapping[str, Macro], diags: Diagnostics) -> bool:
+    """Report, before anything is built, each expression of the file with more than
+    MAX_EXPANDED_NODES nodes after macro expansion, and the expression that takes the whole
+    file past MAX_FILE_NODES: sized without building, a blow-up fails in milliseconds. True
+    when something was reported (the file must then not be built)."""
+    size = ExpansionSize(macros)
+    total, found = 0, False
+    try:
+        for expr in file_expressions(file):
+            n = size.of(expr)
+            if n > MAX_EXPANDED_NODES:  # not built, so not counted in the file's total
+                _report_size(size, expr, diags, whole_file=False)
+                found = True
+                continue
+            total += n
+            if total > MAX_FILE_NODES:
+                _report_size(size, expr, diags, whole_file=True)
+                return True
+    except RecursionError:  # lets nested past Python's stack: the builder reports them too deep
+        pass
+    return found
+
+
+def _report_size(size: ExpansionSize, expr: ast.Expr, diags: Diagnostics,
+                 whole_file: bool) -> None:
+    """The error at the use: the outermost macro use that makes `expr` large, if one does."""
+    site = size.use_site(expr)
+    if site is not expr and (whole_file or size.of(site) > MAX_EXPANDED_NODES):
+        name = site.func + "(...)" if isinstance(site, ast.Call) else getattr(site, "name", "")
+        what = f"`{name}`"
+    else:
+        site, what = expr, "this expression"
+    diags.error(_too_large_message(what, whole_file), site.span, hint=_TOO_LARGE_HINT)
+
+
+def _too_large_message(what: str, whole_file: bool) -> str:
+    if whole_file:
+        return (f"with {what}, this file expands to more than {MAX_FILE_NODES} nodes after "
+                "macro expansion")
+    return f"{what} expands to more than {MAX_EXPANDED_NODES} nodes after macro expansion"
+
+
+def file_expressions(file: ast.File) -> Iterator[ast.Expr]:
+    """Every expression written in the file's attention blocks: all that the builder may build
+    (a `let` body is sized where it is used)."""
+    for attention in file.attentions:
+        yield from _expressions(attention.body)
+
+
+def _expressions(node) -> Iterator[ast.Expr]:
+    if isinstance(node, ast.Expr):
+        yield node
+    elif isinstance(node, tuple):
+        for item in node:
+            yield from _expressions(item)
+    elif dataclasses.is_dataclass(node) and not isinstance(node, Span):
+        for f in dataclasses.fields(node):
+            yield from _expressions(getattr(node, f.name))
+
+
+class ExpansionSize:
+    """How many nodes `ExprBuilder` builds for an expression (an upper bound: it counts what an
+    error would stop early), computed without building. A macro's size is memoised per the
+    sizes of its arguments, so a chain of lets that doubles at each level costs one visit per
+    level; sizes saturate at `cap`, so nothing is sized past it."""
+
+    def __init__(self, macros: Mapping[str, Macro], cap: int = MAX_FILE_NODES + 1):
+        self.macros = macros
+        self.cap = cap
+        self._memo: dict[tuple, int] = {}
+        self._active: set[str] = set()  # macros being sized: recursion is the builder's error
+
+    def of(self, expr: ast.Expr, args: Mapping[str, int] | None = None) -> int:
+        """Nodes built for `expr`, where a macro parameter `p` stands for an argument of
+        `args[p]` nodes (built again at each use, as the builder passes arguments by name)."""
+        args = args or {}
+        if isinstance(expr, ast.Name) and expr.name in args:
+            return self._total((args[expr.name],))
+        if isinstance(expr, ast.Name) and expr.name in self.macros:
+            return self._total((self._macro(expr.name, (), args),))
+        if isinstance(expr, ast.Call) and expr.func in args:
+            return 1  # calling a parameter is an error
+        if isinstance(expr, ast.Call) and expr.func in self.macros:
+            return self._total((self._macro(expr.func, expr.args, args),))
+        extra = (2,) if isinstance(expr, ast.Call) and expr.func == "t5" else ()  # its defaults
+        return self._total(itertools.chain(extra, (self.of(c, args) for c in _children(expr))))
+
+    def use_site(self, expr: ast.Expr) -> ast.Expr:
+        """The largest outermost macro use in `expr`, else `expr`."""
+        site = expr
+        while not self._is_macro_use(site):
+            children = _children(site)
+            if not children:
+                return expr
+            site = max(children, key=self.of)
+        return site
+
+    def _is_macro_use(self, expr: ast.Expr) -> bool:
+        name = expr.func if isinstance(expr, ast.Call) else getattr(expr, "name", None)
+        return isinstance(expr, (ast.Call, ast.Name)) and name in self.macros
+
+    def _macro(self, name: str, call_args: tuple[ast.Arg, ...], args: Mapping[str, int]) -> int:
+        """Nodes built for the body of `name` called with `call_args` (bound like `_bind`)."""
+        let = self.macros[name].let
+        params = let.params or ()
+        bound = {p.name: a.value for p, a in zip(params, [a for a in call_args if a.name is None])}
+        for a in call_args:
+            if a.name is not None:
+                bound.setdefault(a.name, a.value)
+        sizes = tuple(self.of(bound[p.name], args) if p.name in bound
+                      else self.of(p.default) if p.default is not None else 0 for p in params)
+        key = (name, sizes)
+        if key not in self._memo:
+            if name in self._active:
+                return 0
+            self._active.add(name)
+            try:
+                self._memo[key] = self.of(let.body, {p.name: n for p, n in zip(params, sizes)})
+            finally:
+                self._active.discard(name)
+        return self._memo[key]
+
+    def _total(self, sizes: Iterable[int]) -> int:
+        """1 (the node itself) plus `sizes`, read lazily and saturated at the cap."""
+        total = 1
+        for n in sizes:
+            total += n
+            if total >= self.cap:
+                return self.cap
+        return total
+
+
+def _children(expr: ast.Expr) -> tuple[ast.Expr, ...]:
+    """The subexpressions the builder builds for `expr` when it is no macro use: the target of
+    an index or a field is resolved, never built."""
+    if isinstance(expr, (ast.Unary, ast.InGroup)):
+        return (expr.operand,)
+    if isinstance(expr, ast.Binary):
+        return (expr.left, expr.right)
+    if isinstance(expr, ast.Index):
+        return expr.indices
+    if isinstance(expr, ast.Call):
+        return tuple(a.value for a in expr.args)
+    return ()
+
+
 def _fold(node: ir.Binary) -> ir.Expr:
     """Literal op literal -> literal (settings are never folded: overrides may change them)."""
     try:
@@ -540,8 +705,7 @@ def _fold(node: ir.Binary) -> ir.Expr:
 
 
 class _TooLarge(Exception):
-    def __init__(self, span: Span):
-        self.span = span
+    """More nodes than MAX_EXPANDED_NODES (this expression) or MAX_FILE_NODES (the file)."""
 
 
 def _num(value) -> ast.Num:

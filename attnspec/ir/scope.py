@@ -82,7 +82,8 @@ GENERATED_MODULE_NAMES = frozenset(
     "torch math collections SPEC_SOURCE _check_backend _check_overrides _int_setting "
     "_float_setting _check_heads _param_shape _check_rope_dims _check_tensor _same_dtype "
     "_seq_len _check_no_sizes _token_groups _in_group _Edges _edge_tables _alibi_slopes "
-    "_alibi_slope _alibi_tensor _ALIBI_TENSORS _t5_bucket _rms_norm _rope_angles _rope _sinusoidal "
+    "_alibi_slope _alibi_tensor _ALIBI_TENSORS _t5_bucket _t5_boundaries _rms_norm _rope_angles "
+    "_rope _sinusoidal "
     "_compute_dtype "
     "_index_grids _softmax_rows _read _select_backend UnsupportedBackendError _sdpa _sdpa_masked "
     "_runs _sdpa_patterns UnsupportedInputError _SMALL_DENSE importlib warnings "
@@ -101,7 +102,9 @@ GENERATED_MODULE_NAMES = frozenset(
     "_block_mask_of _FLASH_DTYPES "
     "_FLASH_MAX_HEAD_DIM _FLASH_MIN_HEAD_DIM _FLEX_MIN_HEAD_DIM _pad_head_dim _FLASH_LIBRARIES "
     "_FlashLibrary "
-    "_flash_library _find_flash _flash_check _flash_check_documents _flash_window _flash_runs "
+    "_flash_library _find_flash _flash_check _flash_backward_problems "
+    "_FLASH4_BACKWARD_MIN_HEAD_DIM _flex_needs_backward "
+    "_flash_check_documents _flash_window _flash_runs "
     "_flash_keep_keys _flash_pack _flash_empty_rows _flash_attend".split())
 GENERATED_CLASS_NAMES = frozenset(
     "SETTINGS GROUPS BACKENDS AUTO AUTO_CPU AUTO_CUDA UNSUPPORTED PATTERNS backend forward "

@@ -61,7 +61,7 @@ AUTO_REASONS = {
     "flash": "flash-attn 4 (else 2) where installed, for fp16/bf16 inputs it accepts",
     "sdpa": "SDPA's fused kernels, no mask tensor",
     "sdpa-small": "SDPA with a dense mask when Sq·Sk <= 2^20",
-    "flex": "FlexAttention: FLASH kernel where usable, else Triton",
+    "flex": "FlexAttention: FLASH kernel for inference where usable, else Triton",
     "sdpa-dense": "SDPA with a dense mask",
     "eager": "the eager reference",
 }

@@ -41,7 +41,10 @@ NAME = "flash"
 EXPRESSIBLE = (Band, Segment, KeyLength, KeyPadding)
 MAX_HEAD_DIM = 256  # flash-attn 2 and flash-attn 4 on Hopper
 HEAD_DIM_MULTIPLE = 8  # flash-attn 4 needs 16-byte aligned rows in fp16/bf16
-MIN_HEAD_DIM = 16  # flash-attn 4's backward gave wrong dq at head_dim 8 (H100, differential fuzz)
+MIN_HEAD_DIM = 16  # flash-attn 4: wrong dq at head_dim 8 (H100, differential fuzz)
+# flash-attn 4's backward is wrong below this head dim (dq at 16; H200 matrix, issue 20): calls
+# that need gradients there are refused at call time (the runtime's _FLASH4_BACKWARD_MIN_HEAD_DIM).
+BACKWARD_MIN_HEAD_DIM = 32
 
 
 def supports(attn: ir.AttentionIR, analysis: Analysis) -> list[Reason]:
@@ -153,7 +156,19 @@ def lower(attn: ir.AttentionIR, analysis: Analysis) -> Plan:
         notes.append("sinks -> learnable_sink= (flash-attn 4; flash-attn 2 refuses the call)")
     notes.append("fp16/bf16 only: float32 inputs are refused (cast them, or use another "
                  "backend); CUDA only")
+    notes += _backward_notes(attn)
     return Plan(NAME, kind, tuple(notes))
+
+
+def _backward_notes(attn: ir.AttentionIR) -> list[str]:
+    values = resolve_settings(attn)
+    small = [f"{name} {values[name]}" for name in ("head_dim", "value_dim")
+             if isinstance(values.get(name), int) and values[name] < BACKWARD_MIN_HEAD_DIM]
+    if not small:
+        return []
+    return [f"training refused at {', '.join(small)}: flash-attn 4's backward is wrong below "
+            f"head dim {BACKWARD_MIN_HEAD_DIM} (H200 matrix); inference runs, `auto` trains on "
+            "the next backend"]
 
 
 def _band_note(band: Band) -> str:

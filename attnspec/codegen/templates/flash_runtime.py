@@ -23,8 +23,14 @@ _FLASH_DTYPES = (torch.float16, torch.bfloat16)
 # flash-attn 4 gave wrong dq at head_dim 8 on the H100 (differential fuzzing, 2026-11-23)
 _FLASH_MIN_HEAD_DIM = 16
 _FLASH_MAX_HEAD_DIM = 256
+# flash-attn 4 (4.0.0b36) returns wrong gradients below this head dim: dq off by 20-110x the
+# tolerance at head_dim 16 (varlen at every length, dense from 77 tokens on), dk/dv too with GQA;
+# the forward is right. Calls that need a backward there are refused (H200 matrix, issue 20).
+_FLASH4_BACKWARD_MIN_HEAD_DIM = 32
 _FLASH_LIBRARIES = {}
-_FLASH_REMEMBERED = []  # (key, ids tensor, value), newest last
+# Answers about ids tensors, oldest first: key -> (ids, a copy, value); see
+# `_flash_remembered` for why the key is sound.
+_FLASH_REMEMBERED = {}
 
 
 class _FlashLibrary:
@@ -100,9 +106,9 @@ def _find_flash(capability):
             "flash-attn; " + "; ".join(problems))
 
 
-def _flash_check(owner, library, q, v, alibi_slopes, sink):
+def _flash_check(owner, library, q, k, v, alibi_slopes, sink):
     """What this library cannot run for these inputs, before any work is done."""
-    problems = []
+    problems = _flash_backward_problems(library, q, k, v, sink)
     if q.dtype not in _FLASH_DTYPES:
         problems.append(f"q, k, v are {q.dtype}: flash-attn computes in float16/bfloat16 only "
                         "(cast them, or use another backend)")
@@ -123,17 +129,46 @@ def _flash_check(owner, library, q, v, alibi_slopes, sink):
                                     "call:\n" + "\n".join(f"  - {p}" for p in problems))
 
 
-def _flash_remembered(ids, what, compute):
-    """`compute()` for this ids tensor, remembered while the very same tensor comes back
-    unmodified (same `_version`): every layer of a model gets the same document ids, and each
-    answer costs a device-to-host sync."""
-    key = (id(ids), ids._version, what)
-    for seen, tensor, value in _FLASH_REMEMBERED:
-        if seen == key and tensor is ids:
-            return value
+def _flash_backward_problems(library, q, k, v, sink):
+    """Head dims where this library's backward is wrong, when this call will need one."""
+    tensors = [t for t in (q, k, v, sink) if t is not None]
+    if library.version != 4 or not torch.is_grad_enabled() or \
+            not any(t.requires_grad for t in tensors):
+        return []
+    size = min(q.shape[-1], v.shape[-1])
+    if size >= _FLASH4_BACKWARD_MIN_HEAD_DIM:
+        return []
+    return [f"gradients at head dim {size}: flash-attn 4's backward is wrong below "
+            f"{_FLASH4_BACKWARD_MIN_HEAD_DIM} (its forward is right: inference runs); use "
+            "'flex' or 'sdpa' to train"]
+
+
+def _flash_remembered(ids, what, compute, largest=1 << 20):
+    """`compute()` for this ids tensor, remembered while the very same tensor comes back with the
+    same contents: every layer of a model gets the same document ids, and each answer costs
+    device-to-host syncs.
+
+    Why a hit is sound: the answer depends on the contents of `ids` only. `_version` cannot
+    vouch for them (numpy writes through `torch.from_numpy`, `.data` writes and DLPack views do
+    not move it; inference tensors have none), so id, `_version`, shape, dtype and device only
+    find the candidate and a copy of `ids` taken at the computation confirms it (`torch.equal`:
+    one host sync, where computing the answer takes one or two). Not remembered: while
+    torch.compile traces, and for more than `largest` ids. Answers under inference mode are kept
+    apart (their cu_seqlens cannot be saved for a backward outside it).
+    """
+    if torch.compiler.is_compiling() or ids.numel() > largest:
+        return compute()
+    key = (id(ids), None if ids.is_inference() else ids._version, ids.shape, ids.dtype,
+           ids.device, what, torch.is_inference_mode_enabled())
+    found = _FLASH_REMEMBERED.pop(key, None)
+    if found is not None and found[0] is ids and torch.equal(found[1], ids):
+        _FLASH_REMEMBERED[key] = found  # newest last
+        return found[2]
+    copy = ids.detach().clone()  # the values `compute` reads
     value = compute()
-    _FLASH_REMEMBERED.append((key, ids, value))
-    del _FLASH_REMEMBERED[:-16]
+    _FLASH_REMEMBERED[key] = (ids, copy, value)
+    while len(_FLASH_REMEMBERED) > 16:
+        del _FLASH_REMEMBERED[next(iter(_FLASH_REMEMBERED))]  # the least recently used
     return value
 
 
@@ -218,7 +253,7 @@ def _flash_attend(owner, library, q, k, v, *, scale, documents=None, key_valid=N
     """q [B, H, Sq, D], k/v [B, Hk, Sk, *] -> [B, H, Sq, Dv] through one flash-attn call.
     `documents` [B, S] ids (checked non-decreasing by the caller), `key_valid` [B, Sk] bool,
     `band` (lo, hi, bottom_right)."""
-    _flash_check(owner, library, q, v, alibi_slopes, sink)
+    _flash_check(owner, library, q, k, v, alibi_slopes, sink)
     B, H, Sq = q.shape[:3]
     Sk, Dv = k.shape[2], v.shape[3]
     window = _flash_window(owner, *band, Sq, Sk) if band is not None else (None, None)

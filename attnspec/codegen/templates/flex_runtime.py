@@ -44,8 +44,9 @@ _FLEX_SMALL_OPTIONS = {"BLOCK_M": 64, "BLOCK_N": 32, "num_stages": 1, "num_warps
 _FLEX_MIN_HEAD_DIM = 16  # Inductor: "embedding dimension ... must be at least 16"
 # BlockMask builders whose compile failed: they run uncompiled from then on.
 _FLEX_BUILD_FAILED = set()
-# Structured BlockMasks built recently, newest last: (key, inputs, BlockMask).
-_FLEX_MASKS = []
+# BlockMasks built recently, oldest first: key -> (tensors, their copies, BlockMask); see
+# `_cached_block_mask` for why the key is sound.
+_FLEX_MASKS = {}
 _FLEX_MASKS_KEPT = 16
 
 
@@ -115,7 +116,8 @@ def _flex_run(body, args, captured, fast):
         padded = tuple(_pad_head_dim(t, _FLEX_MIN_HEAD_DIM) for t in args[:3])
         (out, lse), kernel = _flex_run(body, padded + tuple(args[3:]), captured, fast)
         return (out[..., :dv], lse), kernel
-    if fast and body not in _FLEX_FLASH_FAILED and _flex_flash_usable(q, captured):
+    if fast and body not in _FLEX_FLASH_FAILED and _flex_flash_usable(q, captured) \
+            and not _flex_needs_backward(args[:3]):
         try:
             return _flex_runner(body, q.device)(*args, kernel_options=_FLEX_FLASH_OPTIONS), "flash"
         except Exception as error:  # noqa: BLE001 — compile-time refusals come in many types
@@ -134,6 +136,14 @@ def _flex_run(body, args, captured, fast):
             # in shared memory at large head dims: smaller tiles do (remembered per body).
             _FLEX_SMALL_TILES.add(body)
     return run(*args, kernel_options=_FLEX_SMALL_OPTIONS), "triton"
+
+
+def _flex_needs_backward(qkv):
+    """Whether this call will need a backward. flex's FLASH kernel (flash-attn 4's CuTe code)
+    runs forward only: its backward gave wrong gradients on the H200 matrix (issue 20) - dq at
+    head_dim 16 on a plain causal mask, and dq/dk/dv off by up to 1e15 with score_mods (ALiBi,
+    softcap) and GQA at head dims 32 and 256 - so training calls run on Triton."""
+    return torch.is_grad_enabled() and any(t.requires_grad for t in qkv)
 
 
 def _pad_head_dim(x, size):
@@ -183,9 +193,9 @@ def _structured_block_mask(build, mask_mod, batch, q_len, kv_len, device, argume
     """The BlockMask `build(batch, q_len, kv_len, device, *arguments)` describes, built in
     O(blocks) (compiled on CUDA: a handful of kernels) and kept for reuse.
 
-    A BlockMask is reused when the build, the sizes and the very same argument objects (tensors
-    unmodified since: same `_version`) come again, as when every layer of a model gets the same
-    document ids, or a mask reads no tensor at all.
+    A BlockMask is reused when the build, the sizes and the very same argument objects with the
+    same contents come again, as when every layer of a model gets the same document ids, or a
+    mask reads no tensor at all (`_cached_block_mask`).
     """
     return _cached_block_mask(
         (build, batch), q_len, kv_len, device, arguments,
@@ -193,23 +203,45 @@ def _structured_block_mask(build, mask_mod, batch, q_len, kv_len, device, argume
                                mask_mod, q_len, kv_len))
 
 
-def _cached_block_mask(what, q_len, kv_len, device, arguments, make):
-    """`make()`, or the BlockMask it made for the same `what`, sizes and the very same
-    `arguments` (tensors compared by identity and `_version`; other values by equality)."""
+def _cached_block_mask(what, q_len, kv_len, device, arguments, make, largest=1 << 20):
+    """`make()`, or the BlockMask it made before for the same `what`, sizes and arguments.
+
+    Why a hit is sound: the BlockMask (its tile lists and its `mask_mod`) depends on nothing but
+    `what`, the sizes and the arguments. Values other than tensors are compared by equality. A
+    tensor must be the very same object (the entry holds it, so its id cannot pass to another)
+    with the same contents as when the mask was built: `_version` alone cannot say so, since a
+    write through numpy (`torch.from_numpy`), `.data` or a DLPack view does not move it, and an
+    inference tensor has none. So id, `_version`, shape, dtype and device only find the
+    candidate, and a copy of each tensor taken at the build confirms it (`torch.equal`: one
+    compare, a host sync on CUDA; ids [B, S] and lengths [B] are small). A mismatch rebuilds.
+
+    Built every call, never cached: while torch.compile traces (the builder is plain tensor ops
+    and goes into the graph, where it sees each call's values), with a tensor argument of more
+    than `largest` elements (its copy and compare would cost about what the build does) or an
+    unhashable value. Masks built under inference mode have a key of their own: their tensors
+    cannot be saved for a backward outside it.
+    """
+    if torch.compiler.is_compiling():
+        return make()
+    tensors = tuple(a for a in arguments if isinstance(a, torch.Tensor))
+    if any(t.numel() > largest for t in tensors):
+        return make()
+    key = (what, q_len, kv_len, str(device), torch.is_inference_mode_enabled(), tuple(
+        (id(a), None if a.is_inference() else a._version, a.shape, a.dtype, a.device)
+        if isinstance(a, torch.Tensor) else a for a in arguments))
     try:
-        key = (what, q_len, kv_len, str(device), tuple(
-            (id(a), a._version) if isinstance(a, torch.Tensor) else a for a in arguments))
-        hash(key)
+        found = _FLEX_MASKS.pop(key, None)
     except TypeError:  # an unhashable captured value: build every time
         return make()
-    for n, (seen, inputs, block_mask) in enumerate(_FLEX_MASKS):
-        if seen == key and all(x is y for x, y in zip(inputs, arguments)
-                               if isinstance(x, torch.Tensor)):
-            _FLEX_MASKS.append(_FLEX_MASKS.pop(n))
-            return block_mask
+    if found is not None and all(x is y and torch.equal(c, y)
+                                 for x, c, y in zip(found[0], found[1], tensors)):
+        _FLEX_MASKS[key] = found  # newest last
+        return found[2]
+    copies = tuple(t.detach().clone() for t in tensors)  # the values `make` reads
     block_mask = make()
-    _FLEX_MASKS.append((key, tuple(arguments), block_mask))
-    del _FLEX_MASKS[:-_FLEX_MASKS_KEPT]
+    _FLEX_MASKS[key] = (tensors, copies, block_mask)
+    while len(_FLEX_MASKS) > _FLEX_MASKS_KEPT:
+        del _FLEX_MASKS[next(iter(_FLEX_MASKS))]  # the least recently used
     return block_mask
 
 

@@ -1,0 +1,195 @@
+"""The GPU verification matrix: every shipped spec on every backend and `auto`, at the shapes
+that break kernels, outputs and every gradient against the float64 eager interpreter.
+
+Each attention is checked at head dims 16, 32, 256 and its own (kernel mode: `head_dim=`; layer
+mode: `dim = heads * head_dim`, through constructor overrides that the interpreter also gets),
+at lengths 77, 300 and 1000, Sq != Sk both ways (45/300, 300/45) where the spec allows it,
+4096 at its own head dim, in bfloat16 (and float16 at its own head dim). A check passes, fails,
+or is refused by the backend with a documented reason (`UnsupportedInputError`): refusals are
+how capability rules show, a failure is a wrong number that reached the user.
+
+Work is spread over worker processes (compiling flex is CPU-bound), round-robin over the
+attentions, most fragile shapes first; each worker stops at `--deadline` seconds and the table
+says how many checks it did not reach. Raw rows: $OUT/matrix-<backends>.jsonl.
+
+Run on the GPU machine (lark and pydantic wheels on the path; flash-attn 4 for flash/auto):
+    SITE=/tmp/fa4site python3 benchmarks/gpu_matrix.py --backends flash,auto --deadline 400
+    python3 benchmarks/gpu_matrix.py --backends sdpa,flex,eager --deadline 400
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import site
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+if os.environ.get("SITE"):  # flash-attn 4's CUTLASS DSL needs its .pth processed
+    site.addsitedir(os.environ["SITE"])
+
+import torch  # noqa: E402
+
+import attnspec  # noqa: E402
+from attnspec import verify  # noqa: E402
+from attnspec.ir.consts import resolve_settings  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+HEAD_DIMS = (16, 32, 256)
+
+
+def head_dim_overrides(attn, hd: int) -> tuple:
+    """Constructor overrides that give `attn` head dim `hd`."""
+    values = resolve_settings(attn)
+    if values.get("head_dim") == hd:
+        return ()
+    if attn.mode == "kernel" or attn.setting("head_dim") is not None:
+        return (("head_dim", hd),)
+    return (("dim", values["heads"] * hd),)
+
+
+def cases(attn, cls) -> list[verify.Case]:
+    """Every case of one attention; head dims its class refuses to build with are left out."""
+    own = resolve_settings(attn).get("head_dim")
+    planned = []
+    for hd in sorted({*HEAD_DIMS, own}):
+        overrides = head_dim_overrides(attn, hd)
+        try:
+            cls(backend="eager", **dict(overrides))
+        except ValueError:  # e.g. rope dims larger than this head dim
+            continue
+        if attn.groups:
+            base = verify.cases_for(attn)[0]
+            lengths = [(base.name, base.batch, base.q_len, base.kv_len)]
+        else:
+            lengths = [(f"S={s}", 2, s, s) for s in (77, 300, 1000)]
+            if verify._allows_different_lengths(attn):
+                lengths += [("Sq=45,Sk=300", 2, 45, 300), ("Sq=300,Sk=45", 2, 300, 45)]
+            if hd == own:
+                lengths.append(("S=4096", 1, 4096, 4096))
+        planned += [verify.Case(f"{name} hd={hd}", b, sq, sk, overrides)
+                    for name, b, sq, sk in lengths]
+    return planned
+
+
+def _builds(cls, backend: str, overrides: tuple) -> bool:
+    """Whether the class builds on `backend` with these overrides (flex refuses overrides of
+    settings its index proofs used, with `UnsupportedBackendError`: a documented refusal)."""
+    try:
+        cls(backend=backend, **dict(overrides))
+    except ValueError:
+        return False
+    return True
+
+
+def work_items(backends: list[str]) -> list[tuple]:
+    """(priority, spec path, attention name, backend, case, dtype) for every planned check,
+    the most fragile head dims first."""
+    items = []
+    for path in sorted((ROOT / "specs").glob("*.attn")):
+        module_ir, module = attnspec.build(path), attnspec.load(path)
+        for attn in module_ir.attentions:
+            cls = getattr(module, attn.name)
+            own = resolve_settings(attn).get("head_dim")
+            for case in cases(attn, cls):
+                hd = int(case.name.rsplit("hd=", 1)[1])
+                priority = {16: 0, 32: 1, 256: 2}.get(hd, 3)
+                for backend in backends:
+                    if backend != "auto" and backend not in cls.BACKENDS:
+                        continue
+                    if not _builds(cls, backend, case.overrides):
+                        continue
+                    items.append((priority, str(path), attn.name, backend, case, "bfloat16"))
+                    if hd == own and case.name.startswith("S=300"):
+                        items.append((priority, str(path), attn.name, backend, case, "float16"))
+    return sorted(items, key=lambda item: (item[0], item[1], item[2]))
+
+
+def worker(args) -> None:
+    torch._dynamo.config.recompile_limit = 512  # a silent fallback would verify nothing
+    deadline = time.monotonic() + args.deadline
+    items = work_items(args.backends.split(","))[args.index::args.workers]
+    loaded: dict = {}
+    with open(args.rows, "w") as out:
+        for n, (_, path, name, backend, case, dtype) in enumerate(items):
+            if time.monotonic() > deadline:
+                out.write(json.dumps({"unreached": len(items) - n}) + "\n")
+                break
+            if path not in loaded:
+                loaded[path] = (attnspec.build(path), attnspec.load(path))
+            module_ir, module = loaded[path]
+            attn = next(a for a in module_ir.attentions if a.name == name)
+            result = verify._safe_check(attn, getattr(module, name), backend, case,
+                                        verify.DTYPES[dtype], "cuda", 1000 + n, Path(path).name)
+            row = {"spec": Path(path).name, "attention": name, "backend": backend,
+                   "case": case.name, "dtype": dtype, "status": result.status,
+                   "ratio": result.worst_ratio, "tensor": result.worst_tensor,
+                   "detail": result.detail[:300]}
+            out.write(json.dumps(row) + "\n")
+            out.flush()
+
+
+def summary(rows: list[dict]) -> str:
+    """Per backend and head dim: pass / refused / FAIL counts, then every failure."""
+    counts: dict = {}
+    for r in rows:
+        if "status" in r:
+            hd = r["case"].rsplit("hd=", 1)[1]
+            key = (r["backend"], r["dtype"], int(hd))
+            counts.setdefault(key, {"pass": 0, "refused": 0, "FAIL": 0})[r["status"]] += 1
+    lines = [f"{'backend':8} {'dtype':9} {'hd':>4} {'pass':>5} {'refused':>8} {'FAIL':>5}"]
+    for (backend, dtype, hd), c in sorted(counts.items()):
+        lines.append(f"{backend:8} {dtype:9} {hd:>4} {c['pass']:>5} {c['refused']:>8} "
+                     f"{c['FAIL']:>5}")
+    fails = [r for r in rows if r.get("status") == "FAIL"]
+    lines += [f"FAIL {r['spec']} {r['attention']} {r['backend']} {r['case']} {r['dtype']}: "
+              f"{r['tensor']} {r['ratio']:.3g} {r['detail'][:140]}" for r in fails[:40]]
+    unreached = sum(r.get("unreached", 0) for r in rows)
+    total = sum(sum(c.values()) for c in counts.values())
+    lines.append(f"{total} checks: {sum(c['pass'] for c in counts.values())} passed, "
+                 f"{len(fails)} failed, {sum(c['refused'] for c in counts.values())} refused"
+                 + (f"; {unreached} not reached before the deadline" if unreached else ""))
+    return "\n".join(lines)
+
+
+def driver(args) -> int:
+    out_dir = Path(os.environ.get("OUT", "gpu-out"))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows_path = out_dir / f"matrix-{args.backends.replace(',', '-')}.jsonl"
+    print("torch", torch.__version__, torch.cuda.get_device_name(), flush=True)
+    parts = [Path(f"{rows_path}.{i}") for i in range(args.workers)]
+    procs = [subprocess.Popen([sys.executable, __file__, "--worker", "--index", str(i),
+                               "--workers", str(args.workers), "--backends", args.backends,
+                               "--deadline", str(args.deadline), "--rows", str(part)])
+             for i, part in enumerate(parts)]
+    for p in procs:
+        p.wait()
+    rows = [json.loads(line) for part in parts if part.exists()
+            for line in part.read_text().splitlines() if line]
+    for part in parts:
+        part.unlink(missing_ok=True)
+    rows_path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    print(summary(rows))
+    return 1 if any(r.get("status") == "FAIL" for r in rows) else 0
+
+
+def main() -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("--backends", default="flash,sdpa,flex,auto")
+    p.add_argument("--deadline", type=float, default=400.0, help="seconds per worker")
+    p.add_argument("--workers", type=int, default=6)
+    p.add_argument("--worker", action="store_true")
+    p.add_argument("--index", type=int, default=0)
+    p.add_argument("--rows")
+    args = p.parse_args()
+    if args.worker:
+        worker(args)
+        return 0
+    return driver(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
