@@ -223,7 +223,7 @@ class Attention(pytest.Collector):
             if backend != "auto" and backend not in self.module_cls.BACKENDS:
                 yield self._unsupported(backend)
                 continue
-            for index, case in enumerate(cases_for(self.attn)):
+            for index, case in enumerate(cases_for(self.attn, settings.device)):
                 item = CheckItem.from_parent(self, name=f"{backend}[{case.name}]",
                                              backend=backend, case=case, index=index)
                 item.add_marker("attnspec")

@@ -120,3 +120,14 @@ def test_cli_verify_json_and_junit(tmp_path, capsys):
     assert {r["backend"] for r in rows} == {"eager", "sdpa"} and all(r["ok"] for r in rows)
     suite = ET.parse(junit).getroot()
     assert suite.get("tests") == str(len(rows)) and suite.get("failures") == "0"
+
+
+def test_cuda_cases_add_the_shapes_where_kernels_broke():
+    """On CUDA verify also tries 77 and 300 tokens and more queries than keys (flash-attn 4's
+    dense dq broke from 77 tokens at head_dim 16); CPU cases stay the quick ones."""
+    spec = "attention A {\n heads = 2\n head_dim = 8\n mask causal\n}"
+    attn = attnspec.build(spec).attentions[0]
+    cpu = [c.name for c in cases_for(attn)]
+    assert cpu == ["S=37", "S=1", "Sq=19,Sk=45"]
+    assert [c.name for c in cases_for(attn, "cuda:0")] == \
+        cpu + ["S=77", "S=300", "Sq=45,Sk=19"]
