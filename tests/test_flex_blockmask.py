@@ -392,3 +392,20 @@ def test_runtime_is_self_contained():
             assert node.name.startswith("_") and ast.get_docstring(node)
         elif isinstance(node, ast.Assign):
             assert all(t.id.startswith("_") for t in node.targets)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_backward_lists_are_the_transpose_of_the_forward_lists(seed):
+    """flex's backward walks the q-side lists (q_num_blocks / q_indices and their full twins)
+    for dk and dv: they must list exactly the tiles of the kv-side lists, transposed."""
+    gen = torch.Generator().manual_seed(seed)
+    b, h = [(1, 1), (2, 1), (2, 3)][seed % 3]
+    n_q, n_k = (int(n) for n in torch.randint(1, 6, (2,), generator=gen))
+    classes = torch.randint(0, 3, (b, h, n_q, n_k), generator=gen).to(torch.int8)
+    bm = block_mask(classes, None, n_q * 128 - 5, n_k * 128 - 3, 128)
+    for (num, idx), (q_num, q_idx) in (
+            ((bm.kv_num_blocks, bm.kv_indices), (bm.q_num_blocks, bm.q_indices)),
+            ((bm.full_kv_num_blocks, bm.full_kv_indices),
+             (bm.full_q_num_blocks, bm.full_q_indices))):
+        assert torch.equal(tiles_from_lists(num, idx, n_k),
+                           tiles_from_lists(q_num, q_idx, n_q).transpose(-2, -1))
