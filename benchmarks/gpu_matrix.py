@@ -85,11 +85,11 @@ def _builds(cls, backend: str, overrides: tuple) -> bool:
     return True
 
 
-def work_items(backends: list[str]) -> list[tuple]:
+def work_items(backends: list[str], pattern: str = "specs/*.attn") -> list[tuple]:
     """(priority, spec path, attention name, backend, case, dtype) for every planned check,
     the most fragile head dims first."""
     items = []
-    for path in sorted((ROOT / "specs").glob("*.attn")):
+    for path in sorted(ROOT.glob(pattern)):
         module_ir, module = attnspec.build(path), attnspec.load(path)
         for attn in module_ir.attentions:
             cls = getattr(module, attn.name)
@@ -110,8 +110,12 @@ def work_items(backends: list[str]) -> list[tuple]:
 
 def worker(args) -> None:
     torch._dynamo.config.recompile_limit = 512  # a silent fallback would verify nothing
+    if args.dynamic_first:
+        # Experiment: compile with dynamic shapes from the first call (the generated module
+        # compiles static first): tells whether the static first compile is what goes wrong.
+        torch._dynamo.config.assume_static_by_default = False
     deadline = time.monotonic() + args.deadline
-    items = work_items(args.backends.split(","))[args.index::args.workers]
+    items = work_items(args.backends.split(","), args.specs)[args.index::args.workers]
     loaded: dict = {}
     with open(args.rows, "w") as out:
         for n, (_, path, name, backend, case, dtype) in enumerate(items):
@@ -163,7 +167,9 @@ def driver(args) -> int:
     parts = [Path(f"{rows_path}.{i}") for i in range(args.workers)]
     procs = [subprocess.Popen([sys.executable, __file__, "--worker", "--index", str(i),
                                "--workers", str(args.workers), "--backends", args.backends,
-                               "--deadline", str(args.deadline), "--rows", str(part)])
+                               "--deadline", str(args.deadline), "--rows", str(part),
+                               "--specs", args.specs]
+                              + (["--dynamic-first"] if args.dynamic_first else []))
              for i, part in enumerate(parts)]
     for p in procs:
         p.wait()
@@ -181,6 +187,10 @@ def main() -> int:
     p.add_argument("--backends", default="flash,sdpa,flex,auto")
     p.add_argument("--deadline", type=float, default=400.0, help="seconds per worker")
     p.add_argument("--workers", type=int, default=6)
+    p.add_argument("--specs", default="specs/*.attn", help="glob under the repository root, "
+                   "e.g. 'specs/**/*.attn' for the cookbook too")
+    p.add_argument("--dynamic-first", action="store_true", help="compile flex with dynamic "
+                   "shapes from the first call (an experiment, see docs/verification.md)")
     p.add_argument("--worker", action="store_true")
     p.add_argument("--index", type=int, default=0)
     p.add_argument("--rows")
