@@ -27,7 +27,6 @@ import json
 import math
 import os
 import site
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -36,6 +35,7 @@ if os.environ.get("SITE"):  # flash-attn 4's CUTLASS DSL needs its .pth processe
     site.addsitedir(os.environ["SITE"])
 
 import torch  # noqa: E402
+from gpu_workers import run_workers  # noqa: E402
 
 HEAD_DIMS = (16, 32, 64, 96, 128, 256)
 LENGTHS = ((1, 1), (37, 37), (64, 64), (77, 77), (128, 128), (200, 200), (300, 300),
@@ -285,21 +285,9 @@ def driver(args) -> int:
     out_dir = Path(os.environ.get("OUT", "gpu-out"))
     out_dir.mkdir(parents=True, exist_ok=True)
     rows_path = out_dir / f"probe-{args.kernels.replace(',', '-')}.jsonl"
-    rows_path.unlink(missing_ok=True)
     print("torch", torch.__version__, torch.cuda.get_device_name(), flush=True)
-    procs = [subprocess.Popen([sys.executable, __file__, "--worker", "--hd", str(hd),
-                               "--kernels", args.kernels, "--deadline", str(args.deadline),
-                               "--rows", f"{rows_path}.{hd}"])
-             for hd in args.head_dims]
-    for p in procs:
-        p.wait()
-    rows = []
-    for hd in args.head_dims:
-        part = Path(f"{rows_path}.{hd}")
-        if part.exists():
-            rows += [json.loads(line) for line in part.read_text().splitlines() if line]
-            part.unlink()
-    rows_path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    rows = run_workers(__file__, [["--hd", str(hd), "--kernels", args.kernels, "--deadline",
+                                   str(args.deadline)] for hd in args.head_dims], rows_path)
     unsupported = {(r["kernel"], r["hd"], r["detail"]) for r in rows
                    if r.get("status") == "unsupported"}
     for kernel, hd, detail in sorted(unsupported)[:30]:

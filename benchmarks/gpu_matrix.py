@@ -23,7 +23,6 @@ import argparse
 import json
 import os
 import site
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -32,6 +31,7 @@ if os.environ.get("SITE"):  # flash-attn 4's CUTLASS DSL needs its .pth processe
     site.addsitedir(os.environ["SITE"])
 
 import torch  # noqa: E402
+from gpu_workers import run_workers  # noqa: E402
 
 import attnspec  # noqa: E402
 from attnspec import verify  # noqa: E402
@@ -164,20 +164,11 @@ def driver(args) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     rows_path = out_dir / f"matrix-{args.backends.replace(',', '-')}.jsonl"
     print("torch", torch.__version__, torch.cuda.get_device_name(), flush=True)
-    parts = [Path(f"{rows_path}.{i}") for i in range(args.workers)]
-    procs = [subprocess.Popen([sys.executable, __file__, "--worker", "--index", str(i),
-                               "--workers", str(args.workers), "--backends", args.backends,
-                               "--deadline", str(args.deadline), "--rows", str(part),
-                               "--specs", args.specs]
-                              + (["--dynamic-first"] if args.dynamic_first else []))
-             for i, part in enumerate(parts)]
-    for p in procs:
-        p.wait()
-    rows = [json.loads(line) for part in parts if part.exists()
-            for line in part.read_text().splitlines() if line]
-    for part in parts:
-        part.unlink(missing_ok=True)
-    rows_path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    common = ["--workers", str(args.workers), "--backends", args.backends, "--deadline",
+              str(args.deadline), "--specs", args.specs] + \
+        (["--dynamic-first"] if args.dynamic_first else [])
+    rows = run_workers(__file__, [["--index", str(i), *common] for i in range(args.workers)],
+                       rows_path)
     print(summary(rows))
     return 1 if any(r.get("status") == "FAIL" for r in rows) else 0
 
