@@ -283,15 +283,6 @@ def format_table(rows: Sequence[Timing]) -> str:
                      for row in (header, *body))
 
 
-def _seqs(seq) -> tuple[int, ...] | None:
-    """--seq as parsed by the CLI (a tuple) or as text; None when not all positive integers."""
-    try:
-        seqs = tuple(int(s) for s in (seq.split(",") if isinstance(seq, str) else seq))
-    except ValueError:
-        return None
-    return seqs if seqs and min(seqs) >= 1 else None
-
-
 def run_cli(args, path, source, module_ir) -> int:
     """`attnspec bench`: the table (or JSON) of `bench_module` for one spec file."""
     import json
@@ -311,11 +302,7 @@ def run_cli(args, path, source, module_ir) -> int:
     if str(args.device).startswith("cuda") and not torch.cuda.is_available():
         print("attnspec: no CUDA device here; use --device cpu", file=sys.stderr)
         return 1
-    seqs = _seqs(args.seq)
-    if seqs is None:
-        print(f"attnspec: --seq takes comma-separated positive integers, got {args.seq!r}",
-              file=sys.stderr)
-        return 1
+    seqs = args.seq  # positive integers: the parser's --seq type (`cli.ints_in`) checked them
     if args.name:
         names = [a.name for a in module_ir.attentions]
         if args.name not in names:
