@@ -41,6 +41,12 @@ _FLEX_FLASH_FOUND = {}  # "cute": whether torch >= 2.11 and flash_attn.cute is i
 # Bodies whose Triton kernel needs smaller tiles than flex's defaults to fit in shared memory.
 _FLEX_SMALL_TILES = set()
 _FLEX_SMALL_OPTIONS = {"BLOCK_M": 64, "BLOCK_N": 32, "num_stages": 1, "num_warps": 4}
+# Training calls always run flex's main Triton kernel. Below 128 queries a static-shape compile
+# picks flex's decoding kernel for the forward; its outputs are right, but the backward that
+# follows it gave wrong dq/dk/dv (120-1100x the tolerance) on the H200 at 77 tokens (GQA,
+# sinks, layer mode; benchmarks/gpu_flex_first_compile.py, issue 20). Inference keeps the
+# decoding kernel.
+_FLEX_TRAINING_OPTIONS = {"FORCE_USE_FLEX_ATTENTION": True}
 _FLEX_MIN_HEAD_DIM = 16  # Inductor: "embedding dimension ... must be at least 16"
 # BlockMask builders whose compile failed: they run uncompiled from then on.
 _FLEX_BUILD_FAILED = set()
@@ -126,16 +132,17 @@ def _flex_run(body, args, captured, fast):
                           f"({str(error).splitlines()[0][:200]}); using the Triton kernel",
                           stacklevel=3)
     run = _flex_runner(body, q.device)
+    training = _FLEX_TRAINING_OPTIONS if _flex_needs_backward(args[:3]) else {}
     if body not in _FLEX_SMALL_TILES:
         try:
-            return run(*args, kernel_options=None), "triton"
+            return run(*args, kernel_options=training or None), "triton"
         except RuntimeError as error:
             if "out of resource" not in str(error):
                 raise
             # A score_mod reading many captured tensors can leave no Triton config that fits
             # in shared memory at large head dims: smaller tiles do (remembered per body).
             _FLEX_SMALL_TILES.add(body)
-    return run(*args, kernel_options=_FLEX_SMALL_OPTIONS), "triton"
+    return run(*args, kernel_options={**_FLEX_SMALL_OPTIONS, **training}), "triton"
 
 
 def _flex_needs_backward(qkv):
