@@ -25,6 +25,8 @@ from dataclasses import asdict, dataclass
 import torch
 
 from attnspec import eager
+from attnspec.backends import AUTO
+from attnspec.backends.cost_model import FLEX, backend_of
 from attnspec.ir import nodes as ir
 from attnspec.ir.consts import resolve_settings
 from attnspec.verify import Case, has_backward, make_inputs, runs_on
@@ -194,10 +196,10 @@ def bench_attention(attn: ir.AttentionIR, py_module, backend: str, *, device: st
     rows = []
     forward()  # compile / first-call costs out of the way
     ran = getattr(layer, "last_backend", backend)  # auto's choice; flex's kernel
-    mask_ms = block_mask_ms(py_module, forward, device) if ran.startswith("flex") else None
+    builds_mask = backend_of(ran) == FLEX  # flex's BlockMask build is timed on its own
+    mask_ms = block_mask_ms(py_module, forward, device) if builds_mask else None
     passes = [("fwd", forward, 1.0)]
-    if not fwd_only and has_backward(backend if backend != "auto" else ran.split("-")[0],
-                                     device):
+    if not fwd_only and has_backward(backend if backend != AUTO else backend_of(ran), device):
         leaves = [a.detach().requires_grad_() for a in args]
         grad = None
 

@@ -15,10 +15,11 @@ import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from attnspec.backends import CHOICES
 from attnspec.errors import AttnSpecError, Diagnostic, Source
 
-EMIT_CHOICES = ("py", "ast", "ir", "ir-json")
-BACKENDS = ("auto", "eager", "flex", "sdpa", "flash")
+EMIT_CHOICES = ("py", "ast", "ir", "ir-json", "plan", "plan-json")
+BACKENDS = CHOICES  # "auto" and every backend of the registry
 
 # Ranges of the numeric options, named in --help; a value outside is a usage error (exit 2).
 # verify gives case i the seed S + i; the margin keeps every S + i a valid 31-bit seed.
@@ -151,7 +152,8 @@ def _parser() -> argparse.ArgumentParser:
                       "exist")
     comp.add_argument("--backend", choices=BACKENDS, help="the module's default backend")
     comp.add_argument("--emit", choices=EMIT_CHOICES, default="py",
-                      help="what to write: the module (py) or a pipeline stage")
+                      help="what to write: the module (py) or a pipeline stage (ast, ir, plan: "
+                      "every backend's plan or reasons and auto's order; -json for JSON)")
     comp.set_defaults(run=cmd_compile)
     exp = sub.add_parser("explain", help="per attention and backend: supported or not and why, "
                          "and the plan")
@@ -373,6 +375,11 @@ def _emit(module, args) -> str:
         return module_text(module)
     if args.emit == "ir-json":
         return module.model_dump_json(indent=1) + "\n"
+    if args.emit in ("plan", "plan-json"):
+        from attnspec.lower.module import lower_module
+
+        lowered = lower_module(module)
+        return lowered.as_json() if args.emit == "plan-json" else lowered.describe()
     from attnspec.codegen.emit import generate
 
     return generate(module, args.backend)

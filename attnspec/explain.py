@@ -10,31 +10,33 @@ Example:
 
 from __future__ import annotations
 
+from attnspec.backends import NAMES
+from attnspec.backends.cost_model import REASONS, backend_of
 from attnspec.ir import nodes as ir
-from attnspec.lower import backends
-from attnspec.lower.analysis import analyze
+from attnspec.lower.module import LoweredAttention, lower_attention
 
 
-def explain_data(attn: ir.AttentionIR, source_name: str = "<spec>") -> dict:
+def explain_data(attn: ir.AttentionIR | LoweredAttention, source_name: str = "<spec>") -> dict:
     """What `explain` reports about one attention, as JSON-ready data (`explain --json`)."""
-    plans = backends.plans(attn)
+    lowered = attn if isinstance(attn, LoweredAttention) else lower_attention(attn)
     report = {}
-    for name, reasons in backends.reasons(attn).items():
-        report[name] = ({"supported": False, "reasons": [r.format(source_name) for r in reasons]}
-                        if reasons else
-                        {"supported": True, "plan": plans[name].kind,
-                         "notes": list(plans[name].notes)})
-    order = backends.auto_order(attn, "cuda")
-    return {"attention": attn.name, "mode": attn.mode, "facts": analyze(attn).describe(),
-            "backends": report,
-            "auto": {"cpu": backends.auto(attn, "cpu"), "cuda": backends.auto(attn, "cuda"),
-                     "cuda_order": [{"backend": b, "why": backends.AUTO_REASONS[b]}
-                                    for b in order]}}
+    for name in NAMES:
+        plan = lowered.plans.get(name)
+        report[name] = ({"supported": True, "plan": plan.kind, "notes": list(plan.notes)}
+                        if plan is not None else
+                        {"supported": False,
+                         "reasons": [r.format(source_name) for r in lowered.reasons(name)]})
+    order = lowered.auto_cuda
+    return {"attention": lowered.attn.name, "mode": lowered.attn.mode,
+            "facts": lowered.analysis.describe(), "backends": report,
+            "auto": {"cpu": lowered.auto_cpu, "cuda": backend_of(order[0]),
+                     "cuda_order": [{"backend": b, "why": REASONS[b]} for b in order]}}
 
 
-def explain_attention(attn: ir.AttentionIR, source_name: str = "<spec>") -> str:
+def explain_attention(attn: ir.AttentionIR | LoweredAttention,
+                      source_name: str = "<spec>") -> str:
     data = explain_data(attn, source_name)
-    lines = [f"attention {attn.name} ({attn.mode} mode)"]
+    lines = [f"attention {data['attention']} ({data['mode']} mode)"]
     lines += [f"  {line}" for line in data["facts"]]
     for name, report in data["backends"].items():
         if report["supported"]:

@@ -44,6 +44,7 @@ from pathlib import Path
 
 import torch
 
+from attnspec.backends import REFERENCE
 from attnspec.console import colour_diagnostics
 from attnspec.errors import Diagnostic, Span
 from attnspec.ir import nodes as ir
@@ -254,7 +255,7 @@ def check_widths(widths: Sequence[int]) -> list[int]:
 
 def coord_check(attn: ir.AttentionIR, cls, widths: Sequence[int] = DEFAULT_WIDTHS,
                 steps: int = 5, lr: float = 1e-2, seed: int = 0, batch: int = 4, seq: int = 16,
-                backend: str = "eager", spec_name: str = "") -> CoordCheck:
+                backend: str = REFERENCE, spec_name: str = "") -> CoordCheck:
     """Train the tiny model at every width under muP and SP; see the module docstring (and its
     example). `cls` is the generated class of `attn`; only `dim` (and `context_dim`) is
     overridden per width.

@@ -22,8 +22,10 @@ from pathlib import Path
 
 import pytest
 
+from attnspec.backends import AUTO, NAMES
+
 DEFAULT_SEED = 0  # fixed, so that a failure reproduces; printed in the report header
-BACKEND_NAMES = ("eager", "sdpa", "flex", "flash", "auto")
+BACKEND_NAMES = (*NAMES, AUTO)
 
 
 class AttnSpecWarning(UserWarning):

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from attnspec import eager
+from attnspec import backends, eager
 from attnspec.console import Progress
 from attnspec.errors import UnsupportedInputError
 from attnspec.ir import nodes as ir
@@ -256,12 +256,12 @@ def default_backends(cls, device: str) -> list[str]:
 
 def runs_on(backend: str, device: str) -> bool:
     """Whether `backend` can run on `device` at all (flash-attn kernels are CUDA only)."""
-    return backend != "flash" or str(device).startswith("cuda")
+    return backends.runs_on(backend, str(device))
 
 
 def has_backward(backend: str, device: str) -> bool:
-    """FlexAttention has no backward on CPU; every other backend/device pair has one."""
-    return not (backend == "flex" and not str(device).startswith("cuda"))
+    """Whether `backend` computes gradients on `device` (FlexAttention has none on CPU)."""
+    return backends.has_backward(backend, str(device))
 
 
 def _run(attn, module, which: str, args, inputs, sizes, dtype, grad_out, overrides=None):

@@ -21,8 +21,8 @@ if os.environ.get("SITE"):  # flash-attn 4's CUTLASS DSL needs its .pth processe
 import torch  # noqa: E402
 
 import attnspec  # noqa: E402
+from attnspec import backends as lowering  # noqa: E402
 from attnspec import verify  # noqa: E402
-from attnspec.lower import backends as lowering  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 EXTRA = [verify.Case("Sq=45,Sk=19", 2, 45, 19), verify.Case("S=300", 2, 300, 300)]

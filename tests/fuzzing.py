@@ -308,7 +308,7 @@ class SpecWriter:
             "dropout": lambda: rng.choice(["0.0", "0.1", "0.5"]),
             "qk_norm": lambda: rng.choice(["rms", "none"]),
             "sinks": lambda: rng.choice(["true", "false"]),
-            "backend": lambda: rng.choice(scope.ENUM_SETTINGS["backend"]),
+            "backend": lambda: rng.choice(scope.enum_choices("backend")),
         }
         for name, value in extra.items():
             if rng.random() < 0.12:
@@ -628,8 +628,8 @@ def _pipeline(data: bytes, generate_for: Sequence[str | None], load: bool,
 def _generate(module, backend: str | None, full: bool) -> None:
     """Generate and parse the module for `backend`, or (not `full`) only resolve it the way
     `generate` does for every attention."""
+    from attnspec.backends import resolve
     from attnspec.codegen.emit import generate
-    from attnspec.lower.backends import resolve
 
     if full:
         python_ast.parse(generate(module, backend))  # a SyntaxError here is a finding

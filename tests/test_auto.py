@@ -13,8 +13,8 @@ import torch
 from test_flash import with_fake
 
 import attnspec
+from attnspec import backends
 from attnspec.explain import explain_module
-from attnspec.lower import backends
 
 ROOT = Path(__file__).resolve().parent.parent
 F64 = torch.float64
@@ -207,9 +207,9 @@ def test_general_block_masks_are_reused_for_the_same_captured_values():
     module = attnspec.load(ROOT / "specs/anchor.attn")
     layer = module.AnchorAttention()
     groups = module._token_groups(layer.GROUPS, None, 290, 290)
-    mask_mod = module._mask_mod_AnchorAttention(groups, 290, 290)
+    mask_mod = module._mask_mod_AnchorAttention(groups)
     first = module._general_block_mask(mask_mod, None, None, 290, 290, torch.device("cpu"))
-    again = module._mask_mod_AnchorAttention(groups, 290, 290)  # a new closure, same values
+    again = module._mask_mod_AnchorAttention(groups)  # a new closure, same values
     assert module._general_block_mask(again, None, None, 290, 290, torch.device("cpu")) is first
     other = module._general_block_mask(mask_mod, None, None, 290, 300, torch.device("cpu"))
     assert other is not first

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 import attnspec
+from attnspec import backends
 from attnspec.explain import explain_module
-from attnspec.lower import backends
 from attnspec.verify import cases_for, check_case
 
 ROOT = Path(__file__).resolve().parent.parent

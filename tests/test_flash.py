@@ -19,11 +19,10 @@ import torch
 from runtimes import TEMPLATES, load_runtime
 
 import attnspec
-from attnspec import verify
+from attnspec import backends, verify
 from attnspec.errors import UnsupportedInputError
 from attnspec.ir.build import build_text
 from attnspec.ir.consts import eval_const, resolve_settings
-from attnspec.lower import backends
 from attnspec.lower.analysis import analyze
 
 ROOT = Path(__file__).resolve().parent.parent

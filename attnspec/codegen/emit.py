@@ -15,28 +15,27 @@ Example:
 from __future__ import annotations
 
 import builtins
-import math
 import re
 import textwrap
-from functools import cache, lru_cache
+from functools import lru_cache
 from pathlib import Path
 
 import jinja2
 
+from attnspec.backends import REFERENCE, REGISTRY
 from attnspec.cache import cache_dir, open_trusted
 from attnspec.ir import nodes as ir
 from attnspec.ir import scope
 from attnspec.ir.exprs import free_vars, walk
 from attnspec.ir.scope import RESERVED, identifier_problem
-from attnspec.lower import backends
-from attnspec.lower import flex as flex_lowering
-from attnspec.lower.analysis import Band, KeyLength, KeyPadding, Segment, analyze
+from attnspec.lower.module import LoweredAttention, LoweredModule, lower_module
 
 from .expr import P_AND, P_ATOM, P_OR, Code, ExprGenerator, literal
-from .flex_expr import FlexExprGenerator
 from .layout import reflow
+from .text import statement, tuple_literal, tuple_text
 
 TEMPLATE = "eager.py.jinja"
+CLASS_TEMPLATE = "class.py.jinja"
 
 # Names the generated functions use for their own arguments and locals, module-level names, and
 # the attributes the classes set: a spec name equal to one of them would shadow it.
@@ -94,16 +93,24 @@ def generate(module: ir.ModuleIR, backend: str | None = None) -> str:
     listing every reason when that backend cannot run a spec, and `ValueError` when a spec name
     cannot become a Python identifier.
     """
+    return render(lower_module(module), backend)
+
+
+def render(lowered: LoweredModule, backend: str | None = None) -> str:
+    """The module's source from its plans (the plan stage's output is all codegen reads)."""
+    module = lowered.module
     name = module.source_name
-    defaults = {a.name: _default_backend(a, backend, name) for a in module.attentions}
+    defaults = {a.attn.name: _default_backend(a, backend, name) for a in lowered.attentions}
     _check_module_names(module)
-    attentions = [_AttentionEmitter(a, defaults[a.name], name).context()
-                  for a in module.attentions]
-    needs = _needs(module)
-    source = _environment().get_template(TEMPLATE).render(
+    environment = _environment()
+    classes = [_AttentionEmitter(a, defaults[a.attn.name], name).render(environment)
+               for a in lowered.attentions]
+    needs = _needs(lowered)
+    source = environment.get_template(TEMPLATE).render(
         source_label=_source_label(module.source_name),
         spec_lines=_string_lines(module.source_text),
-        attentions=attentions,
+        header=_header_lines(lowered, defaults),
+        classes=classes,
         needs=needs,
         flex_runtime=_runtime("flex_runtime.py") if needs["flex"] else "",
         flash_runtime=_runtime("flash_runtime.py") if needs["flash"] else "",
@@ -111,26 +118,24 @@ def generate(module: ir.ModuleIR, backend: str | None = None) -> str:
     return reflow(source)
 
 
-def _default_backend(attn: ir.AttentionIR, requested: str | None, source_name: str) -> str:
+def _header_lines(lowered: LoweredModule, defaults: dict[str, str]) -> list[str]:
+    """The header's lines about backends, from the plans: each class's default and the
+    backends generated into it."""
+    return [f"{a.attn.name}: default backend {defaults[a.attn.name]}; generated: "
+            f"{', '.join(a.plans)}" for a in lowered.attentions]
+
+
+def _default_backend(lowered: LoweredAttention, requested: str | None, source_name: str) -> str:
     """The constructor's default backend: the request, else the spec's `backend` setting;
     one that cannot run the spec raises `UnsupportedBackendError` with every reason."""
-    wanted = requested or attn.backend
-    backends.resolve(attn, wanted, source_name)
+    wanted = requested or lowered.attn.backend
+    lowered.resolve(wanted, source_name)
     return wanted
 
 
 # Import lines of the runtime files that the generated module already has (or defines).
 _RUNTIME_IMPORTS = ("import torch", "import math", "import importlib.util", "import warnings",
                     "from attnspec.errors import UnsupportedInputError")
-
-
-@cache
-def _infinite_score(attn: ir.AttentionIR) -> bool:
-    """Whether the score pipeline writes an infinite constant (e.g. `bias where(c, -inf, 0)`):
-    flex's FLASH kernel gave wrong outputs and gradients for -inf scores on the H100
-    (tests/corpus, benchmarks/gpu_edge_cases.py), so such specs run flex on Triton."""
-    return any(isinstance(e, ir.Const) and isinstance(e.value, float) and
-               not math.isfinite(e.value) for step in attn.pipeline for e in walk(step.expr))
 
 
 def _runtime(filename: str) -> str:
@@ -149,7 +154,9 @@ def _environment() -> jinja2.Environment:
     # directory (checked against the template's source) when there is a trusted one.
     cache = cache_dir()
     return jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(Path(__file__).parent / "templates")),
+        # Module and class templates here; each backend's method template in its own folder.
+        loader=jinja2.FileSystemLoader([str(Path(__file__).parent / "templates"),
+                                        str(Path(__file__).parent.parent)]),
         undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
         keep_trailing_newline=True, autoescape=False,
         bytecode_cache=_TrustedBytecodeCache(cache) if cache else None)
@@ -165,21 +172,6 @@ class _TrustedBytecodeCache(jinja2.FileSystemBytecodeCache):
         if f is not None:
             with f:
                 bucket.load_bytecode(f)
-
-
-class _BuilderArgument:
-    """Turns a value `_attend_flex` computes (a setting, an input) into a parameter `a<N>` of
-    the BlockMask builder; literals (None, ints, bools) stay in the builder's text."""
-
-    def __init__(self, arguments: list[str]):
-        self.arguments = arguments
-
-    def __call__(self, text: str) -> str:
-        if text == "None" or re.fullmatch(r"-?[0-9]+", text):
-            return text
-        if text not in self.arguments:
-            self.arguments.append(text)
-        return f"a{self.arguments.index(text)}"
 
 
 # --- safe text -------------------------------------------------------------------------------
@@ -227,11 +219,12 @@ def _check_module_names(module: ir.ModuleIR) -> None:
                              "generated module itself; rename it")
 
 
-def _needs(module: ir.ModuleIR) -> dict[str, bool]:
+def _needs(lowered: LoweredModule) -> dict[str, bool]:
     """Which runtime helpers the module uses (the others are left out)."""
+    module = lowered.module
     calls = {n.func for a in module.attentions for n in _all_nodes(a) if isinstance(n, ir.Call)}
     attns = module.attentions
-    runnable = {name for a in attns for name, why in backends.reasons(a).items() if not why}
+    runnable = {name for a in lowered.attentions for name in a.plans}
     return {
         "namedtuple": any(i.dtype == "edges" for a in attns for i in a.inputs),
         "edges": any(i.dtype == "edges" for a in attns for i in a.inputs),
@@ -251,45 +244,6 @@ def _needs(module: ir.ModuleIR) -> dict[str, bool]:
         "read": any(isinstance(n, (ir.InputRef, ir.ParamRef)) and n.indices
                     for a in attns for n in _all_nodes(a)),
     }
-
-
-def _flex_first_mask(code: Code) -> str:
-    """The first mask inside mask_mod: a bool tensor even when the mask is a constant
-    (`mask false`, `mask heads > 2`): flex's vmap rejects a mask_mod returning a Python bool."""
-    if not code.tensor:
-        return f"mask = torch.full_like(kv_idx, {code.text}, dtype=torch.bool)"
-    return f"mask = {code.text}"
-
-
-def _flex_score(code: Code) -> str:
-    """A replaced score inside score_mod: a tensor in the score dtype. `score_dtype` (float32
-    for half inputs), never `score.dtype`: flex traces score_mod with a score of the *input*
-    dtype, so `.to(score.dtype)` would round every score to bfloat16 inside the kernel."""
-    if not code.tensor:
-        return f"torch.full_like(score, {code.text}, dtype=score_dtype)"
-    return f"({code.text}).to(score_dtype)"
-
-
-def _comment_lines(notes: tuple[str, ...], width: int = 88) -> list[str]:
-    """Plan notes as comment text: wrapped, and only printable characters, so nothing in them
-    can end the comment (they quote spec expressions)."""
-    out = []
-    for note in notes:
-        text = "".join(ch if ch.isprintable() else "?" for ch in note)
-        out += textwrap.wrap(text, width) or [""]
-    return out
-
-
-def _index_settings(attn: ir.AttentionIR) -> set[str]:
-    """Settings the checker's index and range proofs used: those in masks, biases and constant
-    dims. Overriding one voids the proofs, which only eager and SDPA re-check at call time."""
-    exprs = _mask_and_bias_exprs(attn)
-    exprs += [d.size for x in list(attn.inputs) + list(attn.params) for d in x.dims if d.size]
-    return {n.name for e in exprs for n in walk(e) if isinstance(n, ir.SettingRef)}
-
-
-def _mask_and_bias_exprs(attn: ir.AttentionIR) -> list[ir.Expr]:
-    return list(attn.masks) + [s.expr for s in attn.pipeline]
 
 
 def _dict_literal(mapping: dict[str, tuple[str, ...]]) -> str:
@@ -320,16 +274,36 @@ def _all_nodes(attn: ir.AttentionIR):
 
 # --- one attention ---------------------------------------------------------------------------
 class _AttentionEmitter:
-    """Builds the template context of one attention class."""
+    """Builds the template context of one attention class and renders it; each backend's
+    method comes from its own emitter and template (`attnspec.backends.<name>`)."""
 
-    def __init__(self, attn: ir.AttentionIR, default_backend: str = "auto",
+    def __init__(self, lowered: LoweredAttention, default_backend: str = "auto",
                  source_name: str = "<spec>"):
-        self.attn = attn
+        self.lowered = lowered
+        self.attn = lowered.attn
         self.default_backend = default_backend
         self.source_name = source_name
-        self.layer = attn.mode == "layer"
+        self.layer = self.attn.mode == "layer"
         self.const = ExprGenerator()
         self._check_names()
+
+    def render(self, environment: jinja2.Environment) -> str:
+        """The class, then the module-level functions its backends need."""
+        context = self.context()
+        methods, steps, inits, functions = [], [], [], []
+        for backend in REGISTRY:
+            plan = self.lowered.plans.get(backend.name)
+            if plan is None:
+                continue
+            macros = environment.get_template(backend.template).module
+            p = backend.emit(self, plan, self.lowered)
+            methods.append(macros.method(context, p).rstrip())
+            for part, out in (("auto_step", steps), ("init", inits), ("functions", functions)):
+                if hasattr(macros, part) and (part != "init" or p.get("index_settings")):
+                    out.append(str(getattr(macros, part)(context, p)).rstrip())
+        context.update(methods=methods, auto_steps=steps, init_parts=inits,
+                       functions=functions)
+        return environment.get_template(CLASS_TEMPLATE).render(a=context)
 
     def context(self) -> dict:
         a = self.attn
@@ -338,12 +312,13 @@ class _AttentionEmitter:
         return {
             "name": a.name, "name_str": repr(a.name), "mode": a.mode, "layer": self.layer,
             "cross": a.cross, "doc": self._doc(),
-            "settings_tuple": _tuple([s.name for s in a.numeric]),
-            "groups": _tuple([(g.name, g.size) for g in a.groups]) if a.groups else "",
+            "settings_tuple": tuple_literal([s.name for s in a.numeric]),
+            "groups": tuple_literal([(g.name, g.size) for g in a.groups]) if a.groups else "",
+            "patterns": tuple_literal([(p.queries, p.keys) for p in a.patterns])
+            if a.patterns else "",
             "settings": [self._setting(s) for s in a.numeric],
             "params": [self._param(p) for p in a.params],
             "rope": self._rope(), "rms": a.qk_norm == "rms", "sinks": a.sinks,
-            "infinite_score": _infinite_score(a),
             "qkv_bias": a.qkv_bias, "out_bias": a.out_bias,
             "kv_dim": "self.context_dim" if a.cross else "self.dim",
             "mup": {"zero_query": a.mup.zero_query} if a.mup and self.layer else None,
@@ -355,167 +330,43 @@ class _AttentionEmitter:
 
     # backends ---------------------------------------------------------------------------------
     def _backends(self) -> dict:
-        a = self.attn
-        why = backends.reasons(a)
-        plans = backends.plans(a)
-        analysis = analyze(a)
-        unsupported = {name: tuple(r.format(self.source_name) for r in rs)
-                       for name, rs in why.items() if rs}
+        lowered = self.lowered
+        unsupported = {name: tuple(r.format(self.source_name) for r in why)
+                       for name, why in lowered.refusals.items()}
         return {
-            "backends": _tuple(list(plans)), "auto_cpu": repr(backends.auto(a, "cpu")),
-            "auto_cuda": _tuple(list(backends.auto_order(a, "cuda"))),
-            "index_settings": _tuple(sorted(_index_settings(a))),
-            "flex_fallback": repr("sdpa-dense" if "sdpa" in plans else "eager"),
+            "backends": tuple_literal(list(lowered.plans)),
+            "backend_list": ", ".join(lowered.plans),
+            "dispatch": [name for name in lowered.plans if name != REFERENCE],
+            "auto_cpu": repr(lowered.auto_cpu),
+            "auto_cuda": tuple_literal(list(lowered.auto_cuda)),
             "unsupported": _dict_literal(unsupported),
             "default_backend": repr(self.default_backend),
+            "default_backend_name": self.default_backend,
             "pass_attend": "".join(f"{n}={n}, " for n in self._argument_names()),
-            "sdpa": self._sdpa(plans.get("sdpa")),
-            "flex": self._flex(analysis) if "flex" in plans else None,
-            "flash": self._flash(plans["flash"], analysis) if "flash" in plans else None,
-            "key_valid": self._key_valid(analysis),
+            "key_valid": self.key_valid(),
         }
 
-    # flash ------------------------------------------------------------------------------------
-    def _flash(self, plan, analysis) -> dict:
-        """The arguments of `_flash_attend` (templates/flash_runtime.py) for this attention."""
-        documents = analysis.segments[0].input if analysis.segments else None
-        band = analysis.band
-        return {
-            "kind": plan.kind, "summary": _comment_lines(plan.notes),
-            "documents": documents or "None",
-            "documents_str": repr(documents),
-            "key_valid": self._key_valid(analysis),
-            "band": "None" if band is None else (
-                f"({self._offset(band.lo)}, {self._offset(band.hi)}, "
-                f"{band.align == 'bottom_right'})"),
-            "softcap": self._flash_softcap(analysis.softcap),
-            "alibi": self._flash_alibi(analysis.biases),
-        }
-
-    def _key_valid(self, analysis) -> str:
+    def key_valid(self) -> str:
         """[B, Sk] bool of the keys every query may see (key padding AND key lengths): flash
         unpads to them, and every backend zeroes k and v elsewhere (the template's prologue)."""
+        analysis = self.lowered.analysis
         parts = [item.input for item in analysis.key_padding]
         parts += [f"(torch.arange(Sk, device=q.device) < {item.input}.view(-1, 1))"
                   for item in analysis.key_lengths]
         joined = " & ".join(parts) or "None"
         return f"({joined})" if len(parts) > 1 else joined  # an atom: the prologue indexes it
 
-    def _flash_softcap(self, cap) -> str:
-        """flash-attn's `softcap=`: the pipeline's one softcap (flash.supports allows one)."""
-        if cap is None:
-            return "None"
-        return literal(float(cap)) if isinstance(cap, (int, float)) else \
-            f"abs(float({ExprGenerator().constant(cap).text}))"
+    def input_lines(self) -> list[str]:
+        """The prologue's lines that check and convert the call-time inputs."""
+        return self._inputs()["input_lines"]
 
-    def _flash_alibi(self, biases) -> str:
-        """flash-attn 2 adds -slope * |q - k|: slopes scaled by -scale give scale * slope."""
-        alibi = [b for b in biases if b.kind == "alibi"]
-        if not alibi:
-            return "None"
-        return f"{literal(-alibi[0].scale)} * slopes"
-
-    # flex -------------------------------------------------------------------------------------
-    def _flex(self, analysis) -> dict:
-        a = self.attn
-        mask_gen, score_gen = FlexExprGenerator(), FlexExprGenerator(dtype_name="score_dtype")
-        mask_lines = self._flex_mask_lines(mask_gen) if (a.masks or a.patterns) else []
-        score_lines = self._flex_score_lines(score_gen) if a.pipeline else []
-        kind = flex_lowering.block_mask_kind(analysis)
-        block_lines, builder = self._flex_block_lines(analysis, kind)
-        return {
-            "kind": kind,
-            "mask_lines": mask_lines, "score_lines": score_lines,
-            "mask_captured": list(mask_gen.captured),
-            "score_captured": list(score_gen.captured),
-            "captured_tuple": _tuple_text(list(score_gen.captured)),
-            "captures": [f"{alias} = {self._capture(alias, what)}" for alias, what in
-                         {**mask_gen.captured, **score_gen.captured}.items()
-                         if not what.startswith("input ")],
-            "block_lines": block_lines, "builder": builder,
-            "summary": _comment_lines(flex_lowering.lower(a, analysis).notes),
-        }
-
-    def _flex_mask_lines(self, gen: FlexExprGenerator) -> list[str]:
-        for n, expr in enumerate(self.attn.masks):
-            _statement(gen, expr, f"# mask, spec line {expr.span.line}", lambda c, first=n == 0: (
-                _flex_first_mask(c) if first else f"mask = mask & {gen.wrap(c, P_AND)}"))
-        if self.attn.patterns:
-            self._pattern_statements(gen)
-            gen.lines.append("mask = mask & allowed" if self.attn.masks else "mask = allowed")
-        return gen.lines
-
-    def _flex_score_lines(self, gen: FlexExprGenerator) -> list[str]:
-        self._pipeline_statements(gen, lambda code, expr: _flex_score(code))
-        return gen.lines
-
-    def _capture(self, alias: str, what: str) -> str:
-        """The expression, in `_attend_flex`, of a tensor the mask/score mods capture."""
-        kind, _, name = what.partition(" ")
-        if kind == "param":  # `_spread` copies: one captured tensor per read, as flex needs
-            return f"_spread(self.{name}.to(dtype))"
-        if kind == "edges":
-            source, field = name.split(".")
-            return f"{source}.{field}"
-        if kind == "setting":
-            return f"self.{name}"
-        if kind == "alibi":
-            return "_alibi_tensor(self.heads, dtype, q.device)"
-        return name
-
-    def _flex_block_lines(self, analysis, kind: str) -> tuple[list[str], dict | None]:
-        """`_attend_flex`'s lines that make `block_mask`, and for a structured mask the
-        module-level builder of its tensors (compiled on CUDA, see `_structured_block_mask`)."""
-        if kind == "none":
-            return ["block_mask = None"], None
-        if kind == "general":
-            batch = "B" if analysis.reads_batch else "None"
-            heads = "self.heads" if analysis.reads_head else "None"
-            return [f"block_mask = _general_block_mask(mask_mod, {batch}, {heads}, Sq, Sk, "
-                    "q.device)"], None
-        arguments: list[str] = []
-        classes = [self._block_class(item, _BuilderArgument(arguments)) for item in analysis.mask]
-        per_batch = any(not isinstance(item, Band) for item in analysis.mask)
-        call = (f"block_mask = _structured_block_mask(_block_lists_{self.attn.name}, mask_mod, "
-                f"{'B' if per_batch else '1'}, Sq, Sk, q.device, {_tuple_text(arguments)})")
-        builder = {"params": "".join(f", a{n}" for n in range(len(arguments))),
-                   "classes": classes}
-        return [call], builder
-
-    def _block_class(self, item, arg) -> str:
-        """The classification of one conjunct, in the builder's terms (`arg` turns a runtime
-        value into a builder parameter)."""
-        if isinstance(item, Band):
-            return (f"_band_blocks(q_len, kv_len, {arg(self._offset(item.lo))}, "
-                    f"{arg(self._offset(item.hi))}, {item.align == 'bottom_right'}, "
-                    "_FLEX_BLOCK, device)")
-        if isinstance(item, Segment):
-            return f"_segment_blocks({arg(item.input)}, {arg(item.input)}, _FLEX_BLOCK)"
-        if isinstance(item, KeyLength):
-            return f"_key_length_blocks({arg(item.input)}, q_len, kv_len, _FLEX_BLOCK)"
-        if isinstance(item, KeyPadding):
-            return f"_key_padding_blocks({arg(item.input)}, q_len, _FLEX_BLOCK)"
-        band = item.band
-        prefix = item.prefix_input or self._offset(item.prefix)
-        return (f"_prefix_blocks({arg(prefix)}, q_len, kv_len, {arg(self._offset(band.lo))}, "
-                f"{arg(self._offset(band.hi))}, {band.align == 'bottom_right'}, _FLEX_BLOCK, "
-                "device)")
-
-    def _offset(self, value) -> str:
+    def offset(self, value) -> str:
+        """A band or prefix offset as code: None, an int literal, or a constant expression."""
         if value is None:
             return "None"
         if isinstance(value, int):
             return literal(value)
         return ExprGenerator().constant(value).text
-
-    def _sdpa(self, plan) -> dict | None:
-        if plan is None:
-            return None
-        reads = set().union(*(free_vars(e) for e in _mask_and_bias_exprs(self.attn)))
-        grid = f"{'B' if 'b' in reads else '1'}, {'self.heads' if 'h' in reads else '1'}"
-        patterns = _tuple([(p.queries, p.keys) for p in self.attn.patterns])
-        return {"kind": plan.kind, "summary": _comment_lines(plan.notes),
-                "bias": bool(plan.details.get("bias")), "grid": grid, "patterns": patterns}
 
     # names ------------------------------------------------------------------------------------
     def _check_names(self) -> None:
@@ -629,7 +480,7 @@ class _AttentionEmitter:
             lines.append(self._input_line(i))
         # The arguments forward() takes, named when an unexpected keyword is given.
         positional = ["x", "context"] if self.layer else ["q", "k", "v"]
-        keywords = _tuple(positional + [n.strip(", ") for n in params] + ["sizes"])
+        keywords = tuple_literal(positional + [n.strip(", ") for n in params] + ["sizes"])
         return {"kwargs": "".join(kwargs), "pass_kwargs": "".join(passes),
                 "attend_params": "".join(params), "input_lines": lines, "keywords": keywords}
 
@@ -645,7 +496,7 @@ class _AttentionEmitter:
         sizes = [self._call_size(d) for d in i.dims]
         cast = ".to(dtype)" if i.dtype == "float" else ""
         return (f"{i.name} = _check_tensor({i.name!r}, {i.name}, {i.dtype!r}, "
-                f"{_tuple_text(labels)}, {_tuple_text(sizes)}, q.device){cast}")
+                f"{tuple_text(labels)}, {tuple_text(sizes)}, q.device){cast}")
 
     def _call_size(self, dim: ir.Dim) -> str:
         return {"batch": "B", "seq": "S", "q_seq": "Sq", "kv_seq": "Sk"}.get(dim.kind) \
@@ -682,40 +533,40 @@ class _AttentionEmitter:
         gen = ExprGenerator()
         for expr in self.attn.masks:
             comment = f"# mask, spec line {expr.span.line}"
-            _statement(gen, expr, comment, lambda c: f"mask = mask & {gen.wrap(c, P_AND)}")
+            statement(gen, expr, comment, lambda c: f"mask = mask & {gen.wrap(c, P_AND)}")
         if self.attn.patterns:
-            self._pattern_statements(gen)
+            self.pattern_statements(gen)
             gen.lines += ["# attend only where some pattern allows it",
                           "mask = mask & allowed"]
         return self._helper(gen)
 
-    def _pattern_statements(self, gen: ExprGenerator) -> None:
+    def pattern_statements(self, gen: ExprGenerator) -> None:
         """`allowed` = OR over patterns of (q in a query group) & (k in a key group)."""
         for n, p in enumerate(self.attn.patterns):
             comment = f"# pattern, spec line {p.span.line}: q in its query groups, k in its keys"
             term = ir.Binary(op="&", left=_any_group("q", p.queries, p.span),
                              right=_any_group("k", p.keys, p.span), type="bool", span=p.span)
-            _statement(gen, term, comment, lambda c, first=n == 0: (
+            statement(gen, term, comment, lambda c, first=n == 0: (
                 f"allowed = {c.text}" if first else f"allowed = allowed | {gen.wrap(c, P_OR + 1)}"))
 
     def _score(self) -> dict | None:
         if not self.attn.pipeline:
             return None
         gen = ExprGenerator()
-        self._pipeline_statements(gen, lambda code, expr: self._dense_score(gen, code, expr))
+        self.pipeline_statements(gen, lambda code, expr: self._dense_score(gen, code, expr))
         gen.uses.discard("score")
         return self._helper(gen)
 
-    def _pipeline_statements(self, gen: ExprGenerator, replaced) -> None:
+    def pipeline_statements(self, gen: ExprGenerator, replaced) -> None:
         """The score pipeline in spec order: `bias e` adds; `score = e` becomes
         `score = replaced(code, expr)` (each backend shapes a new score its own way)."""
         for step in self.attn.pipeline:
             line = step.span.line
             if step.kind == "bias":
-                _statement(gen, step.expr, f"# bias, spec line {line}",
+                statement(gen, step.expr, f"# bias, spec line {line}",
                            lambda c: f"score = score + {gen.wrap(c, P_ATOM)}")
             else:
-                _statement(gen, step.expr, f"# score = ..., spec line {line}",
+                statement(gen, step.expr, f"# score = ..., spec line {line}",
                            lambda c, e=step.expr: f"score = {replaced(c, e)}")
 
     @staticmethod
@@ -746,14 +597,6 @@ class _AttentionEmitter:
 
 
 
-def _statement(gen: ExprGenerator, expr: ir.Expr, comment: str, line) -> None:
-    """Append `comment`, the temporaries of `expr`, then `line(code)`."""
-    start = len(gen.lines)
-    code = gen.statement(expr)
-    gen.lines.insert(start, comment)
-    gen.lines.append(line(code))
-
-
 def _any_group(index: str, groups: tuple[str, ...], span: ir.SpanIR) -> ir.Expr:
     result = None
     for g in groups:
@@ -766,23 +609,3 @@ def _any_group(index: str, groups: tuple[str, ...], span: ir.SpanIR) -> ir.Expr:
 
 _DIM_LABELS = {"batch": "B", "seq": "S", "q_seq": "Sq", "kv_seq": "Sk", "heads": "heads",
                "kv_heads": "kv_heads"}
-
-
-def _tuple_text(parts: list[str]) -> str:
-    return "(" + ", ".join(parts) + ("," if len(parts) == 1 else "") + ")"
-
-
-def _tuple(items: list) -> str:
-    """A tuple literal of strings, ints and None (each element repr()'d)."""
-    parts = [_item(x) for x in items]
-    return "(" + ", ".join(parts) + ("," if len(parts) == 1 else "") + ")"
-
-
-def _item(x) -> str:
-    if isinstance(x, tuple):
-        return _tuple(list(x))
-    if x is None:
-        return "None"
-    if isinstance(x, str):
-        return repr(x)
-    return literal(x)

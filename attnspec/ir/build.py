@@ -348,7 +348,7 @@ class _AttentionBuilder:
         return stmt.span if stmt else self.node.name_span
 
     def _enum(self, name: str) -> str:
-        choices = scope.ENUM_SETTINGS[name]
+        choices = scope.enum_choices(name)
         stmt = self.settings.get(name)
         if stmt is None:
             return choices[0]

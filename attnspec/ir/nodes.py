@@ -291,7 +291,7 @@ class AttentionIR(Node):
     cross: bool  # layer mode with `context_dim`
     numeric: tuple[NumericSetting, ...]
     qk_norm: Literal["none", "rms"]
-    backend: Literal["auto", "flex", "sdpa", "flash", "eager"]
+    backend: str  # "auto" or a name of the backend registry (checked by the builder)
     qkv_bias: bool
     out_bias: bool
     sinks: bool

@@ -8,11 +8,22 @@ import keyword
 INT_SETTINGS = ("heads", "kv_heads", "head_dim", "value_dim", "dim", "context_dim")
 FLOAT_SETTINGS = ("scale", "dropout")
 BOOL_SETTINGS = ("qkv_bias", "out_bias", "sinks")
-ENUM_SETTINGS = {
-    "qk_norm": ("none", "rms"),
-    "backend": ("auto", "flex", "sdpa", "flash", "eager"),
-}
-ALL_SETTINGS = INT_SETTINGS + FLOAT_SETTINGS + BOOL_SETTINGS + tuple(ENUM_SETTINGS)
+ENUM_SETTINGS = ("qk_norm", "backend")
+ALL_SETTINGS = INT_SETTINGS + FLOAT_SETTINGS + BOOL_SETTINGS + ENUM_SETTINGS
+
+
+def enum_choices(name: str) -> tuple[str, ...]:
+    """The values an enum setting takes, its default first. Backend names come from the backend
+    registry, the one place they are spelled (imported here late: the registry builds on the IR).
+
+    >>> enum_choices("qk_norm")
+    ('none', 'rms')
+    """
+    if name == "backend":
+        from attnspec.backends import CHOICES
+
+        return CHOICES
+    return {"qk_norm": ("none", "rms")}[name]
 
 MUP_INT_SETTINGS = ("base_dim", "base_head_dim")
 MUP_FLOAT_SETTINGS = ("attn_mult", "init_std")

@@ -8,10 +8,30 @@ mode); any other mask or additive bias is materialised as a dense attention mask
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+from attnspec.backends.base import Plan, Reason
 from attnspec.ir import nodes as ir
-from attnspec.lower.plan import Plan, Reason
 
 NAME = "sdpa"
+# torch's scaled_dot_product_attention runs on every device, with a backward everywhere.
+DEVICES = ("cpu", "cuda")
+BACKWARD_DEVICES = DEVICES
+# Plans that run on SDPA's own fused kernels, without a dense mask tensor.
+NATIVE_KINDS = ("full", "causal", "patterns")
+
+
+@dataclass(frozen=True)
+class SdpaPlan(Plan):
+    """`full`, `causal`, `causal_bottom_right`, `patterns` (one call per token-group pattern)
+    or `dense` (a materialised mask; `bias`: with the additive bias in float32)."""
+
+    bias: bool = False
+
+    @property
+    def native(self) -> bool:
+        """Whether this plan runs on SDPA's fused kernels without a dense mask."""
+        return self.kind in NATIVE_KINDS
 DENSE_NOTE = ("dense attention mask materialised per call: memory O(B·H·Sq·Sk) — fine for "
               "short sequences; long ones want flex")
 
@@ -27,21 +47,22 @@ def supports(attn: ir.AttentionIR, analysis) -> list[Reason]:
     return reasons
 
 
-def lower(attn: ir.AttentionIR, analysis) -> Plan:
+def lower(attn: ir.AttentionIR, analysis) -> SdpaPlan:
     has_bias = bool(attn.pipeline)
     if not attn.masks and not attn.patterns and not has_bias:
-        return Plan(NAME, "full", ("no mask: one SDPA call (flash / cuDNN / efficient kernels)",))
+        return SdpaPlan(NAME, "full",
+                        ("no mask: one SDPA call (flash / cuDNN / efficient kernels)",))
     if not attn.patterns and not has_bias and analysis.is_causal_top_left:
-        return Plan(NAME, "causal", ("mask causal (top-left): SDPA is_causal=True",))
+        return SdpaPlan(NAME, "causal", ("mask causal (top-left): SDPA is_causal=True",))
     if not attn.patterns and not has_bias and analysis.is_causal_bottom_right:
-        return Plan(NAME, "causal_bottom_right", (
+        return SdpaPlan(NAME, "causal_bottom_right", (
             "mask causal (bottom-right): is_causal=True when q_len == kv_len, else a dense mask",
             DENSE_NOTE))
     if attn.patterns and not attn.masks and not has_bias:
-        return Plan(NAME, "patterns", (
+        return SdpaPlan(NAME, "patterns", (
             f"{len(attn.patterns)} token-group pattern(s): one SDPA call per pattern over "
             "contiguous query/key slices, no mask",))
     notes = ["mask and biases: " + "; ".join(analysis.describe() or ["general"]), DENSE_NOTE]
     if has_bias:
         notes.append("additive bias: computed in float32 (a half-precision mask would round it)")
-    return Plan(NAME, "dense", tuple(notes), {"bias": has_bias})
+    return SdpaPlan(NAME, "dense", tuple(notes), bias=has_bias)

@@ -24,6 +24,9 @@ CUDA only, document ids out of order) are checked at call time and raise
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+from attnspec.backends.base import Plan, Reason
 from attnspec.ir import nodes as ir
 from attnspec.ir.consts import resolve_settings
 from attnspec.lower.analysis import (
@@ -35,9 +38,12 @@ from attnspec.lower.analysis import (
     Segment,
     Softcap,
 )
-from attnspec.lower.plan import Plan, Reason, explicit_dropout
+from attnspec.lower.plan import explicit_dropout
 
 NAME = "flash"
+# flash-attn kernels are CUDA only (sm80+ for flash-attn 2, sm90+ for flash-attn 4).
+DEVICES = ("cuda",)
+BACKWARD_DEVICES = DEVICES
 EXPRESSIBLE = (Band, Segment, KeyLength, KeyPadding)
 MAX_HEAD_DIM = 256  # flash-attn 2 and flash-attn 4 on Hopper
 HEAD_DIM_MULTIPLE = 8  # flash-attn 4 needs 16-byte aligned rows in fp16/bf16
@@ -45,6 +51,14 @@ MIN_HEAD_DIM = 16  # flash-attn 4: wrong dq at head_dim 8 (H100, differential fu
 # flash-attn 4's backward is wrong below this head dim (dq at 16; H200 matrix, issue 20): calls
 # that need gradients there are refused at call time (the runtime's _FLASH4_BACKWARD_MIN_HEAD_DIM).
 BACKWARD_MIN_HEAD_DIM = 32
+
+
+@dataclass(frozen=True)
+class FlashPlan(Plan):
+    """`batched` (one `flash_attn_func` call) or `varlen` (`flash_attn_varlen_func` over
+    documents and/or unpadded keys). `documents` names the ids input of `same(...)`."""
+
+    documents: str | None = None
 
 
 def supports(attn: ir.AttentionIR, analysis: Analysis) -> list[Reason]:
@@ -128,7 +142,7 @@ def _head_dim_reasons(attn: ir.AttentionIR) -> list[Reason]:
     return reasons
 
 
-def lower(attn: ir.AttentionIR, analysis: Analysis) -> Plan:
+def lower(attn: ir.AttentionIR, analysis: Analysis) -> FlashPlan:
     """The plan: what each recognised piece becomes in the flash-attn call."""
     keys = analysis.key_padding + analysis.key_lengths
     kind = "varlen" if analysis.segments or keys else "batched"
@@ -157,7 +171,8 @@ def lower(attn: ir.AttentionIR, analysis: Analysis) -> Plan:
     notes.append("fp16/bf16 only: float32 inputs are refused (cast them, or use another "
                  "backend); CUDA only")
     notes += _backward_notes(attn)
-    return Plan(NAME, kind, tuple(notes))
+    documents = analysis.segments[0].input if analysis.segments else None
+    return FlashPlan(NAME, kind, tuple(notes), documents=documents)
 
 
 def _backward_notes(attn: ir.AttentionIR) -> list[str]:

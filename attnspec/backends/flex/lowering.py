@@ -9,6 +9,9 @@ function, so new values never recompile. Sinks use the log-sum-exp flex returns.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+from attnspec.backends.base import Plan, Reason
 from attnspec.ir import nodes as ir
 from attnspec.lower.analysis import (
     Analysis,
@@ -19,9 +22,13 @@ from attnspec.lower.analysis import (
     PrefixOrBand,
     Segment,
 )
-from attnspec.lower.plan import Plan, Reason, explicit_dropout
+from attnspec.lower.plan import explicit_dropout
 
 NAME = "flex"
+# FlexAttention runs uncompiled on CPU, forward only (torch has no CPU backward for it);
+# compiled on CUDA, forward and backward.
+DEVICES = ("cpu", "cuda")
+BACKWARD_DEVICES = ("cuda",)
 STRUCTURED = (Band, Segment, KeyLength, KeyPadding, PrefixOrBand)
 
 
@@ -42,7 +49,16 @@ def block_mask_kind(analysis: Analysis) -> str:
     return "general"
 
 
-def lower(attn: ir.AttentionIR, analysis: Analysis) -> Plan:
+@dataclass(frozen=True)
+class FlexPlan(Plan):
+    """`kind` is how the BlockMask is made: `none`, `structured` (from block bounds, O(blocks))
+    or `general` (`create_block_mask`)."""
+
+    score_mod: bool = False
+    sinks: bool = False
+
+
+def lower(attn: ir.AttentionIR, analysis: Analysis) -> FlexPlan:
     kind = block_mask_kind(analysis)
     notes = [{
         "none": "no mask: flex_attention without a BlockMask",
@@ -60,4 +76,4 @@ def lower(attn: ir.AttentionIR, analysis: Analysis) -> Plan:
                  "forward only")
     if any(isinstance(item, Patterns) for item in analysis.mask):
         notes.append("token groups: group bounds are fixed per call")
-    return Plan(NAME, kind, tuple(notes))
+    return FlexPlan(NAME, kind, tuple(notes), score_mod=bool(attn.pipeline), sinks=attn.sinks)

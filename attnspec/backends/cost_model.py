@@ -1,0 +1,76 @@
+"""`auto`: which backend a generated module runs, best first, from every backend's plan.
+
+The cost model, from the suite's numbers on the H100 (docs/performance.md): flash-attn 4 is the
+fastest kernel wherever it expresses the spec (causal, windows, documents); SDPA's own kernels
+(cuDNN on Hopper) match it for plain causal/full attention and need no BlockMask; flex runs
+everything else, on its FLASH kernel (flash-attn 4's CuTe DSL) where that can run the call, else
+on Triton; a dense-mask SDPA call beats flex's fixed costs only for small sizes (Sq·Sk <= 2^20:
+0.21 vs 0.27 ms at 1024², 0.08 vs 0.26 ms at 256²); token-group patterns go to flex first (one
+call instead of one per pattern).
+
+A choice is a backend name, or a backend name and a condition after a dash ("sdpa-small":
+SDPA only when Sq·Sk <= 2^20; "sdpa-dense": SDPA with its dense mask).
+
+Example:
+    >>> from attnspec.backends import plans
+    >>> import attnspec
+    >>> a = attnspec.build("attention A {\\n heads = 2\\n head_dim = 8\\n mask causal\\n}")
+    >>> order(plans(a.attentions[0]), "cuda"), order(plans(a.attentions[0]), "cpu")
+    (('sdpa',), ('sdpa',))
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from attnspec.backends import eager, flash, flex, sdpa
+from attnspec.backends.base import Plan
+
+EAGER, SDPA, FLEX, FLASH = (m.BACKEND.name for m in (eager, sdpa, flex, flash))
+SDPA_SMALL, SDPA_DENSE = f"{SDPA}-small", f"{SDPA}-dense"
+
+# Why each choice stands where it does (`attnspec explain`).
+REASONS = {
+    FLASH: "flash-attn 4 (else 2) where installed, for fp16/bf16 inputs it accepts",
+    SDPA: "SDPA's fused kernels, no mask tensor",
+    SDPA_SMALL: "SDPA with a dense mask when Sq·Sk <= 2^20",
+    FLEX: "FlexAttention: FLASH kernel for inference where usable, else Triton",
+    SDPA_DENSE: "SDPA with a dense mask",
+    EAGER: "the eager reference",
+}
+
+
+def order(available: Mapping[str, Plan], device: str) -> tuple[str, ...]:
+    """What `backend="auto"` tries on `device` ("cpu" or "cuda"), best first; at call time the
+    module runs the first that can run the call ("flash" steps aside for float32 inputs or a
+    missing library, "sdpa-small" for large sizes).
+
+    On CPU: SDPA (with a dense mask where it needs one), else eager (flex has no CPU backward)."""
+    sdpa_plan = available.get(SDPA)
+    if device != "cuda":
+        return (SDPA,) if sdpa_plan is not None else (EAGER,)
+    native = sdpa_plan is not None and sdpa_plan.native
+    first = [FLASH] if FLASH in available else []
+    if native and sdpa_plan.kind == "patterns" and FLEX in available:
+        # Token groups: one flex call beats SDPA's call per pattern for training (suite:
+        # 3.28 vs 3.96 ms fwd+bwd at 8k; forward 0.95 vs 0.88 ms).
+        return (*first, FLEX, SDPA)
+    if native:
+        return (*first, SDPA)
+    if FLEX in available:
+        return (*first, *([SDPA_SMALL] if sdpa_plan is not None else []), FLEX)
+    return (*first, SDPA_DENSE if sdpa_plan is not None else EAGER)
+
+
+def first_backend(choices: tuple[str, ...]) -> str:
+    """The backend of the first choice ("sdpa-small" -> "sdpa")."""
+    return backend_of(choices[0])
+
+
+def backend_of(choice: str) -> str:
+    """The backend a choice runs.
+
+    >>> backend_of("sdpa-dense"), backend_of("flex")
+    ('sdpa', 'flex')
+    """
+    return choice.split("-")[0]

@@ -1,0 +1,29 @@
+"""The eager backend: dense [B, H, Sq, Sk] masks and scores. It runs every spec."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from attnspec.backends.base import Plan, Reason
+from attnspec.ir import nodes as ir
+
+NAME = "eager"
+# Runs everywhere torch does, forward and backward: it is the reference semantics.
+DEVICES = ("cpu", "cuda")
+BACKWARD_DEVICES = DEVICES
+
+
+@dataclass(frozen=True)
+class EagerPlan(Plan):
+    """The one eager plan: `dense` (mask and score as [B, H, Sq, Sk] tensors)."""
+
+
+def supports(attn: ir.AttentionIR, analysis) -> list[Reason]:
+    return []
+
+
+def lower(attn: ir.AttentionIR, analysis) -> EagerPlan:
+    return EagerPlan(NAME, "dense", (
+        "mask and score materialised as dense [B, H, Sq, Sk] tensors (the reference semantics)",
+        "memory O(B·H·Sq·Sk): for short sequences, tests and debugging",
+    ))

@@ -1,0 +1,22 @@
+"""The flash backend: flash-attn 4 (else 2): dense and varlen calls for windows, documents, key
+padding.
+
+Its room: `lowering.py` (declared limits, `supports`, `lower` -> a typed plan), `emit.py`
+(the template context) and `method.py.jinja` (the generated method).
+"""
+
+from __future__ import annotations
+
+from attnspec.backends.base import Backend
+from attnspec.backends.flash import emit, lowering
+
+BACKEND = Backend(
+    name=lowering.NAME,
+    summary="flash-attn 4 (else 2): dense and varlen calls for windows, documents, key padding",
+    devices=lowering.DEVICES,
+    backward_devices=lowering.BACKWARD_DEVICES,
+    supports=lowering.supports,
+    lower=lowering.lower,
+    emit=emit.emit,
+    template="backends/flash/method.py.jinja",
+)
