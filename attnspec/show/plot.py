@@ -5,7 +5,7 @@ with the Agg canvas, so no pyplot state or GUI backend is touched.
 
 Example:
     >>> import attnspec
-    >>> from attnspec.show import mask_picture
+    >>> from attnspec.show.pictures import mask_picture
     >>> attn = attnspec.build("attention A {\\n heads = 1\\n head_dim = 8\\n mask causal\\n}")
     >>> fig = plot_mask(mask_picture(attn.attentions[0], 64, 64, block=16))
     >>> [round(x) for x in fig.get_size_inches() * fig.dpi]
@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from attnspec.show import BiasPicture, MaskPicture, cell_means
+from attnspec.show.pictures import BiasPicture, MaskPicture, cell_means
 
 __all__ = ["plot_mask", "plot_weights", "save", "INSTALL_HINT"]
 
