@@ -457,7 +457,7 @@ def cmd_mup_check(args) -> int:
 
 
 def cmd_show(args) -> int:
-    from attnspec.show import run_cli
+    from attnspec.show.cli import run_cli
 
     path = Path(args.path)
     return run_cli(args, path, *_load(path))

@@ -22,7 +22,7 @@ import torch
 import attnspec.bench
 import attnspec.compiler
 import attnspec.mup_check
-import attnspec.show
+import attnspec.show.cli
 import attnspec.verify
 from attnspec import cli
 from attnspec.cli import BACKENDS, MAX_SEED, MAX_SHOW_LEN, main
@@ -328,7 +328,7 @@ def test_oversized_file_is_read_only_up_to_the_limit(capsys, tmp_path, monkeypat
     (["--q-len", "abc"], "argument --q-len: takes an integer, got 'abc'"),
 ])
 def test_show_sizes_are_usage_errors(capsys, spec, monkeypatch, argv, message):
-    monkeypatch.setattr(attnspec.show, "run_cli", _must_not_run)
+    monkeypatch.setattr(attnspec.show.cli, "run_cli", _must_not_run)
     code, _, err = run(capsys, "show", str(spec), *argv)
     assert code == 2 and message in err
 
@@ -337,7 +337,7 @@ def test_show_token_groups_over_the_limit(capsys, tmp_path, monkeypatch):
     path = tmp_path / "g.attn"
     path.write_text(f"attention G {{\n heads = 2\n head_dim = 8\n tokens {{\n"
                     f"  a: {MAX_SHOW_LEN + 1}\n }}\n pattern a -> a\n}}\n")
-    monkeypatch.setattr(attnspec.show, "show_inputs", _must_not_run)
+    monkeypatch.setattr(attnspec.show.cli, "show_inputs", _must_not_run)
     code, _, err = run(capsys, "show", str(path))
     assert code == 1 and f"lengths must be at most {MAX_SHOW_LEN}" in err
 

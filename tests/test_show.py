@@ -21,6 +21,7 @@ import attnspec
 from attnspec import eager, show
 from attnspec.cli import main
 from attnspec.ir.consts import resolve_settings
+from attnspec.show import pictures
 
 ROOT = Path(__file__).resolve().parent.parent
 GOLDEN = Path(__file__).parent / "golden"
@@ -65,7 +66,7 @@ CASES = [  # (spec, attention index, q_len, kv_len, cell, block)
 @pytest.mark.parametrize("spec,index,q_len,kv_len,cell,block", CASES)
 def test_counts_and_block_classes_match_the_dense_mask(spec, index, q_len, kv_len, cell, block,
                                                        monkeypatch):
-    monkeypatch.setattr(show, "CHUNK", 997)  # many chunks, most ending inside a tile
+    monkeypatch.setattr(pictures, "CHUNK", 997)  # many chunks, most ending inside a tile
     seed = _seed()
     attn = attnspec.build(ROOT / spec if spec.endswith(".attn") else spec).attentions[index]
     batch, batch_index, head = 3, 2, int(resolve_settings(attn)["heads"]) - 1
@@ -89,14 +90,14 @@ def test_the_mask_is_evaluated_in_chunks(monkeypatch):
     """Long sequences never evaluate more than CHUNK entries (or one row of keys) at once."""
     attn = attnspec.build(ROOT / "specs/causal_lm.attn").attentions[0]
     seen = []
-    original = show.window_mask
+    original = pictures.window_mask
 
     def spy(frame, qs, ks, *args):
         seen.append(len(qs) * len(ks))
         return original(frame, qs, ks, *args)
 
-    monkeypatch.setattr(show, "window_mask", spy)
-    monkeypatch.setattr(show, "CHUNK", 4096)
+    monkeypatch.setattr(pictures, "window_mask", spy)
+    monkeypatch.setattr(pictures, "CHUNK", 4096)
     pic = show.mask_picture(attn, 1000, 1000, cell=100, block=128)
     assert max(seen) <= 4096 and sum(seen) == 1000 * 1000
     assert pic.block_counts() == {"full": 28, "partial": 8, "empty": 28}

@@ -1,5 +1,6 @@
-"""`attnspec show`: what an attention attends, as numbers, terminal text and (with matplotlib,
-in `attnspec.plot`) pictures.
+"""What `attnspec show` shows, as data: mask counts and block classes, the bias, the weights,
+and the random inputs the command draws them with. No rendering here (`text` and `plot` draw
+these).
 
 Everything comes from the eager interpreter (`attnspec.eager`), never from a lowering: the mask
 is `eager`'s combined mask and the bias its score pipeline, evaluated on windows of (query, key)
@@ -20,16 +21,12 @@ Example:
     >>> pic = mask_picture(attn.attentions[0], 256, 256, block=128)
     >>> pic.block_counts(), pic.density
     ({'full': 1, 'partial': 2, 'empty': 1}, 0.501953125)
-    >>> print(render_mask(pic, ascii=True).splitlines()[3][:12])
-       0 #......
 """
 
 from __future__ import annotations
 
 import inspect
 import math
-import shutil
-import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache, partial
@@ -41,20 +38,18 @@ from attnspec import eager
 from attnspec.ir import nodes as ir
 from attnspec.ir.consts import eval_const, resolve_settings
 
-__all__ = ["MaskPicture", "BiasPicture", "WindowInterpreter", "mask_picture", "bias_picture",
-           "attention_weights", "render_mask", "render_weights", "show_inputs", "show_lengths",
-           "random_state", "random_weights", "text_cell", "cell_means", "run_cli"]
+__all__ = ["MaskPicture", "BiasPicture", "WindowInterpreter", "make_frame", "window_mask",
+           "mask_picture", "cell_centres", "bias_picture", "show_lengths", "show_inputs",
+           "random_state", "attention_weights", "attention_ir", "random_weights", "cell_means",
+           "weights_as_dict", "CHUNK", "MAX_EDGE_ENTRIES", "MAX_WEIGHT_ENTRIES", "DEFAULT_LEN",
+           "DEFAULT_WEIGHTS_LEN", "OPEN_GROUP"]
 
 # (query, key) entries evaluated at once: 8 MB int64 temporaries. Smaller chunks pay the
 # per-operation overhead more often, larger ones leave the cache (both measured slower).
 CHUNK = 1 << 20
-PICTURE_CELLS = 512  # most cells per axis of a picture (PNG); longer sequences are tiled
 MAX_EDGE_ENTRIES = 1 << 24  # the interpreter's edge tables are dense [Sq, Sk] int64 tensors
 MAX_WEIGHT_ENTRIES = 1 << 26  # `show --weights`: the interpreter makes [B, H, Sq, Sk]
 DEFAULT_LEN, DEFAULT_WEIGHTS_LEN, OPEN_GROUP = 1024, 128, 64
-_CHARS = {"unicode": ("█", "▒", "·", "│", "─", "┼"), "ascii": ("#", ":", ".", "|", "-", "+")}
-_RAMPS = {"unicode": "▁▂▃▄▅▆▇█", "ascii": ".:-=+*#%@"}
-QK = "q\\k"  # the corner label of the axes
 
 
 # --- pictures as data --------------------------------------------------------------------------
@@ -78,9 +73,14 @@ class MaskPicture:
     groups: dict[str, tuple[int, int]] = field(default_factory=dict)  # name -> (start, end)
 
     @property
+    def cell_areas(self) -> Tensor:
+        """float64 [rows, cols]: the entries of each cell (edge cells are smaller)."""
+        return _areas(self.q_len, self.kv_len, self.q_cell, self.k_cell)
+
+    @property
     def fraction(self) -> Tensor:
         """float64 [rows, cols]: the kept fraction of each cell."""
-        return self.cells / _areas(self.q_len, self.kv_len, self.q_cell, self.k_cell)
+        return self.cells / self.cell_areas
 
     @property
     def block_classes(self) -> Tensor:
@@ -454,380 +454,17 @@ def cell_means(values: Tensor, cell: int | tuple[int, int]) -> Tensor:
     return pooled.reshape(*values.shape[:-2], *pooled.shape[-2:])
 
 
-# --- terminal rendering ------------------------------------------------------------------------
-def terminal_width() -> int:
-    return shutil.get_terminal_size((80, 24)).columns
-
-
-def wants_ascii(stream=None) -> bool:
-    """True when `stream` (default stdout) cannot encode the block characters."""
-    encoding = getattr(stream or sys.stdout, "encoding", None) or "ascii"
-    try:
-        "".join(_CHARS["unicode"] + (_RAMPS["unicode"],)).encode(encoding)
-    except (UnicodeEncodeError, LookupError):
-        return True
-    return False
-
-
-def _margin(q_len: int, groups: Mapping[str, tuple[int, int]]) -> int:
-    return max([len(str(q_len - 1)), 4] + [min(len(n), 16) for n in groups])
-
-
-def _boundaries(groups: Mapping[str, tuple[int, int]], length: int) -> list[int]:
-    return sorted({start for start, end in groups.values() if 0 < start < length})
-
-
-def text_cell(q_len: int, kv_len: int, width: int,
-              groups: Mapping[str, tuple[int, int]] | None = None) -> tuple[int, int]:
-    """(queries, keys) per character so that the mask fits `width` columns (margin and group
-    separators included) in at most half as many rows: a terminal character is about twice as
-    tall as wide, so a square mask looks square.
-
-    >>> text_cell(1024, 1024, 80)
-    (28, 14)
-    """
-    groups = groups or {}
-    room = max(2, width - _margin(q_len, groups) - 1 - len(_boundaries(groups, kv_len)))
-    return max(1, -(-q_len // (room // 2))), max(1, -(-kv_len // room))
-
-
-@dataclass
-class _Grid:
-    """Layout of a text picture: separators before given cells, a label margin."""
-
-    q_cell: int
-    k_cell: int
-    rows: int
-    cols: int
-    margin: int
-    col_seps: set[int]
-    row_seps: set[int]
-
-    def column(self, c: int) -> int:
-        """The text column of cell `c` (after the margin)."""
-        return c + sum(1 for s in self.col_seps if s <= c)
-
-
-def _grid(pic: MaskPicture) -> _Grid:
-    groups = pic.groups
-    return _Grid(pic.q_cell, pic.k_cell, *pic.cells.shape, _margin(pic.q_len, groups),
-                 {b // pic.k_cell for b in _boundaries(groups, pic.kv_len)} - {0},
-                 {b // pic.q_cell for b in _boundaries(groups, pic.q_len)} - {0})
-
-
-def _place(line: list[str], at: int, text: str, limit: int | None = None) -> None:
-    """Write `text` into `line` from column `at` onto spaces, cut to end before `limit`;
-    nothing if it does not fit whole and `limit` is None (a position number)."""
-    if limit is not None:
-        text = text[: max(0, limit - at - 1)] or text[:1]
-    end = at + len(text)
-    if end <= len(line) and all(ch == " " for ch in line[at: end + 1]):
-        line[at:end] = text
-
-
-def _header(grid: _Grid, kv_len: int, groups: Mapping[str, tuple[int, int]]) -> list[str]:
-    width = grid.margin + 1 + grid.column(grid.cols - 1) + 1
-    ruler = list(f"{QK:>{grid.margin}} ".ljust(width))
-    for c in range(0, grid.cols, 8):
-        _place(ruler, grid.margin + 1 + grid.column(c), str(c * grid.k_cell))
-    lines = ["".join(ruler).rstrip()]
-    if groups:
-        names = list(" " * width)
-        spans = sorted((start, name) for name, (start, end) in groups.items() if end > start)
-        for i, (start, name) in enumerate(spans):
-            at = grid.margin + 1 + grid.column(start // grid.k_cell)
-            nxt = spans[i + 1][0] if i + 1 < len(spans) else kv_len
-            _place(names, at, name, grid.margin + 1 + grid.column(nxt // grid.k_cell))
-        lines.append("".join(names).rstrip())
-    return lines
-
-
-def _row_labels(grid: _Grid, groups: Mapping[str, tuple[int, int]], q_len: int) -> list[str]:
-    labels = [str(r * grid.q_cell) if r % 4 == 0 else "" for r in range(grid.rows)]
-    for name, (start, end) in sorted(groups.items(), key=lambda kv: kv[1]):
-        if end > start and start < q_len:
-            labels[start // grid.q_cell] = name[:grid.margin]
-    return labels
-
-
-def _cells_text(grid: _Grid, chars: list[list[str]], labels: list[str], seps: str) -> list[str]:
-    vbar, hbar, cross = seps
-    lines = []
-    for r, row in enumerate(chars):
-        if r in grid.row_seps:
-            bar = "".join(cross + hbar if c in grid.col_seps else hbar for c in range(grid.cols))
-            lines.append(" " * (grid.margin + 1) + bar)
-        body = "".join((vbar if c in grid.col_seps else "") + ch for c, ch in enumerate(row))
-        lines.append(f"{labels[r]:>{grid.margin}} {body}".rstrip())
-    return lines
-
-
-def render_mask(pic: MaskPicture, bias: BiasPicture | None = None, *, ascii: bool = False,
-                title: str | None = None) -> str:
-    """The mask as text: one character per tile of `pic.q_cell` queries × `pic.k_cell` keys
-    (all / some / none kept), token-group boundaries as lines with the names on the axes, the
-    block-sparsity counts and, given `bias`, a compact bias summary. Choose the tile with
-    `text_cell` to fit a terminal width."""
-    full, part, empty, *seps = _CHARS["ascii" if ascii else "unicode"]
-    grid = _grid(pic)
-    area = _areas(pic.q_len, pic.kv_len, pic.q_cell, pic.k_cell)
-    chars = [[full if n == a else part if n else empty for n, a in zip(row, arow)]
-             for row, arow in zip(pic.cells.tolist(), area.tolist())]
-    lines = [f"{title or 'attention ' + pic.attention}: batch {pic.batch_index}, head {pic.head}",
-             f"q_len {pic.q_len} x kv_len {pic.kv_len}; 1 char = {pic.q_cell} queries x "
-             f"{pic.k_cell} keys"]
-    lines += _header(grid, pic.kv_len, pic.groups)
-    lines += _cells_text(grid, chars, _row_labels(grid, pic.groups, pic.q_len), "".join(seps))
-    lines.append(f"legend: {full} all kept  {part} some kept  {empty} none kept")
-    lines += _blocks_lines(pic)
-    if bias is not None:
-        lines += _bias_lines(bias, grid, ascii, seps[0])
-    return "\n".join(lines) + "\n"
-
-
-def _blocks_lines(pic: MaskPicture) -> list[str]:
-    counts, total = pic.block_counts(), pic.blocks.numel()
-    computed = (counts["full"] + counts["partial"]) / total
-    return [f"blocks {pic.block}x{pic.block}: {counts['full']} full, {counts['partial']} "
-            f"partial, {counts['empty']} empty of {total} ({computed:.1%} computed)",
-            f"entries kept: {pic.density:.1%}"]
-
-
-def _bias_lines(bias: BiasPicture, grid: _Grid, ascii: bool, vbar: str) -> list[str]:
-    """Statistics of the offset (and gain) and the offset of the middle sampled query across
-    the keys, aligned with the picture's columns."""
-    if not bias.steps:
-        return [f"bias (head {bias.head}): none, the attention has no bias or score steps"]
-    stats = bias.stats()
-    row = len(bias.qs) // 2
-    spark = _spark(bias.offset[row], ascii)
-    spark = "".join((vbar if c in grid.col_seps else "") + ch for c, ch in enumerate(spark))
-    lines = [f"bias at q.k = 0 (head {bias.head}; one sample per char, kept entries):",
-             f"  {_fmt_stats(stats['offset'])}",
-             f"{'q=' + str(int(bias.qs[row])):>{grid.margin}} {spark}".rstrip()]
-    if bias.gain is not None:
-        lines += ["gain d score / d(scale*q.k) at 0:", f"  {_fmt_stats(stats['gain'])}"]
-    return lines
-
-
-def _fmt_stats(stats: dict | None) -> str:
-    if stats is None:
-        return "no kept entry sampled"
-    return f"min {stats['min']:.4g}, max {stats['max']:.4g}, mean {stats['mean']:.4g}"
-
-
-def _spark(values: Tensor, ascii: bool) -> str:
-    """One character per value on a ramp from its min to max; NaN (masked) as a space."""
-    ramp = _RAMPS["ascii" if ascii else "unicode"]
-    kept = values[~values.isnan()]
-    if not kept.numel():
-        return ""
-    lo, hi = float(kept.min()), float(kept.max())
-    span = hi - lo or 1.0
-    return "".join(" " if math.isnan(v) else ramp[min(len(ramp) - 1, int((v - lo) / span
-                                                                          * len(ramp)))]
-                   for v in values.tolist())
-
-
-def render_weights(weights: Tensor, *, cell: tuple[int, int] = (1, 1), batch_index: int = 0,
-                   heads: Sequence[int] | None = None, ascii: bool = False,
-                   title: str = "weights") -> str:
-    """Per head, the mean weight of each tile of `cell` (queries, keys) on a ramp from 0 to the
-    head's largest tile mean; tiles with no weight at all are blank.
+def weights_as_dict(name: str, weights: Tensor, cell: tuple[int, int], batch_index: int,
+                    heads: Sequence[int] | None = None) -> dict:
+    """JSON-ready summary of `weights [B, H, Sq, Sk]` of attention `name`: the mean weight of
+    each `cell` tile of batch row `batch_index`, for `heads` (default all).
 
     >>> w = torch.tensor([[[[1.0, 0.0], [0.5, 0.5]]]])
-    >>> print(render_weights(w, ascii=True))
-    weights: batch 0, head 0, 1 char = 1 queries x 1 keys, darkest = mean 1
-     q\\k 0
-       0 @
-         ++
-    <BLANKLINE>
+    >>> weights_as_dict("A", w, (1, 2), 0)["weights"]
+    {'0': [[0.5], [0.5]]}
     """
-    ramp = _RAMPS["ascii" if ascii else "unicode"]
-    means = cell_means(weights[batch_index], cell)
-    q_len, kv_len = weights.shape[-2:]
-    grid = _Grid(cell[0], cell[1], *means.shape[-2:], _margin(q_len, {}), set(), set())
-    lines = []
-    for h in heads if heads is not None else range(weights.shape[1]):
-        top = float(means[h].max()) or 1.0
-        lines.append(f"{title}: batch {batch_index}, head {h}, 1 char = {cell[0]} queries x "
-                     f"{cell[1]} keys, darkest = mean {top:.3g}")
-        lines += _header(grid, kv_len, {})
-        for r, row in enumerate(means[h].tolist()):
-            text = "".join(" " if v <= 0 else ramp[min(len(ramp) - 1, int(v / top * len(ramp)))]
-                           for v in row)
-            label = str(r * cell[0]) if r % 4 == 0 else ""
-            lines.append(f"{label:>{grid.margin}} {text}".rstrip())
-        lines.append("")
-    return "\n".join(lines)
-
-
-# --- the command -------------------------------------------------------------------------------
-def picture_cell(q_len: int, kv_len: int) -> int:
-    """Positions per picture tile side: exact up to PICTURE_CELLS, tiled beyond."""
-    return max(1, -(-max(q_len, kv_len) // PICTURE_CELLS))
-
-
-def parse_sizes(text: str | None) -> dict[str, int]:
-    """`--sizes a=3,b=40` -> {"a": 3, "b": 40}.
-
-    >>> parse_sizes("a=3, b=40")
-    {'a': 3, 'b': 40}
-    """
-    sizes = {}
-    for item in filter(None, (part.strip() for part in (text or "").split(","))):
-        name, _, value = item.partition("=")
-        if not name.strip().isidentifier() or not value.strip().isdigit():
-            raise ValueError(f"--sizes takes GROUP=N,... (N >= 0), got {item!r}")
-        sizes[name.strip()] = int(value)
-    return sizes
-
-
-def output_paths(output: str, names: Sequence[str]) -> dict[str, str]:
-    """Where each attention's picture goes: `output` itself for one attention, else
-    `STEM_NAME.SUFFIX` beside it.
-
-    >>> output_paths("pics/m.png", ["A", "B"])
-    {'A': 'pics/m_A.png', 'B': 'pics/m_B.png'}
-    """
-    from pathlib import Path
-
-    if len(names) == 1:
-        return {names[0]: output}
-    path = Path(output)
-    return {n: str(path.with_name(f"{path.stem}_{n}{path.suffix or '.png'}")) for n in names}
-
-
-def _select(module_ir: ir.ModuleIR, name: str | None, path) -> list[ir.AttentionIR] | None:
-    if name is None:
-        return list(module_ir.attentions)
-    names = [a.name for a in module_ir.attentions]
-    if name in names:
-        return [a for a in module_ir.attentions if a.name == name]
-    import difflib
-
-    close = difflib.get_close_matches(name, names, n=1)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
-    print(f"attnspec: {path}: no attention {name!r}{hint}; it has {', '.join(names)}",
-          file=sys.stderr)
-    return None
-
-
-def _check_args(args) -> str | None:
-    """The first problem with the numeric options, or None."""
-    for flag, value, low in (("--block", args.block, 1), ("--batch-index", args.batch_index, 0),
-                             ("--head", args.head, 0), ("--width", args.width, 20)):
-        if value is not None and value < low:
-            return f"{flag} must be at least {low}, got {value}"
-    return None
-
-
-def run_cli(args, path, source, module_ir) -> int:
-    """`attnspec show`: text (default), JSON (`--json`) and/or pictures (`-o`) of each
-    selected attention of one spec file."""
-    import json
-
-    if module_ir is None:
-        return 1
-    problem = _check_args(args)
-    attns = _select(module_ir, args.name, path) if problem is None else None
-    if problem is not None:
-        print(f"attnspec: {problem}", file=sys.stderr)
-    if attns is None:
-        return 1
-    outputs = output_paths(args.output, [a.name for a in attns]) if args.output else {}
-    py_module = None
-    if args.weights:
-        import attnspec
-
-        py_module = attnspec.load(path)
-    failed, reports = 0, []
-    for attn in attns:
-        try:
-            report = _show_one(attn, args, py_module, outputs.get(attn.name))
-            reports.append({"file": str(path), **report} if isinstance(report, dict) else report)
-        except ImportError as e:  # matplotlib missing: the same for every attention
-            print(f"attnspec: {e}", file=sys.stderr)
-            return 1
-        except ValueError as e:
-            print(f"attnspec: {path}: {attn.name}: {e}", file=sys.stderr)
-            failed += 1
-        except OSError as e:  # the picture could not be written
-            print(f"attnspec: cannot write {e.filename}: {e.strerror}", file=sys.stderr)
-            failed += 1
-    if args.json:
-        print(json.dumps([r for r in reports if isinstance(r, dict)], indent=1))
-    else:
-        sys.stdout.write("\n".join(r for r in reports if isinstance(r, str) and r))
-    return 1 if failed else 0
-
-
-def _check_cli_lengths(q_len: int, kv_len: int) -> None:
-    """The command's length limit also for lengths that token groups or --sizes set (--q-len
-    and --kv-len are checked by the parser): the time grows with Sq·Sk."""
-    from attnspec.cli import MAX_SHOW_LEN
-
-    if max(q_len, kv_len) > MAX_SHOW_LEN:
-        raise ValueError(f"lengths must be at most {MAX_SHOW_LEN}, got q_len={q_len}, "
-                         f"kv_len={kv_len}")
-
-
-def _show_one(attn: ir.AttentionIR, args, py_module, output: str | None) -> str | dict:
-    """One attention: writes `output` if given; returns its text, or its JSON data."""
-    q_len, kv_len, sizes = show_lengths(attn, args.q_len, args.kv_len, parse_sizes(args.sizes),
-                                        args.weights)
-    _check_cli_lengths(q_len, kv_len)
-    head = args.head if args.head is not None else 0
-    tensors, inputs = show_inputs(attn, args.batch_index + 1, q_len, kv_len, args.seed)
-    common = {"batch_index": args.batch_index, "inputs": inputs, "sizes": sizes or None}
-    groups = make_frame(attn, args.batch_index + 1, q_len, kv_len, inputs, sizes).groups
-    ascii = args.ascii or wants_ascii()
-    width = args.width or terminal_width()
-    text_tile = text_cell(q_len, kv_len, width, groups)
-    if args.weights:
-        weights = random_weights(attn, py_module, tensors, inputs, sizes, args.seed)
-        heads = [head] if args.head is not None else None
-        if output:
-            _save_weights(weights, output, args.batch_index, heads, groups, attn.name)
-        if args.json:
-            return _weights_json(attn, weights, text_tile, args.batch_index, heads)
-        return render_weights(weights, cell=text_tile, batch_index=args.batch_index,
-                              heads=heads, ascii=ascii, title=f"{attn.name} weights")
-    tile = (picture_cell(q_len, kv_len),) * 2 if output else text_tile
-    pic = mask_picture(attn, q_len, kv_len, cell=tile, block=args.block, head=head, **common)
-    state = random_state(attn, args.seed)
-    want_bias = args.head is not None or (output is not None and attn.pipeline)
-    bias = bias_picture(attn, q_len, kv_len, cell=tile, head=head, state=state, **common) \
-        if want_bias else None
-    if output:
-        _save_mask(pic, bias, output)
-    if args.json:
-        return {**pic.as_dict(), **({"bias": bias.stats()} if bias is not None else {})}
-    if output:
-        return ""
-    return render_mask(pic, bias, ascii=ascii, title=f"attention {attn.name} ({attn.mode})")
-
-
-def _save_mask(pic: MaskPicture, bias: BiasPicture | None, output: str) -> None:
-    from attnspec.plot import plot_mask, save
-
-    save(plot_mask(pic, bias), output)
-    print(f"wrote {output}", file=sys.stderr)
-
-
-def _save_weights(weights: Tensor, output: str, batch_index: int, heads, groups,
-                  name: str) -> None:
-    from attnspec.plot import plot_weights, save
-
-    save(plot_weights(weights, batch_index=batch_index, heads=heads, groups=groups,
-                      title=f"{name}: attention weights, batch {batch_index}"), output)
-    print(f"wrote {output}", file=sys.stderr)
-
-
-def _weights_json(attn: ir.AttentionIR, weights: Tensor, cell: tuple[int, int],
-                  batch_index: int, heads) -> dict:
     means = cell_means(weights[batch_index], cell)
     heads = heads if heads is not None else range(weights.shape[1])
-    return {"attention": attn.name, "q_len": weights.shape[-2], "kv_len": weights.shape[-1],
+    return {"attention": name, "q_len": weights.shape[-2], "kv_len": weights.shape[-1],
             "batch_index": batch_index, "cell": list(cell),
             "weights": {str(h): _rounded(means[h]) for h in heads}}
