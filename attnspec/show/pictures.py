@@ -35,6 +35,7 @@ import torch
 from torch import Tensor
 
 from attnspec import eager
+from attnspec.backends import REFERENCE
 from attnspec.ir import nodes as ir
 from attnspec.ir.consts import eval_const, resolve_settings
 
@@ -437,7 +438,7 @@ def random_weights(attn: ir.AttentionIR, py_module, args: Sequence[Tensor],
     if entries > MAX_WEIGHT_ENTRIES:
         raise ValueError(f"weights are dense [B, heads, Sq, Sk] ({entries} entries, at most "
                          f"{MAX_WEIGHT_ENTRIES}): use shorter lengths")
-    module = getattr(py_module, attn.name)(backend="eager")
+    module = getattr(py_module, attn.name)(backend=REFERENCE)
     _randomise_params(module, torch.Generator().manual_seed(seed))
     return attention_weights(module, *args, sizes=sizes, **inputs)
 
