@@ -19,6 +19,7 @@ from attnspec.errors import AttnSpecError, Diagnostic, Source
 
 EMIT_CHOICES = ("py", "ast", "ir", "ir-json")
 BACKENDS = ("auto", "eager", "flex", "sdpa", "flash")
+LINKS = ("standalone", "import")  # attnspec.codegen.link.LINKS (kept light: no import here)
 
 # Ranges of the numeric options, named in --help; a value outside is a usage error (exit 2).
 # verify gives case i the seed S + i; the margin keeps every S + i a valid 31-bit seed.
@@ -150,6 +151,11 @@ def _parser() -> argparse.ArgumentParser:
                       "spec; `-` for stdout); never the spec itself, and its directory must "
                       "exist")
     comp.add_argument("--backend", choices=BACKENDS, help="the module's default backend")
+    comp.add_argument("--link", choices=LINKS, default="standalone",
+                      help="how the module reaches attnspec's runtime: standalone (default) "
+                      "inlines exactly the helpers it uses and imports only torch and the "
+                      "standard library; import imports them from attnspec.runtime (a shorter "
+                      "module that needs attnspec installed wherever it runs)")
     comp.add_argument("--emit", choices=EMIT_CHOICES, default="py",
                       help="what to write: the module (py) or a pipeline stage")
     comp.set_defaults(run=cmd_compile)
@@ -375,7 +381,7 @@ def _emit(module, args) -> str:
         return module.model_dump_json(indent=1) + "\n"
     from attnspec.codegen.emit import generate
 
-    return generate(module, args.backend)
+    return generate(module, args.backend, args.link)
 
 
 def _default_output(path: Path, emit: str) -> str:
