@@ -323,7 +323,7 @@ class _AttentionEmitter:
 
     # flash ------------------------------------------------------------------------------------
     def _flash(self, plan, analysis) -> dict:
-        """The arguments of `_flash_attend` (templates/flash_runtime.py) for this attention."""
+        """The arguments of `_flash_attend` (attnspec/runtime/flash.py) for this attention."""
         documents = analysis.segments[0].input if analysis.segments else None
         band = analysis.band
         return {

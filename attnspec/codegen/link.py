@@ -97,23 +97,25 @@ def link(text: str, mode: str = "standalone") -> str:
         raise ValueError(f"unknown link {mode!r}; expected one of {', '.join(LINKS)}")
     lines = text.split("\n")
     tree = ast.parse(text)
-    head_end = tree.body[0].end_lineno or 0 if tree.body and _is_docstring(tree.body[0]) else 0
+    head = tree.body[0].end_lineno or 0 if tree.body and _is_docstring(tree.body[0]) else 0
     first = next((s.lineno for s in tree.body if isinstance(s, (ast.FunctionDef, ast.ClassDef))),
                  len(lines) + 1)
-    # Every Name node the runtime binds: the runtime's names are reserved (no spec name and no
-    # template local takes one), so such a node always means the runtime's.
-    free = _names(tree)
+    imports, runtime = _linked(_names(tree), mode)
+    parts = [(lines[:head], 0), (_import_lines(imports), 1), (lines[head:first - 1], 1),
+             (runtime, 2), (lines[first - 1:], 2)]
+    return "\n".join(_joined(parts))
+
+
+def _linked(free: set[str], mode: str) -> tuple[list[Import], list[str]]:
+    """The imports and the runtime block of a module that reads `free`. Every Name the runtime
+    binds means the runtime's: its names are reserved (no spec name, no template local takes
+    one)."""
     needed, imports = _resolve(free)
-    runtime: list[str] = []
     if mode == "standalone":
         needed, imports = _closure(needed, imports)
-        runtime = _inlined(needed)
-    else:
-        imports += [Import(name, f"{PACKAGE}.{d.module}") for d in needed
-                    for name in sorted(d.binds & free)]
-    parts = [(lines[:head_end], 0), (_import_lines(imports), 1),
-             (lines[head_end:first - 1], 1), (runtime, 2), (lines[first - 1:], 2)]
-    return "\n".join(_joined(parts))
+        return imports, _inlined(needed)
+    runtime = [Import(name, f"{PACKAGE}.{d.module}") for d in needed for name in d.binds & free]
+    return sorted(imports + runtime, key=_import_key), []
 
 
 def _names(tree: ast.AST) -> set[str]:
