@@ -7,6 +7,7 @@ from __future__ import annotations
 import ast
 import builtins
 import json
+import symtable
 import sys
 from collections import Counter
 from functools import cache
@@ -26,7 +27,7 @@ from attnspec.runtime import MODULES, source
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = sorted((ROOT / "specs").glob("*.attn")) + sorted((ROOT / "specs/cookbook").glob("*.attn"))
-BACKENDS = (None, "auto", "eager", "sdpa", "flex", "flash")
+BACKENDS = (None, "eager", "sdpa", "flex", "flash")  # None: the spec's own (mostly auto)
 
 
 @cache
@@ -110,6 +111,24 @@ def test_import_linked_modules_define_no_runtime(path):
         assert not unread(src, attentions)
 
 
+def local_names(table: symtable.SymbolTable) -> set[str]:
+    """Names that are local (not global) in some function or class scope below `table`."""
+    found = set()
+    for child in table.get_children():
+        found |= {s.get_name() for s in child.get_symbols() if not s.is_global()}
+        found |= local_names(child)
+    return found
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.stem)
+def test_no_local_takes_a_runtime_name(path):
+    """The link step reads every Name the runtime binds as the runtime's: so no argument or
+    local of the spec's own code (an import-linked module) may carry a runtime name."""
+    src = generate(module_ir(path), None, "import")
+    clash = local_names(symtable.symtable(src, "<test>", "exec")) & source.top_level_names()
+    assert not clash
+
+
 def test_links_are_deterministic_and_ordered():
     """Runtime module order, then source order; the same text every time."""
     path = ROOT / "specs" / "graph.attn"
@@ -182,6 +201,21 @@ def test_import_link_gives_the_same_outputs_and_gradients(name, backend):
         (out_a, grads_a), (out_b, grads_b) = results
         assert torch.equal(out_a, out_b), attn.name
         assert all(torch.equal(a, b) for a, b in zip(grads_a, grads_b)), attn.name
+
+
+def test_standalone_module_runs_without_attnspec(monkeypatch):
+    """Where attnspec cannot be imported, a standalone module defines the error classes itself
+    and runs: it needs torch and the standard library only."""
+    src = generate(module_ir(ROOT / "specs" / "packed_documents.attn"))
+    for name in ("attnspec", "attnspec.runtime", "attnspec.runtime.errors"):
+        monkeypatch.setitem(sys.modules, name, None)  # importing them fails
+    mod = load(src, "packed.py")
+    assert mod.UnsupportedBackendError is not attnspec.errors.UnsupportedBackendError
+    m = mod.PackedDocuments()
+    q = torch.randn(1, m.heads, 6, m.head_dim)
+    assert m(q, q, q, doc=torch.tensor([[0, 0, 1, 1, 1, 2]])).shape == q.shape
+    with pytest.raises(mod.UnsupportedBackendError, match="unknown backend 'warp'"):
+        mod.PackedDocuments(backend="warp")
 
 
 def test_import_linked_module_raises_attnspec_errors():

@@ -49,6 +49,17 @@ def test_runtime_imports_nothing_of_the_compiler(path):
         assert root != "attnspec", (path.name, module)
 
 
+@pytest.mark.parametrize("module", MODULES)
+def test_runtime_functions_are_typed_and_documented(module):
+    """Every top-level function: annotated arguments and result, and a docstring (standalone
+    modules inline them: the reader of a generated module sees these)."""
+    for node in source.tree(module).body:
+        if isinstance(node, ast.FunctionDef):
+            args = node.args.posonlyargs + node.args.args + node.args.kwonlyargs
+            assert node.returns is not None and all(a.annotation for a in args), node.name
+            assert ast.get_docstring(node), node.name
+
+
 def test_modules_lists_every_runtime_module():
     on_disk = {p.stem for p in RUNTIME.glob("*.py")} - {"__init__", "source"}
     assert set(MODULES) == on_disk

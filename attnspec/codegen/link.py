@@ -96,20 +96,21 @@ def link(text: str, mode: str = "standalone") -> str:
     if mode not in LINKS:
         raise ValueError(f"unknown link {mode!r}; expected one of {', '.join(LINKS)}")
     lines = text.split("\n")
-    tree = ast.parse(text)
-    head = tree.body[0].end_lineno or 0 if tree.body and _is_docstring(tree.body[0]) else 0
-    first = next((s.lineno for s in tree.body if isinstance(s, (ast.FunctionDef, ast.ClassDef))),
-                 len(lines) + 1)
-    imports, runtime = _linked(_names(tree), mode)
+    table = symtable.symtable(text, "<link>", "exec")  # no code object: names only
+    top = set(table.get_identifiers())
+    first = min((c.get_lineno() for c in table.get_children() if c.get_name() in top),
+                default=len(lines) + 1)  # the first top-level def or class
+    head = _docstring_end("\n".join(lines[:first - 1]))
+    imports, runtime = _linked(_identifiers(table), mode)
     parts = [(lines[:head], 0), (_import_lines(imports), 1), (lines[head:first - 1], 1),
              (runtime, 2), (lines[first - 1:], 2)]
     return "\n".join(_joined(parts))
 
 
 def _linked(free: set[str], mode: str) -> tuple[list[Import], list[str]]:
-    """The imports and the runtime block of a module that reads `free`. Every Name the runtime
-    binds means the runtime's: its names are reserved (no spec name, no template local takes
-    one)."""
+    """The imports and the runtime block of a module whose names are `free`. Each name the
+    runtime binds means the runtime's: those names are reserved (no spec name, no argument or
+    local of the template takes one; tests/test_link.py checks the template's)."""
     needed, imports = _resolve(free)
     if mode == "standalone":
         needed, imports = _closure(needed, imports)
@@ -118,41 +119,24 @@ def _linked(free: set[str], mode: str) -> tuple[list[Import], list[str]]:
     return sorted(imports + runtime, key=_import_key), []
 
 
-def _names(tree: ast.AST) -> set[str]:
-    """The ids of every Name node of `tree` (`ast.walk` costs twice as much: this runs on every
-    module `attnspec compile` writes).
+def _identifiers(table: symtable.SymbolTable) -> set[str]:
+    """Every name of every scope of a module (what its code reads, binds or takes as an
+    argument; attributes, strings and comments are not names). `symtable` costs half of
+    `ast.parse`, whose Python objects this does not need: it runs on every module written.
 
-    >>> sorted(_names(ast.parse("x = f(y.z)")))
+    >>> sorted(_identifiers(symtable.symtable("x = f(y.z)", "<doc>", "exec")))
     ['f', 'x', 'y']
     """
-    names: set[str] = set()
-    stack: list[ast.AST] = [tree]
-    while stack:
-        node = stack.pop()
-        if type(node) is ast.Name:
-            names.add(node.id)
-            continue
-        for field in node._fields:
-            value = getattr(node, field, None)
-            if type(value) is list:
-                stack.extend(x for x in value if isinstance(x, ast.AST))
-            elif isinstance(value, ast.AST):
-                stack.append(value)
+    names = set(table.get_identifiers())
+    for child in table.get_children():
+        names |= _identifiers(child)
     return names
 
 
-def _module_reads(table: symtable.SymbolTable) -> set[str]:
-    """Names read at module level by a module's statements, or from inside their functions
-    and classes (where such a name is global)."""
-    names = {s.get_name() for s in table.get_symbols() if s.is_referenced()}
-    return names | set(_global_reads(table))
-
-
-def _global_reads(table: symtable.SymbolTable) -> Iterable[str]:
-    for child in table.get_children():
-        yield from (s.get_name() for s in child.get_symbols()
-                    if s.is_global() and (s.is_referenced() or s.is_assigned()))
-        yield from _global_reads(child)
+def _docstring_end(head: str) -> int:
+    """The last line of the module docstring that `head` starts with, else 0."""
+    body = ast.parse(head).body
+    return body[0].end_lineno or 0 if body and _is_docstring(body[0]) else 0
 
 
 # --- the runtime's statements ----------------------------------------------------------------
@@ -232,6 +216,20 @@ def _comment_start(lines: list[str], lineno: int, previous_end: int) -> int:
 
 def _statement_reads(text: str) -> set[str]:
     return _module_reads(symtable.symtable(text, "<link>", "exec")) - _BUILTINS
+
+
+def _module_reads(table: symtable.SymbolTable) -> set[str]:
+    """Names read at module level by a module's statements, or from inside their functions
+    and classes (where such a name is global)."""
+    names = {s.get_name() for s in table.get_symbols() if s.is_referenced()}
+    return names | set(_global_reads(table))
+
+
+def _global_reads(table: symtable.SymbolTable) -> Iterable[str]:
+    for child in table.get_children():
+        yield from (s.get_name() for s in child.get_symbols()
+                    if s.is_global() and (s.is_referenced() or s.is_assigned()))
+        yield from _global_reads(child)
 
 
 def _is_docstring(stmt: ast.stmt) -> bool:
