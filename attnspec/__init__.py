@@ -40,14 +40,17 @@ def build(path_or_text: str | Path):
     return _build(as_source(path_or_text))
 
 
-def compile(path_or_text: str | Path, backend: str | None = None) -> str:  # noqa: A001
-    """The generated module's Python source for a spec file or spec text."""
+def compile(path_or_text: str | Path, backend: str | None = None,  # noqa: A001
+            link: str = "standalone") -> str:
+    """The generated module's Python source for a spec file or spec text; `link="import"`
+    imports the runtime helpers from `attnspec.runtime` instead of inlining them."""
     from attnspec.compiler import as_source, compile_source
 
-    return compile_source(as_source(path_or_text), backend)
+    return compile_source(as_source(path_or_text), backend, link)
 
 
-def load(path_or_text: str | Path, backend: str | None = None) -> types.ModuleType:
+def load(path_or_text: str | Path, backend: str | None = None,
+         link: str = "standalone") -> types.ModuleType:
     """Compile a spec in memory and return the module, the same as importing the file that
     `attnspec compile` writes.
 
@@ -59,7 +62,7 @@ def load(path_or_text: str | Path, backend: str | None = None) -> types.ModuleTy
     from attnspec.compiler import as_source, compile_source
 
     source = as_source(path_or_text)
-    code = compile_source(source, backend)
+    code = compile_source(source, backend, link)
     digest = hashlib.sha256(code.encode()).hexdigest()
     with _LOAD_LOCK:  # one module per code, also when threads load the same spec at once
         module = _LOADED.get(digest)

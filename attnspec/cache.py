@@ -15,6 +15,7 @@ Example:
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 import tempfile
@@ -107,6 +108,29 @@ def write_private(path: str, write: Callable[[BinaryIO], None]) -> None:
             os.remove(tmp)
         except OSError:
             pass
+
+
+def cached_json(name: str, key: str, compute: Callable[[], object]) -> object:
+    """`compute()` (JSON data), kept in the cache directory as `<name>.json` and reused while
+    `key` (a digest of everything the value depends on) stays the same. Loaded only through
+    `open_trusted`: the value may hold code text that reaches generated modules. Without a
+    cache directory, or with a stale or unreadable file, it is computed."""
+    root = cache_dir()
+    path = os.path.join(root, f"{name}.json") if root else None
+    f = open_trusted(path) if path else None
+    if f is not None:
+        with f:
+            try:
+                stored = json.load(f)
+            except ValueError:  # a torn or foreign file: computed again, then replaced
+                stored = None
+        if isinstance(stored, dict) and stored.get("key") == key and "value" in stored:
+            return stored["value"]
+    value = compute()
+    if path:
+        data = json.dumps({"key": key, "value": value}).encode()
+        write_private(path, lambda out: out.write(data))
+    return value
 
 
 def _warn_once(root: str, problem: str) -> None:

@@ -20,6 +20,7 @@ from attnspec.errors import AttnSpecError, Diagnostic, Source
 
 EMIT_CHOICES = ("py", "ast", "ir", "ir-json", "plan", "plan-json")
 BACKENDS = CHOICES  # "auto" and every backend of the registry
+LINKS = ("standalone", "import")  # attnspec.codegen.link.LINKS (kept light: no import here)
 
 # Ranges of the numeric options, named in --help; a value outside is a usage error (exit 2).
 # verify gives case i the seed S + i; the margin keeps every S + i a valid 31-bit seed.
@@ -151,6 +152,11 @@ def _parser() -> argparse.ArgumentParser:
                       "spec; `-` for stdout); never the spec itself, and its directory must "
                       "exist")
     comp.add_argument("--backend", choices=BACKENDS, help="the module's default backend")
+    comp.add_argument("--link", choices=LINKS, default="standalone",
+                      help="how the module reaches attnspec's runtime: standalone (default) "
+                      "inlines exactly the helpers it uses and imports only torch and the "
+                      "standard library; import imports them from attnspec.runtime (a shorter "
+                      "module that needs attnspec installed wherever it runs)")
     comp.add_argument("--emit", choices=EMIT_CHOICES, default="py",
                       help="what to write: the module (py) or a pipeline stage (ast, ir, plan: "
                       "every backend's plan or reasons and auto's order; -json for JSON)")
@@ -382,7 +388,7 @@ def _emit(module, args) -> str:
         return lowered.as_json() if args.emit == "plan-json" else lowered.describe()
     from attnspec.codegen.emit import generate
 
-    return generate(module, args.backend)
+    return generate(module, args.backend, args.link)
 
 
 def _default_output(path: Path, emit: str) -> str:

@@ -116,11 +116,18 @@ def build(source: Source, warnings: list[Diagnostic] | None = None) -> ir.Module
     return build_text(source.text, source.name, warnings)
 
 
-def compile_source(source: Source, backend: str | None = None) -> str:
-    """Spec text -> the generated module's Python source."""
+def compile_source(source: Source, backend: str | None = None, link: str = "standalone") -> str:
+    """Spec text -> the generated module's Python source; `link` is "standalone" (the runtime
+    helpers it uses inlined) or "import" (imported from attnspec.runtime).
+
+    >>> src = compile_source(Source("a.attn", "attention A {\\n heads = 2\\n head_dim = 8\\n}"),
+    ...                      link="import")
+    >>> "from attnspec.runtime.checks import" in src
+    True
+    """
     from attnspec.codegen.emit import generate
 
-    return generate(build(source), backend)
+    return generate(build(source), backend, link)
 
 
 def as_source(path_or_text: str | Path) -> Source:

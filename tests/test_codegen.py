@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from runtimes import runtime_identifiers
 
 import attnspec
 from attnspec.codegen.emit import GENERATED_NAMES, generate
@@ -28,15 +29,8 @@ from attnspec.ir.build import build_text
 ROOT = Path(__file__).resolve().parent.parent
 # Names made from checked spec names: temporaries, flex functions, captured params and edges.
 PER_SPEC = r"_t\d+|_(flex|mask_mod|block_lists)_[A-Za-z]\w*|_[pes]\d*_\w+|a\d+"
-# The flex runtime is inlined verbatim: its own identifiers are known.
-RUNTIME_NAMES = frozenset(
-    n.id if isinstance(n, ast.Name) else n.arg if isinstance(n, (ast.arg, ast.keyword))
-    else n.name
-    if isinstance(n, (ast.FunctionDef, ast.alias)) else n.attr
-    for runtime in ("flex_runtime.py", "flash_runtime.py")
-    for n in ast.walk(ast.parse((ROOT / "attnspec/codegen/templates" / runtime).read_text()))
-    if isinstance(n, (ast.Name, ast.arg, ast.keyword, ast.FunctionDef, ast.Attribute))
-    and not (isinstance(n, ast.keyword) and n.arg is None))
+# Standalone modules inline parts of the runtime verbatim: its own identifiers are known.
+RUNTIME_NAMES = runtime_identifiers()
 SPECS = sorted((ROOT / "specs").glob("*.attn"))
 SPEC_IDS = [p.stem for p in SPECS]
 F64 = torch.float64
@@ -267,11 +261,15 @@ def test_source_uses_only_known_names(path):
     imports = {a.name for n in ast.walk(ast.parse(src)) if isinstance(n, ast.Import)
                for a in n.names}
     assert imports <= {"torch", "math", "collections", "importlib.util", "warnings", "difflib"}
-    # the one optional import: attnspec's own error class, so that users can catch one type
+    # the one optional import: attnspec's own error classes, so that users can catch one type
     from_imports = [(n.module, [a.name for a in n.names]) for n in ast.walk(ast.parse(src))
                     if isinstance(n, ast.ImportFrom)]
-    allowed_from = {("attnspec.errors", ("UnsupportedBackendError",)),
-                    ("attnspec.errors", ("UnsupportedBackendError", "UnsupportedInputError")),
+    allowed_from = {("attnspec.runtime.errors", ("UnsupportedBackendError",)),
+                    ("attnspec.runtime.errors", ("UnsupportedBackendError",
+                                                 "UnsupportedInputError")),
+                    # annotations of the inlined runtime
+                    ("collections.abc", ("Callable",)),
+                    ("collections.abc", ("Callable", "Iterable")),
                     # flash-attn, imported when a flash call first runs
                     ("flash_attn.cute", ("flash_attn_varlen_func",)),
                     ("flash_attn", ("flash_attn_varlen_func",)),
@@ -283,7 +281,7 @@ def test_source_uses_only_known_names(path):
                     ("torch.nn.attention.flex_attention", ("BlockMask",)),
                     ("torch.nn.attention.flex_attention", ("noop_mask",))}
     assert {(m, tuple(n)) for m, n in from_imports} <= allowed_from
-    assert any(m == "attnspec.errors" and n[0] == "UnsupportedBackendError"
+    assert any(m == "attnspec.runtime.errors" and n[0] == "UnsupportedBackendError"
                for m, n in from_imports)
     assert mod.SPEC_SOURCE == path.read_text()
 

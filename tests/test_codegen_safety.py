@@ -33,6 +33,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from runtimes import identifiers, runtime_identifiers
 
 import attnspec
 from attnspec import verify
@@ -44,47 +45,18 @@ from attnspec.ir import scope
 from attnspec.ir.build import build_text
 
 ROOT = Path(__file__).resolve().parent.parent
-TEMPLATES = ROOT / "attnspec" / "codegen" / "templates"
 FILE = "s.attn"
 # Identifiers made from checked spec names: temporaries, per-attention functions, flex aliases.
 PER_SPEC = r"_t\d+|_(flex|mask_mod|block_lists)_[A-Za-z]\w*|_[pes]\d*_\w+|a\d+"
 # What generated modules may import (difflib: on an error path of the token-group checks).
 SAFE_IMPORTS = {"torch", "math", "collections", "importlib.util", "warnings", "difflib"}
-SAFE_FROM = {"attnspec.errors", "flash_attn", "flash_attn.cute",
+SAFE_FROM = {"attnspec.runtime.errors", "collections.abc", "flash_attn", "flash_attn.cute",
              "torch.nn.attention.flex_attention"}
 # Calls that would run or reach code: never a call target (torch.compile compiles our own code).
 BANNED_CALLS = {"eval", "exec", "compile", "__import__", "getattr", "setattr", "delattr", "open",
                 "globals", "locals", "vars", "input", "breakpoint", "system", "popen",
                 "import_module", "exec_module", "load_module", "Popen", "spawn"}
 ALLOWED_DOTTED_CALLS = {"torch.compile"}
-
-
-@cache
-def runtime_names() -> frozenset[str]:
-    """Identifiers of the runtime files that codegen inlines verbatim."""
-    found = set()
-    for runtime in ("flex_runtime.py", "flash_runtime.py"):
-        found |= identifiers(ast.parse((TEMPLATES / runtime).read_text()))
-    return frozenset(found)
-
-
-def identifiers(tree: ast.AST) -> set[str]:
-    """Every identifier the tree writes: names, attributes, arguments, keywords, defs, imports."""
-    found = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Name):
-            found.add(node.id)
-        elif isinstance(node, ast.Attribute):
-            found.add(node.attr)
-        elif isinstance(node, ast.arg):
-            found.add(node.arg)
-        elif isinstance(node, ast.keyword) and node.arg:
-            found.add(node.arg)
-        elif isinstance(node, (ast.FunctionDef, ast.ClassDef)):
-            found.add(node.name)
-        elif isinstance(node, ast.alias):
-            found.add(node.asname or node.name)
-    return found
 
 
 def spec_names(text: str) -> set[str]:
@@ -126,7 +98,7 @@ def assert_safe_module(src: str, text: str) -> None:
     generator's own or the spec's checked names; the spec text is the one SPEC_SOURCE literal."""
     tree = ast.parse(src)
     builtins.compile(tree, "<generated>", "exec")
-    allowed = GENERATED_NAMES | runtime_names() | spec_names(text)
+    allowed = GENERATED_NAMES | runtime_identifiers() | spec_names(text)
     unknown = {n for n in identifiers(tree) - allowed if not re.fullmatch(PER_SPEC, n)}
     assert not unknown
     for node in ast.walk(tree):
@@ -620,7 +592,8 @@ def _audit(event: str, args: tuple) -> None:
 def test_loading_a_hostile_spec_runs_only_the_generated_module(tmp_path, monkeypatch):
     """While a spec full of code-like text loads: the only code executed that holds spec text is
     the generated module, where that text is in string constants only (never an identifier);
-    other sources holding it are only parsed to ASTs (the layout pass); no process starts, no
+    other sources holding it are only parsed to ASTs (the layout pass) or symbol tables (the
+    link step's `symtable`, under the name "<link>": no code object); no process starts, no
     file opens for writing outside attnspec's cache, and only torch and standard modules are
     imported."""
     global EVENTS
@@ -636,7 +609,8 @@ def test_loading_a_hostile_spec_runs_only_the_generated_module(tmp_path, monkeyp
         events, EVENTS = EVENTS, None
     for event, args in events:
         if event == "compile" and MARKER in str(args[0]):
-            assert args[1] == "<unknown>" or (args[1] == mod.__file__ and _text(args[0]) == src)
+            assert args[1] in ("<unknown>", "<link>") or (args[1] == mod.__file__
+                                                          and _text(args[0]) == src)
         elif event == "exec":
             code = args[0]
             if code.co_filename == mod.__file__:

@@ -9,17 +9,18 @@ Example:
     >>> [p.backend for p in plans(a.attentions[0]).values()]
     ['eager', 'sdpa', 'flex']
     >>> CHOICES
-    ('auto', 'eager', 'sdpa', 'flex', 'flash')
+    ('auto', 'eager', 'sdpa', 'flex', 'flash', 'edges')
 """
 
 from __future__ import annotations
 
-from attnspec.backends import eager, flash, flex, sdpa
+from attnspec.backends import eager, edges, flash, flex, sdpa
 from attnspec.backends.base import Backend, Plan, Reason
 from attnspec.errors import UnsupportedBackendError
 from attnspec.ir import nodes as ir
 
-REGISTRY: tuple[Backend, ...] = (eager.BACKEND, sdpa.BACKEND, flex.BACKEND, flash.BACKEND)
+REGISTRY: tuple[Backend, ...] = (eager.BACKEND, sdpa.BACKEND, flex.BACKEND, flash.BACKEND,
+                                 edges.BACKEND)
 NAMES = tuple(b.name for b in REGISTRY)
 AUTO = "auto"  # not a backend: the module's choice among them (`attnspec.backends.cost_model`)
 CHOICES = (AUTO, *NAMES)

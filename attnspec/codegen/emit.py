@@ -32,9 +32,11 @@ from attnspec.lower.module import LoweredAttention, LoweredModule, lower_module
 
 from .expr import P_AND, P_ATOM, P_OR, Code, ExprGenerator, literal
 from .layout import reflow
+from .link import LINKS
+from .link import link as link_module
 from .text import statement, tuple_literal, tuple_text
 
-TEMPLATE = "eager.py.jinja"
+TEMPLATE = "module.py.jinja"
 CLASS_TEMPLATE = "class.py.jinja"
 
 # Names the generated functions use for their own arguments and locals, module-level names, and
@@ -46,57 +48,55 @@ _TEMP = re.compile(r"_t[0-9]+\Z")
 _BUILTINS = frozenset(dir(builtins))  # class and argument names must not shadow these
 
 # Every identifier (names, attributes, arguments, keywords) the templates and the expression
-# generator may write, besides MODULE_NAMES, temporaries `_t<N>` and the spec's checked names.
-# Tests check generated modules against this list: nothing else can reach the source.
+# generator may write, besides MODULE_NAMES (the runtime's top-level names, computed),
+# temporaries `_t<N>` and the spec's checked names; the runtime statements a standalone module
+# inlines write their own (tests read those from attnspec/runtime). Tests check generated
+# modules against this list and those: nothing else can reach the source.
 GENERATED_NAMES = MODULE_NAMES | CLASS_NAMES | LOCAL_NAMES | frozenset("""
-bucket_of firsts mid ratio target
-B GROUPS H Linear Module Parameter S SETTINGS SPEC_SOURCE Sk Sq Tensor ValueError _ _Edges
-axis enumerate index table _read AUTO BACKENDS ImportError PATTERNS UNSUPPORTED
-UnsupportedBackendError a attends attn_mask auto available dropout_p enable_gqa is_causal
-k_part key key_runs keys options patterns piece pieces queries r reasons runs
-scaled_dot_product_attention unsupported v_part AUTO_CPU AUTO_CUDA BLOCK_SIZE _AuxRequest
-_FLEX_BLOCK _FLEX_COMPILED _alibi _attend_flex _flex_attention _flex_no_cpu_backward _flex_runner
-_flex_with_lse args aux block_mask body classes compile fullgraph is_cuda
-is_grad_enabled kv_idx lse mask_mod q_idx requires_grad return_aux return_lse score_mod
-unsqueeze gqa voided _auto_cuda choice fast captured batch kernel_options importlib.util
-last_backend kernel
-__init__ __name__ abs all amax angle angles any append arange as_tensor b backend base
-bfloat16 bias bidirectional bool broadcast_shapes broadcast_to bucket buckets cat ceil
-clamp clone collections context cos d declared denom detach device diagonal dict dim dims
-distance double dst dtype dtypes e edge edge_distance edge_index edge_type edist empty
-etype exp exp2 expected field flatten float float16 float32 floor forward full full_like
-functional get given got groups h head high i inf init int interleaved inv_freq is_complex
-is_floating_point is_integer is_small isinstance join k k_proj keepdim ki kind known
-kv_len label labels large last len length list log log2 long low lr m mask masked_fill
-math matmul max max_distance max_exact maximum mean min minimum missing mup_param_groups n
-n_edges name namedtuple names nn no_grad normal_ o_proj ok
-ones ones_like order out overrides owner p pairs parameters pe pos positions positive pow
-power_of_two probs q q_len q_proj qi range ranges reduce rel repeat_interleave reshape
-resolved rest rotated rsqrt s scaled scatter_reduce score self self_loops set settings
-shape sigmoid sin sink size sizes sorted sqrt src stack start std stop str sum super t
-tanh tensor tensors to torch total training transpose type types uniform_ unknown v v_proj
-value values view w weight weight_decay where x x1 x2 zero zero_ zeros zeros_like zip
-bad_index bad_type close cutoff devices difflib get_close_matches hint is_autocast_enabled
-named outside projection tolist u unexpected article
-new_zeros
+target B GROUPS H Linear Module Parameter S SETTINGS Sk Sq Tensor ValueError _ axis enumerate
+index table AUTO BACKENDS PATTERNS UNSUPPORTED a attends auto dropout_p enable_gqa is_causal key
+keys options patterns pieces queries r reasons runs unsupported AUTO_CPU AUTO_CUDA _alibi
+_attend_flex args block_mask body classes compile is_cuda kv_idx lse mask_mod q_idx score_mod
+unsqueeze gqa voided _auto_cuda choice fast captured batch kernel_options last_backend kernel
+__init__ __name__ abs all angles any append arange b backend base bfloat16 bias bidirectional
+bool broadcast_shapes broadcast_to bucket buckets ceil clamp context d declared device dict dim
+dims distance double dtype dtypes e edge edge_index empty exp exp2 expected field float float32
+floor forward full full_like functional get given groups h head high i inf init int interleaved
+is_small isinstance join k k_proj ki kind known kv_len labels len list log log2 long low lr m
+mask masked_fill matmul max max_distance maximum min minimum mup_param_groups n name names nn
+no_grad normal_ o_proj ones order out overrides p pairs parameters pos positions probs q q_len
+q_proj qi range ranges rel repeat_interleave reshape rest s scaled score self self_loops set
+settings shape sigmoid sink size sizes sorted sqrt src stack start std stop str sum super t tanh
+tensor tensors to training transpose type types uniform_ unknown v v_proj value values view w
+weight weight_decay where x zero zero_ zeros named projection unexpected new_zeros
 """.split())
 
 # Float settings with a valid range: (low, high), None = unbounded.
 _FLOAT_BOUNDS = {"dropout": (0.0, 1.0), "init_std": (0.0, None)}
 
 
-def generate(module: ir.ModuleIR, backend: str | None = None) -> str:
+def generate(module: ir.ModuleIR, backend: str | None = None, link: str = "standalone") -> str:
     """The Python source of the module for `module`'s attentions.
 
     Every backend that can run an attention is generated into its class; `backend` (else the
-    spec's `backend` setting) is the constructor's default. Raises `UnsupportedBackendError`
-    listing every reason when that backend cannot run a spec, and `ValueError` when a spec name
-    cannot become a Python identifier.
+    spec's `backend` setting) is the constructor's default. `link` says how the module reaches
+    the runtime (`attnspec.codegen.link`): "standalone" inlines the parts it uses (it imports
+    only torch and the standard library), "import" imports them from `attnspec.runtime`.
+    Raises `UnsupportedBackendError` listing every reason when that backend cannot run a spec,
+    and `ValueError` when a spec name cannot become a Python identifier or `link` is unknown.
+
+    >>> from attnspec.ir.build import build_text
+    >>> spec = build_text("attention A {\\n heads = 2\\n head_dim = 8\\n}", "a.attn")
+    >>> [line for line in generate(spec, link="import").splitlines() if "core import" in line]
+    ['from attnspec.runtime.core import _compute_dtype, _index_grids, _softmax_rows']
     """
-    return render(lower_module(module), backend)
+    if link not in LINKS:
+        raise ValueError(f"unknown link {link!r}; expected one of {', '.join(LINKS)}")
+    return render(lower_module(module), backend, link)
 
 
-def render(lowered: LoweredModule, backend: str | None = None) -> str:
+def render(lowered: LoweredModule, backend: str | None = None,
+           link: str = "standalone") -> str:
     """The module's source from its plans (the plan stage's output is all codegen reads)."""
     module = lowered.module
     name = module.source_name
@@ -105,17 +105,14 @@ def render(lowered: LoweredModule, backend: str | None = None) -> str:
     environment = _environment()
     classes = [_AttentionEmitter(a, defaults[a.attn.name], name).render(environment)
                for a in lowered.attentions]
-    needs = _needs(lowered)
     source = environment.get_template(TEMPLATE).render(
         source_label=_source_label(module.source_name),
+        link_option="" if link == "standalone" else f" --link {link}",
         spec_lines=_string_lines(module.source_text),
         header=_header_lines(lowered, defaults),
         classes=classes,
-        needs=needs,
-        flex_runtime=_runtime("flex_runtime.py") if needs["flex"] else "",
-        flash_runtime=_runtime("flash_runtime.py") if needs["flash"] else "",
     )
-    return reflow(source)
+    return link_module(reflow(source), link)
 
 
 def _header_lines(lowered: LoweredModule, defaults: dict[str, str]) -> list[str]:
@@ -133,19 +130,6 @@ def _default_backend(lowered: LoweredAttention, requested: str | None, source_na
     return wanted
 
 
-# Import lines of the runtime files that the generated module already has (or defines).
-_RUNTIME_IMPORTS = ("import torch", "import math", "import importlib.util", "import warnings",
-                    "from attnspec.errors import UnsupportedInputError")
-
-
-def _runtime(filename: str) -> str:
-    """A runtime file of templates/ (flex_runtime.py: structured BlockMask builders;
-    flash_runtime.py: flash-attn packing; each a tested module of its own), without its
-    docstring and imports, to inline into generated modules."""
-    text = (Path(__file__).parent / "templates" / filename).read_text()
-    body = text.split('"""', 2)[2] if text.lstrip().startswith('"""') else text
-    lines = [line for line in body.splitlines() if line not in _RUNTIME_IMPORTS]
-    return "\n".join(lines).strip("\n")
 
 
 @lru_cache(maxsize=1)
@@ -219,31 +203,6 @@ def _check_module_names(module: ir.ModuleIR) -> None:
                              "generated module itself; rename it")
 
 
-def _needs(lowered: LoweredModule) -> dict[str, bool]:
-    """Which runtime helpers the module uses (the others are left out)."""
-    module = lowered.module
-    calls = {n.func for a in module.attentions for n in _all_nodes(a) if isinstance(n, ir.Call)}
-    attns = module.attentions
-    runnable = {name for a in lowered.attentions for name in a.plans}
-    return {
-        "namedtuple": any(i.dtype == "edges" for a in attns for i in a.inputs),
-        "edges": any(i.dtype == "edges" for a in attns for i in a.inputs),
-        "groups": any(a.groups for a in attns),
-        "seq_dim": any(d.kind == "seq" for a in attns for i in a.inputs for d in i.dims),
-        "param_shape": any(a.params for a in attns),
-        "rope": any(a.rope for a in attns),
-        "rms": any(a.qk_norm == "rms" for a in attns),
-        "sinusoidal": any(a.absolute_position and a.absolute_position.kind == "sinusoidal"
-                          and a.mode == "layer" for a in attns),
-        "alibi": "alibi_slope" in calls or any(p.init.kind == "alibi_slopes"
-                                               for a in attns for p in a.params),
-        "t5": "t5_bucket" in calls,
-        "sdpa": "sdpa" in runnable,
-        "flex": "flex" in runnable,
-        "flash": "flash" in runnable,
-        "read": any(isinstance(n, (ir.InputRef, ir.ParamRef)) and n.indices
-                    for a in attns for n in _all_nodes(a)),
-    }
 
 
 def _dict_literal(mapping: dict[str, tuple[str, ...]]) -> str:
@@ -261,15 +220,6 @@ def _dict_literal(mapping: dict[str, tuple[str, ...]]) -> str:
         lines.append("        ),")
     lines.append("    }")
     return "\n".join(lines)
-
-
-def _all_nodes(attn: ir.AttentionIR):
-    exprs = list(attn.masks) + [s.expr for s in attn.pipeline] + [s.expr for s in attn.numeric]
-    exprs += [d.size for x in list(attn.inputs) + list(attn.params) for d in x.dims if d.size]
-    if attn.rope is not None:
-        exprs.append(attn.rope.dims)
-    for e in exprs:
-        yield from walk(e)
 
 
 # --- one attention ---------------------------------------------------------------------------

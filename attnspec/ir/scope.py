@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import builtins
 import keyword
+from pathlib import Path
+
+from attnspec.cache import cached_json
+from attnspec.runtime import source
 
 INT_SETTINGS = ("heads", "kv_heads", "head_dim", "value_dim", "dim", "context_dim")
 FLOAT_SETTINGS = ("scale", "dropout")
@@ -50,16 +54,32 @@ INIT_KINDS = {"zeros": 0, "ones": 0, "normal": 1, "uniform": 2, "alibi_slopes": 
 POSITION_KINDS = ("rope", "sinusoidal", "learned")
 ROPE_ARGS = ("base", "dims", "interleaved", "positions", "freqs")
 
-# Names a generated module already uses for its own attributes, arguments and locals.
+
+def runtime_names() -> frozenset[str]:
+    """The names the runtime package binds at top level (`attnspec.runtime.source`), kept in
+    attnspec's cache: parsing the runtime costs more than checking a spec.
+
+    >>> "_flex_run" in runtime_names()
+    True
+    """
+    names = cached_json("runtime-names", source.digest(),
+                        lambda: sorted(source.top_level_names()))
+    return frozenset(names)
+
+
+_RUNTIME_NAMES = runtime_names()
+# Names a generated module already uses for its own attributes, arguments and locals, and the
+# public names it imports or defines at module level (torch, math, ...: see `runtime_names`).
 RESERVED = frozenset(
-    """self q k v x b h context sizes backend overrides torch math training forward parameters
+    """self q k v x b h context sizes backend overrides training forward parameters
     buffers children modules state_dict to cuda cpu float half double bfloat16 type eval train
     apply zero_grad extra_repr add_module register_buffer register_parameter register_module
     load_state_dict named_parameters named_buffers named_children named_modules requires_grad_
     get_parameter get_buffer get_submodule share_memory dump_patches call_super_init
     q_proj k_proj v_proj o_proj mup_param_groups settings score inputs
     """.split()
-) | frozenset(ALL_SETTINGS) | frozenset(ALL_MUP_SETTINGS)
+) | frozenset(ALL_SETTINGS) | frozenset(ALL_MUP_SETTINGS) | frozenset(
+    name for name in _RUNTIME_NAMES if not name.startswith("_"))
 
 
 def identifier_problem(name: str) -> str | None:
@@ -89,41 +109,28 @@ GENERATED_LOCALS = frozenset(
     # finds every local of the functions an input reaches and checks that it is listed here)
     "captured choice enable_gqa fast kernel kernel_options kv_idx q_idx score_mod "
     "score_dtype".split())
-GENERATED_MODULE_NAMES = frozenset(
-    "torch math collections SPEC_SOURCE _check_backend _check_overrides _int_setting "
-    "_float_setting _check_heads _param_shape _check_rope_dims _check_tensor _same_dtype "
-    "_seq_len _check_no_sizes _token_groups _in_group _Edges _edge_tables _alibi_slopes "
-    "_alibi_slope _alibi_tensor _ALIBI_TENSORS _t5_bucket _t5_boundaries _rms_norm _rope_angles "
-    "_rope _sinusoidal "
-    "_compute_dtype "
-    "_index_grids _softmax_rows _read _select_backend UnsupportedBackendError _sdpa _sdpa_masked "
-    "_runs _sdpa_patterns UnsupportedInputError _SMALL_DENSE importlib warnings "
-    "_same_device _check_weight _autocast_on _check_unexpected".split()
-) | frozenset(  # the runtimes inlined from codegen/templates/*_runtime.py (a test keeps this true)
-    "_BLOCK _num_blocks _block_bounds _classes _band_rect _band_blocks _block_min_max "
-    "_segment_blocks _key_length_blocks _key_padding_blocks _prefix_blocks _combine _ordered "
-    "_BlockMask _FLEX_BLOCK _FLEX_COMPILED _flex_attention _create_block_mask "
-    "_noop_mask _AuxRequest _flex_runner _flex_with_lse _flex_no_cpu_backward _FLEX_FLASH_FAILED "
-    "_FLEX_FLASH_OPTIONS _FLEX_MASKS _FLEX_MASKS_KEPT _flex_flash_usable _flex_run "
-    "_FLEX_SMALL_OPTIONS _FLEX_SMALL_TILES _FLEX_TRAINING_OPTIONS _flash_remembered "
-    "_FLASH_REMEMBERED _flash_id_runs "
-    "_spread _FLEX_FLASH_FOUND _structured_block_mask _cached_block_mask _general_block_mask "
-    "_built_lists "
-    "_FLEX_BUILD_FAILED "
-    "_block_lists "
-    "_block_mask_of _FLASH_DTYPES "
-    "_FLASH_MAX_HEAD_DIM _FLASH_MIN_HEAD_DIM _FLEX_MIN_HEAD_DIM _pad_head_dim _FLASH_LIBRARIES "
-    "_FlashLibrary "
-    "_flash_library _find_flash _flash_check _flash_backward_problems "
-    "_FLASH4_BACKWARD_MIN_HEAD_DIM _flex_needs_backward "
-    "_flash_check_documents _flash_window _flash_runs "
-    "_flash_keep_keys _flash_pack _flash_empty_rows _flash_attend".split())
+# Module-level names: SPEC_SOURCE, and every name the runtime binds at top level (a standalone
+# module inlines those it reaches, an import-linked one imports them), read from the runtime's
+# source (`runtime_names`: ast, no torch).
+GENERATED_MODULE_NAMES = frozenset({"SPEC_SOURCE"}) | _RUNTIME_NAMES
+
+
+def backend_rooms() -> tuple[str, ...]:
+    """The backends' names, read from their rooms (`attnspec/backends/<name>/lowering.py`)
+    without importing them: the registry builds on the IR (a test checks both agree).
+
+    >>> "eager" in backend_rooms()
+    True
+    """
+    root = Path(__file__).resolve().parent.parent / "backends"
+    return tuple(sorted(p.name for p in root.iterdir() if (p / "lowering.py").is_file()))
+
+
 GENERATED_CLASS_NAMES = frozenset(
     "SETTINGS GROUPS BACKENDS AUTO AUTO_CPU AUTO_CUDA UNSUPPORTED PATTERNS backend forward "
-    "_attend _attend_eager "
-    "_attend_sdpa _attend_flex _attend_flash _attend_auto _auto_cuda last_backend _mask _score "
-    "_mup_init "
-    "mup_param_groups q_proj k_proj v_proj o_proj".split())
+    "_attend _attend_auto _auto_cuda last_backend _mask _score _mup_init "
+    "mup_param_groups q_proj k_proj v_proj o_proj".split()) | frozenset(
+    f"_attend_{name}" for name in backend_rooms())  # each backend's method
 PYTHON_BUILTINS = frozenset(dir(builtins))
 
 # torch.nn.Module's public attributes (torch 2.5 to 2.13; no torch import here, a test compares

@@ -19,7 +19,7 @@ flash-attn aligns every window at the bottom-right corner of each varlen sequenc
 alignment follows each sequence's own key count, a band cannot be combined with unpadded keys.
 Library-dependent limits (fp16/bf16, head dims, ALiBi on flash-attn 4, sinks on flash-attn 2,
 CUDA only, document ids out of order) are checked at call time and raise
-`UnsupportedInputError`; see `templates/flash_runtime.py`.
+`UnsupportedInputError`; see `attnspec/runtime/flash.py`.
 """
 
 from __future__ import annotations

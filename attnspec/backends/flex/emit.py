@@ -37,6 +37,8 @@ def emit(emitter, plan, lowered) -> dict:
         "captured_tuple": tuple_text(list(score_gen.captured)),
         "captures": [f"{alias} = {_capture(alias, what)}" for alias, what in captured.items()
                      if not what.startswith("input ")],
+        "tables": "{" + ", ".join(f"{name!r}: self.{name}" for name in plan.tables) + "}"
+        if plan.tables else "",
         "spread": any(what.startswith("param ") for what in captured.values()),
         "block_lines": block_lines, "builder": builder,
         "summary": comment_lines(plan.notes),

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from attnspec.backends.base import Plan, Reason
 from attnspec.ir import nodes as ir
+from attnspec.ir.exprs import walk
 from attnspec.lower.analysis import (
     Analysis,
     Band,
@@ -56,6 +57,9 @@ class FlexPlan(Plan):
 
     score_mod: bool = False
     sinks: bool = False
+    # The score_mod reads learned params: a half-precision call that trains them is refused at
+    # call time (the runtime's _flex_check_table_gradients), so `auto` keeps a fallback.
+    tables: tuple[str, ...] = ()
 
 
 def lower(attn: ir.AttentionIR, analysis: Analysis) -> FlexPlan:
@@ -76,4 +80,17 @@ def lower(attn: ir.AttentionIR, analysis: Analysis) -> FlexPlan:
                  "forward only")
     if any(isinstance(item, Patterns) for item in analysis.mask):
         notes.append("token groups: group bounds are fixed per call")
-    return FlexPlan(NAME, kind, tuple(notes), score_mod=bool(attn.pipeline), sinks=attn.sinks)
+    tables = _score_tables(attn)
+    if tables:
+        notes.append(f"learned tables ({', '.join(tables)}): trained in float32 only; a "
+                     "half-precision call that needs their gradients is refused (flex's backward "
+                     "rounds score gradients to the input dtype; measured beyond tolerance)")
+    return FlexPlan(NAME, kind, tuple(notes), score_mod=bool(attn.pipeline), sinks=attn.sinks,
+                    tables=tables)
+
+
+def _score_tables(attn: ir.AttentionIR) -> tuple[str, ...]:
+    """The params the score pipeline reads, in declaration order."""
+    read = {n.name for step in attn.pipeline for n in walk(step.expr)
+            if isinstance(n, ir.ParamRef)}
+    return tuple(p.name for p in attn.params if p.name in read)

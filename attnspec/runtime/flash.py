@@ -1,4 +1,4 @@
-"""flash-attn runtime, inlined verbatim into generated modules that have the flash backend.
+"""flash-attn: finding the installed library and packing q, k, v for one kernel call.
 
 It finds the installed flash-attn (imported on first use, so a module without it still imports),
 calls `flash_attn_func` on [B, S, H, D] views when every sequence has the full lengths, and
@@ -15,9 +15,11 @@ Semantics pinned by the tests (tests/test_flash.py models flash-attn in pure tor
   `sq > sk`) are set to exactly 0, whatever the kernel wrote there.
 """
 
+from collections.abc import Callable
+
 import torch
 
-from attnspec.errors import UnsupportedInputError
+from .errors import UnsupportedInputError
 
 _FLASH_DTYPES = (torch.float16, torch.bfloat16)
 # flash-attn 4 gave wrong dq at head_dim 8 on the H100 (differential fuzzing, 2026-11-23)
@@ -37,13 +39,14 @@ class _FlashLibrary:
     """One installed flash-attn: `version` 4 (flash_attn.cute) or 2 (flash_attn), with its
     `flash_attn_func` (`dense`, [B, S, H, D]) and `flash_attn_varlen_func` (`varlen`)."""
 
-    def __init__(self, version, dense, varlen):
+    def __init__(self, version: int, dense: Callable, varlen: Callable):
         self.version = version
         self.name = f"flash-attn {version}"
         self.dense = dense
         self.varlen = varlen
 
-    def options(self, scale, window, softcap, alibi_slopes, sink):
+    def options(self, scale: float, window: tuple[int | None, int | None], softcap: float,
+                alibi_slopes: torch.Tensor | None, sink: torch.Tensor | None) -> dict:
         """Keyword arguments of either function; `window` is (left, right), None = unbounded."""
         causal = window[0] is None and window[1] == 0
         if self.version == 4:
@@ -53,12 +56,14 @@ class _FlashLibrary:
         return dict(dropout_p=0.0, softmax_scale=scale, causal=causal, window_size=sides,
                     softcap=softcap, alibi_slopes=alibi_slopes)
 
-    def dense_call(self, q, k, v, **options):
+    def dense_call(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                   **options: object) -> torch.Tensor:
         """q [B, Sq, H, D], k/v [B, Sk, Hk, *], any strides with a contiguous last dim."""
         out = self.dense(q, k, v, **self.options(**options))
         return out[0] if isinstance(out, tuple) else out
 
-    def varlen_call(self, q, k, v, cu_q, cu_k, max_q, max_k, **options):
+    def varlen_call(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_q: torch.Tensor,
+                    cu_k: torch.Tensor, max_q: int, max_k: int, **options: object) -> torch.Tensor:
         """q [total_q, H, D], k/v [total_k, Hk, *], int32 cu_seqlens, int longest lengths."""
         if self.version == 4:
             out = self.varlen(q, k, v, cu_seqlens_q=cu_q, cu_seqlens_k=cu_k, max_seqlen_q=max_q,
@@ -68,7 +73,7 @@ class _FlashLibrary:
         return out[0] if isinstance(out, tuple) else out
 
 
-def _flash_library(device):
+def _flash_library(device: torch.device) -> _FlashLibrary:
     """The flash-attn that runs on `device`: flash-attn 4 on sm90 and newer when installed, else
     flash-attn 2. Found once per device; UnsupportedInputError when there is none."""
     if device.type != "cuda":
@@ -83,7 +88,7 @@ def _flash_library(device):
     return found
 
 
-def _find_flash(capability):
+def _find_flash(capability: tuple[int, int]) -> _FlashLibrary | str:
     """A _FlashLibrary, or the message explaining why none can be imported."""
     problems = []
     if capability[0] >= 9:
@@ -106,7 +111,9 @@ def _find_flash(capability):
             "flash-attn; " + "; ".join(problems))
 
 
-def _flash_check(owner, library, q, k, v, alibi_slopes, sink):
+def _flash_check(owner: str, library: _FlashLibrary, q: torch.Tensor, k: torch.Tensor,
+                 v: torch.Tensor, alibi_slopes: torch.Tensor | None,
+                 sink: torch.Tensor | None) -> None:
     """What this library cannot run for these inputs, before any work is done."""
     problems = _flash_backward_problems(library, q, k, v, sink)
     if q.dtype not in _FLASH_DTYPES:
@@ -129,7 +136,8 @@ def _flash_check(owner, library, q, k, v, alibi_slopes, sink):
                                     "call:\n" + "\n".join(f"  - {p}" for p in problems))
 
 
-def _flash_backward_problems(library, q, k, v, sink):
+def _flash_backward_problems(library: _FlashLibrary, q: torch.Tensor, k: torch.Tensor,
+                             v: torch.Tensor, sink: torch.Tensor | None) -> list[str]:
     """Head dims where this library's backward is wrong, when this call will need one."""
     tensors = [t for t in (q, k, v, sink) if t is not None]
     if library.version != 4 or not torch.is_grad_enabled() or \
@@ -143,7 +151,8 @@ def _flash_backward_problems(library, q, k, v, sink):
             "'flex' or 'sdpa' to train"]
 
 
-def _flash_remembered(ids, what, compute, largest=1 << 20):
+def _flash_remembered(ids: torch.Tensor, what: str, compute: Callable[[], object],
+                      largest: int = 1 << 20) -> object:
     """`compute()` for this ids tensor, remembered while the very same tensor comes back with the
     same contents: every layer of a model gets the same document ids, and each answer costs
     device-to-host syncs.
@@ -172,7 +181,7 @@ def _flash_remembered(ids, what, compute, largest=1 << 20):
     return value
 
 
-def _flash_check_documents(owner, name, ids):
+def _flash_check_documents(owner: str, name: str, ids: torch.Tensor) -> None:
     """Varlen sequences are contiguous runs: each document's ids must form one run per row,
     which non-decreasing ids guarantee (one comparison per position)."""
     if ids.shape[-1] > 1 and _flash_remembered(
@@ -183,7 +192,8 @@ def _flash_check_documents(owner, name, ids):
             "packing, or use backend='flex', which runs any ids")
 
 
-def _flash_window(owner, lo, hi, bottom_right, Sq, Sk):
+def _flash_window(owner: str, lo: int | None, hi: int | None, bottom_right: bool, Sq: int,
+                  Sk: int) -> tuple[int | None, int | None]:
     """flash-attn's (left, right) for the band `lo <= k - q - shift <= hi` (None = unbounded),
     `shift` = kv_len - q_len when bottom-right, else 0. flash-attn aligns at kv_len - q_len
     (runs of documents have q_len == kv_len), so a top-left band moves by that much."""
@@ -200,7 +210,8 @@ def _flash_window(owner, lo, hi, bottom_right, Sq, Sk):
     return left, right
 
 
-def _flash_runs(ids, B, S, device):
+def _flash_runs(ids: torch.Tensor | None, B: int, S: int,
+                device: torch.device) -> tuple[torch.Tensor, int]:
     """int32 cu_seqlens [n + 1] and the longest length of the sequences: one per run of equal
     `ids` in each row, or one per row when `ids` is None."""
     if ids is None:
@@ -208,7 +219,8 @@ def _flash_runs(ids, B, S, device):
     return _flash_remembered(ids, "runs", lambda: _flash_id_runs(ids, B, S, device))
 
 
-def _flash_id_runs(ids, B, S, device):
+def _flash_id_runs(ids: torch.Tensor, B: int, S: int,
+                   device: torch.device) -> tuple[torch.Tensor, int]:
     """`_flash_runs` of an ids tensor (two device-to-host syncs: the count and the longest)."""
     starts = torch.ones(B, S, dtype=torch.bool, device=device)
     starts[:, 1:] = ids[:, 1:] != ids[:, :-1]
@@ -217,7 +229,8 @@ def _flash_id_runs(ids, B, S, device):
     return cu, int((cu[1:] - cu[:-1]).max())
 
 
-def _flash_keep_keys(key_valid, cu_k):
+def _flash_keep_keys(key_valid: torch.Tensor,
+                     cu_k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Unpadding: the flat indices of the valid keys, and cu_seqlens / longest length of the
     sequences they leave (each sequence keeps its valid keys, in order)."""
     flat = key_valid.flatten()
@@ -227,13 +240,14 @@ def _flash_keep_keys(key_valid, cu_k):
     return flat.nonzero().flatten(), cu, longest
 
 
-def _flash_pack(x, keep=None):
+def _flash_pack(x: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
     """[B, H, S, D] -> [B*S, H, D] (rows `keep` only, when given)."""
     packed = x.transpose(1, 2).reshape(-1, x.shape[1], x.shape[3])
     return packed if keep is None else packed.index_select(0, keep)
 
 
-def _flash_empty_rows(cu_q, cu_k, total_q, right):
+def _flash_empty_rows(cu_q: torch.Tensor, cu_k: torch.Tensor, total_q: int,
+                      right: int | None) -> torch.Tensor:
     """[total_q] bool: packed query rows with no key in their window: every row of a sequence
     without keys, and the first rows of a sequence with more queries than keys (above the
     bottom-right-aligned diagonal) when the window is bounded on the right."""
@@ -248,8 +262,11 @@ def _flash_empty_rows(cu_q, cu_k, total_q, right):
     return empty
 
 
-def _flash_attend(owner, library, q, k, v, *, scale, documents=None, key_valid=None,
-                  band=None, softcap=None, alibi_slopes=None, sink=None):
+def _flash_attend(owner: str, library: _FlashLibrary, q: torch.Tensor, k: torch.Tensor,
+                  v: torch.Tensor, *, scale: float, documents: torch.Tensor | None = None,
+                  key_valid: torch.Tensor | None = None, band: tuple | None = None,
+                  softcap: float | None = None, alibi_slopes: torch.Tensor | None = None,
+                  sink: torch.Tensor | None = None) -> torch.Tensor:
     """q [B, H, Sq, D], k/v [B, Hk, Sk, *] -> [B, H, Sq, Dv] through one flash-attn call.
     `documents` [B, S] ids (checked non-decreasing by the caller), `key_valid` [B, Sk] bool,
     `band` (lo, hi, bottom_right)."""

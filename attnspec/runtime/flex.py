@@ -1,4 +1,5 @@
-"""Structured FlexAttention BlockMask builders, inlined verbatim into generated modules.
+"""FlexAttention: running generated flex bodies (compiled once, FLASH or Triton kernel) and
+structured BlockMask builders.
 
 Each builder classifies every (query block, key block) tile of a recognised mask as
 
@@ -19,12 +20,15 @@ flex kernels mask them out by sequence length in full and partial blocks alike.
 
 import importlib.util
 import warnings
+from collections.abc import Callable, Iterable
 
 import torch
 from torch.nn.attention.flex_attention import BlockMask as _BlockMask
 from torch.nn.attention.flex_attention import create_block_mask as _create_block_mask
 from torch.nn.attention.flex_attention import flex_attention as _flex_attention
 from torch.nn.attention.flex_attention import noop_mask as _noop_mask
+
+from .errors import UnsupportedInputError
 
 try:
     from torch.nn.attention.flex_attention import AuxRequest as _AuxRequest
@@ -56,7 +60,7 @@ _FLEX_MASKS = {}
 _FLEX_MASKS_KEPT = 16
 
 
-def _flex_runner(body, device):
+def _flex_runner(body: Callable, device: torch.device) -> Callable:
     """`body` compiled once per process on CUDA (captured tensors are its arguments, so new
     values never recompile); uncompiled on CPU, where flex runs forward only."""
     if device.type != "cuda":
@@ -66,7 +70,8 @@ def _flex_runner(body, device):
     return _FLEX_COMPILED[body]
 
 
-def _flex_with_lse(q, k, v, **options):
+def _flex_with_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                   **options: object) -> tuple[torch.Tensor, torch.Tensor]:
     """flex_attention's output and log-sum-exp (for sinks), on old and new torch alike."""
     if _AuxRequest is None:
         return _flex_attention(q, k, v, return_lse=True, **options)
@@ -74,7 +79,8 @@ def _flex_with_lse(q, k, v, **options):
     return out, aux.lse
 
 
-def _flex_no_cpu_backward(owner, q, k, v, params):
+def _flex_no_cpu_backward(owner: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                          params: Iterable[torch.Tensor]) -> tuple[torch.Tensor, ...]:
     """flex_attention has no CPU backward: refuse before the forward, not in the middle of it.
     Without grad mode q, k, v come back detached: flex refuses CPU tensors that require grad
     even under no_grad (a NotImplementedError from inside torch)."""
@@ -86,7 +92,7 @@ def _flex_no_cpu_backward(owner, q, k, v, params):
     return q, k, v
 
 
-def _flex_flash_usable(q, captured):
+def _flex_flash_usable(q: torch.Tensor, captured: tuple[torch.Tensor, ...]) -> bool:
     """Whether flex's FLASH kernel (flash-attn 4's CuTe DSL, torch >= 2.11) can run this call:
     a CUDA sm90+ device, fp16/bf16, `flash_attn.cute` installed, no gradient wanted for a tensor
     the score_mod captures (the kernel has none) and no deterministic-algorithms mode."""
@@ -96,7 +102,8 @@ def _flex_flash_usable(q, captured):
         return False
     if torch.are_deterministic_algorithms_enabled():
         return False
-    if any(t.requires_grad for t in captured):  # checked at trace time, even under no_grad
+    # Checked at trace time, even under no_grad; a captured setting is a plain number.
+    if any(isinstance(t, torch.Tensor) and t.requires_grad for t in captured):
         return False
     if "cute" not in _FLEX_FLASH_FOUND:  # looked up once: a path scan per call would cost
         version = tuple(int(x) for x in torch.__version__.split("+")[0].split(".")[:2])
@@ -106,7 +113,8 @@ def _flex_flash_usable(q, captured):
     return _FLEX_FLASH_FOUND["cute"]
 
 
-def _flex_run(body, args, captured, fast):
+def _flex_run(body: Callable, args: tuple, captured: tuple[torch.Tensor, ...],
+              fast: bool) -> tuple[tuple[torch.Tensor, torch.Tensor | None], str]:
     """Run a generated flex body: on flex's FLASH kernel when `fast` and usable, else Triton.
     Returns the body's result and the kernel that ran ("flash" or "triton").
 
@@ -145,7 +153,7 @@ def _flex_run(body, args, captured, fast):
     return run(*args, kernel_options={**_FLEX_SMALL_OPTIONS, **training}), "triton"
 
 
-def _flex_needs_backward(qkv):
+def _flex_needs_backward(qkv: tuple[torch.Tensor, ...]) -> bool:
     """Whether this call will need a backward. flex's FLASH kernel (flash-attn 4's CuTe code)
     runs forward only: its backward gave wrong gradients on the H200 matrix (issue 20) - dq at
     head_dim 16 on a plain causal mask, and dq/dk/dv off by up to 1e15 with score_mods (ALiBi,
@@ -153,13 +161,13 @@ def _flex_needs_backward(qkv):
     return torch.is_grad_enabled() and any(t.requires_grad for t in qkv)
 
 
-def _pad_head_dim(x, size):
+def _pad_head_dim(x: torch.Tensor, size: int) -> torch.Tensor:
     """`x` with its last (head) dim zero-padded to at least `size`: for kernels with a minimum
     head dim, zero q/k columns add nothing to q.k and zero v columns give output columns to drop."""
     return torch.nn.functional.pad(x, (0, size - x.shape[-1])) if x.shape[-1] < size else x
 
 
-def _spread(param, replicas=32, budget=1 << 20):
+def _spread(param: torch.Tensor, replicas: int = 32, budget: int = 1 << 20) -> torch.Tensor:
     """`param` with a trailing axis of `replicas` copies (fewer for big tables: at most `budget`
     elements), for a score_mod to read replica `kv_idx % R`. The copies' gradients sum back into
     `param`; in flex's backward the atomic adds for one param entry then spread over R
@@ -168,7 +176,8 @@ def _spread(param, replicas=32, budget=1 << 20):
     return param.unsqueeze(-1).expand(*param.shape, copies).contiguous()
 
 
-def _general_block_mask(mask_mod, batch, heads, q_len, kv_len, device):
+def _general_block_mask(mask_mod: Callable, batch: int | None, heads: int | None, q_len: int,
+                        kv_len: int, device: torch.device) -> _BlockMask:
     """`create_block_mask` for a mask without recognised structure: `mask_mod` is evaluated on
     every (query, key) pair, compiled on CUDA (fused, no [Sq, Sk] tensor kept); uncompiled on
     CPU. `batch` / `heads` are None unless the mask reads `b` / `h`. Kept for reuse like the
@@ -182,7 +191,7 @@ def _general_block_mask(mask_mod, batch, heads, q_len, kv_len, device):
             mask_mod, batch, heads, q_len, kv_len, device=device, BLOCK_SIZE=_BLOCK))
 
 
-def _built_lists(build, arguments):
+def _built_lists(build: Callable, arguments: tuple) -> tuple[torch.Tensor, ...]:
     """`build(*arguments)`, compiled on CUDA; run as is when compiling it fails (once, with a
     warning): the BlockMask is then slower to build, never different."""
     device = arguments[3]
@@ -196,7 +205,8 @@ def _built_lists(build, arguments):
     return build(*arguments)
 
 
-def _structured_block_mask(build, mask_mod, batch, q_len, kv_len, device, arguments):
+def _structured_block_mask(build: Callable, mask_mod: Callable | None, batch: int, q_len: int,
+                           kv_len: int, device: torch.device, arguments: tuple) -> _BlockMask:
     """The BlockMask `build(batch, q_len, kv_len, device, *arguments)` describes, built in
     O(blocks) (compiled on CUDA: a handful of kernels) and kept for reuse.
 
@@ -210,7 +220,9 @@ def _structured_block_mask(build, mask_mod, batch, q_len, kv_len, device, argume
                                mask_mod, q_len, kv_len))
 
 
-def _cached_block_mask(what, q_len, kv_len, device, arguments, make, largest=1 << 20):
+def _cached_block_mask(what: object, q_len: int, kv_len: int, device: torch.device,
+                       arguments: tuple, make: Callable[[], _BlockMask],
+                       largest: int = 1 << 20) -> _BlockMask:
     """`make()`, or the BlockMask it made before for the same `what`, sizes and arguments.
 
     Why a hit is sound: the BlockMask (its tile lists and its `mask_mod`) depends on nothing but
@@ -252,12 +264,13 @@ def _cached_block_mask(what, q_len, kv_len, device, arguments, make, largest=1 <
     return block_mask
 
 
-def _num_blocks(length, block):
+def _num_blocks(length: int, block: int) -> int:
     """Number of `block`-sized tiles needed to cover `length` positions."""
     return (length + block - 1) // block
 
 
-def _block_bounds(length, block, device):
+def _block_bounds(length: int, block: int,
+                  device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
     """First and last VALID position of each block, as int64 tensors [n].
 
     The last block is clipped to `length - 1`, so bounds never point past the sequence end.
@@ -267,13 +280,15 @@ def _block_bounds(length, block, device):
     return first, last
 
 
-def _classes(any_, all_):
+def _classes(any_: torch.Tensor, all_: torch.Tensor) -> torch.Tensor:
     """int8 tile classes from "some pair attendable" and "every pair attendable" flags."""
     two = torch.full_like(any_, 2, dtype=torch.int8)
     return torch.where(all_, two, any_.to(torch.int8))
 
 
-def _band_rect(q_first, q_last, k_first, k_last, lo, hi, shift):
+def _band_rect(q_first: torch.Tensor, q_last: torch.Tensor, k_first: torch.Tensor,
+               k_last: torch.Tensor, lo: int | torch.Tensor | None, hi: int | torch.Tensor | None,
+               shift: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(any, all) of `lo <= k - q - shift <= hi` over the rectangles [q_first, q_last] x
     [k_first, k_last] (broadcastable tensors; rectangles must be non-empty).
 
@@ -296,7 +311,9 @@ def _band_rect(q_first, q_last, k_first, k_last, lo, hi, shift):
     return any_, all_
 
 
-def _band_blocks(q_len, kv_len, lo, hi, bottom_right, block, device):
+def _band_blocks(q_len: int, kv_len: int, lo: int | torch.Tensor | None,
+                 hi: int | torch.Tensor | None, bottom_right: bool, block: int,
+                 device: torch.device | str) -> torch.Tensor:
     """Tile classes int8 [nQ, nK] of the band `lo <= k - q - shift <= hi`.
 
     `shift` is `kv_len - q_len` for bottom-right alignment, else 0; `lo` / `hi` may be None
@@ -310,7 +327,7 @@ def _band_blocks(q_len, kv_len, lo, hi, bottom_right, block, device):
     return _classes(any_, all_)
 
 
-def _block_min_max(x, block):
+def _block_min_max(x: torch.Tensor, block: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-block min and max of `x` [..., S] along the last axis -> two tensors [..., n].
 
     The tail of the last block is filled by repeating the last valid element, which leaves
@@ -323,7 +340,7 @@ def _block_min_max(x, block):
     return tiles.amin(dim=-1), tiles.amax(dim=-1)
 
 
-def _segment_blocks(q_ids, kv_ids, block):
+def _segment_blocks(q_ids: torch.Tensor, kv_ids: torch.Tensor, block: int) -> torch.Tensor:
     """Tile classes int8 [B, nQ, nK] of `q_ids[b, q] == kv_ids[b, k]` (ids in any order).
 
     Skip when the [min, max] id ranges of the two blocks are disjoint (then no id can match);
@@ -338,7 +355,7 @@ def _segment_blocks(q_ids, kv_ids, block):
     return _classes(any_, all_)
 
 
-def _key_length_blocks(lengths, q_len, kv_len, block):
+def _key_length_blocks(lengths: torch.Tensor, q_len: int, kv_len: int, block: int) -> torch.Tensor:
     """Tile classes int8 [B, nQ, nK] of `k < lengths[b]` (`lengths` int [B]).
 
     Full when the key block's last valid position is below the length, skip when its first is
@@ -350,7 +367,7 @@ def _key_length_blocks(lengths, q_len, kv_len, block):
     return classes[:, None, :].expand(-1, _num_blocks(q_len, block), -1)
 
 
-def _key_padding_blocks(valid, q_len, block):
+def _key_padding_blocks(valid: torch.Tensor, q_len: int, block: int) -> torch.Tensor:
     """Tile classes int8 [B, nQ, nK] of `valid[b, k]` (`valid` bool [B, Sk]).
 
     Full when every key of the block is valid, skip when none is.
@@ -360,7 +377,9 @@ def _key_padding_blocks(valid, q_len, block):
     return classes[:, None, :].expand(-1, _num_blocks(q_len, block), -1)
 
 
-def _prefix_blocks(prefix, q_len, kv_len, lo, hi, bottom_right, block, device):
+def _prefix_blocks(prefix: torch.Tensor | int, q_len: int, kv_len: int,
+                   lo: int | torch.Tensor | None, hi: int | torch.Tensor | None, bottom_right: bool,
+                   block: int, device: torch.device | str) -> torch.Tensor:
     """Tile classes int8 [B or 1, nQ, nK] of `k < prefix | band(lo, hi)` (prefix-LM).
 
     `prefix` is an int or an int tensor [B]. Exact, not just sound: a tile is full iff the keys
@@ -380,7 +399,7 @@ def _prefix_blocks(prefix, q_len, kv_len, lo, hi, bottom_right, block, device):
     return _classes(any_, rest_all | (rest_first > k_last))
 
 
-def _combine(classes, B, H):
+def _combine(classes: list[torch.Tensor], B: int, H: int) -> torch.Tensor:
     """AND of masks: elementwise min of tile classes -> int8 [B, H, nQ, nK].
 
     Each entry is [nQ, nK], [B, nQ, nK] or [B, H, nQ, nK]; size-1 batch / head dims broadcast.
@@ -396,7 +415,7 @@ def _combine(classes, B, H):
     return out.expand(B, H, *out.shape[-2:]).contiguous()
 
 
-def _ordered(flags):
+def _ordered(flags: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(count int32 [..., nQ], indices int32 [..., nQ, nK]) of the flagged key blocks.
 
     Flagged blocks come first in ascending order (a stable descending sort on the flag), as
@@ -409,7 +428,7 @@ def _ordered(flags):
     return count.contiguous(), indices.to(torch.int32).contiguous()
 
 
-def _block_lists(classes):
+def _block_lists(classes: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """The eight BlockMask tensors of int8 tile classes [B, H, nQ, nK]: partial (1) and full (2)
     tiles in key-block order per query block, and the transposed (query-block order per key
     block) lists that backward reads. Both sides come straight from the classes, which costs
@@ -421,7 +440,8 @@ def _block_lists(classes):
             *_ordered(full.transpose(-2, -1).contiguous()))
 
 
-def _block_mask_of(lists, mask_mod, q_len, kv_len, block=_BLOCK):
+def _block_mask_of(lists: tuple[torch.Tensor, ...], mask_mod: Callable | None, q_len: int,
+                   kv_len: int, block: int = _BLOCK) -> _BlockMask:
     """A BlockMask of the eight tensors `_block_lists` returns (no further work on them)."""
     kv_num, kv_idx, full_num, full_idx, q_num, q_idx, full_q_num, full_q_idx = lists
     return _BlockMask(
@@ -429,3 +449,24 @@ def _block_mask_of(lists, mask_mod, q_len, kv_len, block=_BLOCK):
         full_kv_num_blocks=full_num, full_kv_indices=full_idx, q_num_blocks=q_num,
         q_indices=q_idx, full_q_num_blocks=full_q_num, full_q_indices=full_q_idx,
         BLOCK_SIZE=(block, block), mask_mod=mask_mod or _noop_mask)
+
+
+# Learned tables read by a score_mod get their gradient from flex's per-pair score gradients,
+# which its backward rounds to the input dtype first. Where a table's gradient is a cancelling
+# sum (ALiBi slopes times |q - k|, a bias that depends on the query only: its exact gradient is
+# 0) the half-precision result missed the tolerance by 1.1-16x (H100 matrix, 2026-12-06,
+# cookbook AlibiLearnedSlopes and CallTimeBias). Such calls are refused, not run.
+
+
+def _flex_check_table_gradients(owner: str, q: torch.Tensor, tables: dict) -> None:
+    """Refuse a half-precision call that would train learned tables through flex's backward
+    (`tables`: name -> param); frozen tables, float32 inputs and inference run."""
+    if q.dtype not in (torch.float16, torch.bfloat16) or not torch.is_grad_enabled():
+        return
+    training = sorted(name for name, table in tables.items() if table.requires_grad)
+    if training:
+        raise UnsupportedInputError(
+            f"{owner}: flex's backward rounds score gradients to {q.dtype} before summing them "
+            f"into learned tables ({', '.join(training)}): measured beyond the verification "
+            "tolerance; use float32 inputs, freeze the tables, or backend='sdpa'/'eager' "
+            "(auto does)")

@@ -1,0 +1,127 @@
+"""`edges` inputs (graphs): dense [Sq, Sk] tables the mask and score read (eager, SDPA, flex), or
+an edge list sorted by query with its segment reductions (the edges backend).
+
+Example:
+    >>> t = _edge_tables("g", torch.tensor([[0, 1], [1, 0]]), None, None, 2, 2,
+    ...                  torch.device("cpu"),
+    ...                  types=1, max_distance=4, self_loops=False)
+    >>> t.edge.tolist()
+    [[False, True], [True, False]]
+"""
+
+import collections
+import math
+
+import torch
+
+from .checks import _check_tensor
+
+_Edges = collections.namedtuple("_Edges", ["edge", "type", "distance"])
+
+
+def _edge_inputs(name: str, edge_index: object, edge_type: object, edge_distance: object,
+                 q_len: int, kv_len: int, device: torch.device, *, types: int,
+                 max_distance: int) -> tuple[torch.Tensor, ...]:
+    """An `edges` input checked: (src, dst, type, distance) as int64 vectors [E], distance
+    clamped to [0, max_distance - 1]. Types and distances are optional (contract §4.4): 0 for
+    every edge when not given. Raises `ValueError` naming the input for bad shapes and ranges."""
+    edge_index = _check_tensor(name, edge_index, "int", ("2", "E"), (2, None), device)
+    n_edges = edge_index.shape[1]
+    src, dst = edge_index[0], edge_index[1]
+    values = {}
+    for field, given in (("type", edge_type), ("distance", edge_distance)):
+        label = f"{name}_{field}"
+        if given is None:
+            values[field] = torch.zeros(n_edges, dtype=torch.long, device=device)
+            continue
+        values[field] = _check_tensor(label, given, "int", ("E",), (n_edges,), device)
+    if n_edges:
+        # Both range checks in one device-to-host sync (the only one an edges input costs).
+        outside = torch.stack([((src < 0) | (src >= q_len) | (dst < 0) | (dst >= kv_len)).any(),
+                               ((values["type"] < 0) | (values["type"] >= types)).any()])
+        bad_index, bad_type = outside.tolist()
+        if bad_index:
+            raise ValueError(
+                f"{name}: edge index out of range, expected 0 <= row 0 < Sq = {q_len} and "
+                f"0 <= row 1 < Sk = {kv_len}"
+            )
+        if bad_type:
+            raise ValueError(f"{name}_type: edge types must be in [0, {types}), got values "
+                             "outside")
+    return src, dst, values["type"], values["distance"].clamp(0, max_distance - 1)
+
+
+def _edge_tables(name: str, edge_index: object, edge_type: object, edge_distance: object,
+                 q_len: int, kv_len: int, device: torch.device, *, types: int,
+                 max_distance: int, self_loops: bool) -> _Edges:
+    """Dense [Sq, Sk] tables of an `edges` input: edge (bool), type and distance (int64, 0 where
+    there is no edge; distance clamped to [0, max_distance - 1]). The last duplicate wins."""
+    src, dst, etype, distance = _edge_inputs(name, edge_index, edge_type, edge_distance, q_len,
+                                             kv_len, device, types=types,
+                                             max_distance=max_distance)
+    # last[i * Sk + j] = position of the last edge (i, j) in edge_index, -1 where there is none
+    last = torch.full((q_len * kv_len,), -1, dtype=torch.long, device=device)
+    order = torch.arange(src.shape[0], device=device)
+    last = last.scatter_reduce(0, src * kv_len + dst, order, reduce="amax")
+    zero = torch.zeros(1, dtype=torch.long, device=device)
+    edge = (last >= 0).view(q_len, kv_len)
+    etype = torch.cat((zero, etype))[last + 1].view(q_len, kv_len)
+    edist = torch.cat((zero, distance))[last + 1].view(q_len, kv_len)
+    if self_loops:
+        diagonal = torch.arange(min(q_len, kv_len), device=device)
+        edge = edge.clone()
+        edge[diagonal, diagonal] = True
+    return _Edges(edge, etype, edist)
+
+
+_EdgeList = collections.namedtuple("_EdgeList", ["edge", "type", "distance", "src", "dst"])
+
+
+def _edge_list(name, edge_index, edge_type, edge_distance, q_len, kv_len, device, *, types,
+               max_distance, self_loops):
+    """An `edges` input as per-edge vectors [E'] sorted by (query, key): `src`, `dst`, `type`,
+    `distance` (clamped to [0, max_distance - 1]) and `edge` (all True, so `NAME.edge` reads
+    as a mask). Duplicates resolve as the language says (the last wins); with `self_loops` the
+    diagonal joins with type and distance 0 unless an edge gives its own. O(E) memory."""
+    src, dst, etype, distance = _edge_inputs(name, edge_index, edge_type, edge_distance, q_len,
+                                             kv_len, device, types=types,
+                                             max_distance=max_distance)
+    if self_loops:  # first, so that a listed (i, i) edge wins with its own type and distance
+        diagonal = torch.arange(min(q_len, kv_len), device=device)
+        zeros = torch.zeros_like(diagonal)
+        src, dst = torch.cat((diagonal, src)), torch.cat((diagonal, dst))
+        etype, distance = torch.cat((zeros, etype)), torch.cat((zeros, distance))
+    key = src * kv_len + dst
+    order = torch.argsort(key, stable=True)  # equal pairs keep their given order
+    ordered = key[order]
+    last = torch.ones_like(ordered, dtype=torch.bool)
+    last[:-1] = ordered[1:] != ordered[:-1]
+    keep = order[last]
+    return _EdgeList(torch.ones_like(keep, dtype=torch.bool), etype[keep], distance[keep],
+                     src[keep], dst[keep])
+
+
+def _segment_softmax(score, index, n, sink=None):
+    """Softmax of `score` [B, H, E] over the entries that share a row `index` [E] (< n); a
+    row whose entries are all -inf (or that has none) gives 0. With `sink` [H], each row's
+    denominator also holds exp(sink[h])."""
+    shape = (*score.shape[:-1], n)
+    rows = index.expand(score.shape)
+    peak = torch.full(shape, -math.inf, dtype=score.dtype, device=score.device)
+    peak = peak.scatter_reduce(-1, rows, score.detach(), reduce="amax")  # shift only: no grad
+    if sink is not None:
+        sink = sink.to(score.dtype).view(1, -1, 1)
+        peak = torch.maximum(peak, sink.detach())
+    peak = peak.masked_fill(peak == -math.inf, 0.0)
+    weights = torch.exp(score - peak[..., index])
+    total = torch.zeros(shape, dtype=score.dtype, device=score.device).index_add(-1, index,
+                                                                                weights)
+    if sink is not None:
+        total = total + torch.exp(sink - peak)
+    return weights / total.masked_fill(total == 0, 1.0)[..., index]
+
+
+def _segment_sum(values, index, n):
+    """values [B, H, E, D] summed into rows `index` [E] (< n): [B, H, n, D]."""
+    out = values.new_zeros((*values.shape[:2], n, values.shape[-1]))
+    return out.index_add(2, index, values)
