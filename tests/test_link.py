@@ -234,7 +234,9 @@ def test_every_runtime_statement_reads_only_runtime_names_and_builtins():
         assert not missing, (definition.module, sorted(definition.binds), missing)
 
 
-def test_index_is_the_same_from_the_cache_and_computed():
+def test_index_is_the_same_from_the_cache_and_computed(tmp_path, monkeypatch):
+    monkeypatch.setenv("ATTNSPEC_CACHE_DIR", str(tmp_path))  # a fixed key: never a stale file
+    cached_json("runtime-link-test", "k", link._index_data)  # written
     assert cached_json("runtime-link-test", "k", link._index_data) == json.loads(
         json.dumps(link._index_data()))
 

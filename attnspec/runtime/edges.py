@@ -77,8 +77,9 @@ def _edge_tables(name: str, edge_index: object, edge_type: object, edge_distance
 _EdgeList = collections.namedtuple("_EdgeList", ["edge", "type", "distance", "src", "dst"])
 
 
-def _edge_list(name, edge_index, edge_type, edge_distance, q_len, kv_len, device, *, types,
-               max_distance, self_loops):
+def _edge_list(name: str, edge_index: object, edge_type: object, edge_distance: object,
+               q_len: int, kv_len: int, device: torch.device, *, types: int,
+               max_distance: int, self_loops: bool) -> _EdgeList:
     """An `edges` input as per-edge vectors [E'] sorted by (query, key): `src`, `dst`, `type`,
     `distance` (clamped to [0, max_distance - 1]) and `edge` (all True, so `NAME.edge` reads
     as a mask). Duplicates resolve as the language says (the last wins); with `self_loops` the
@@ -101,7 +102,8 @@ def _edge_list(name, edge_index, edge_type, edge_distance, q_len, kv_len, device
                      src[keep], dst[keep])
 
 
-def _segment_softmax(score, index, n, sink=None):
+def _segment_softmax(score: torch.Tensor, index: torch.Tensor, n: int,
+                     sink: torch.Tensor | None = None) -> torch.Tensor:
     """Softmax of `score` [B, H, E] over the entries that share a row `index` [E] (< n); a
     row whose entries are all -inf (or that has none) gives 0. With `sink` [H], each row's
     denominator also holds exp(sink[h])."""
@@ -121,7 +123,7 @@ def _segment_softmax(score, index, n, sink=None):
     return weights / total.masked_fill(total == 0, 1.0)[..., index]
 
 
-def _segment_sum(values, index, n):
+def _segment_sum(values: torch.Tensor, index: torch.Tensor, n: int) -> torch.Tensor:
     """values [B, H, E, D] summed into rows `index` [E] (< n): [B, H, n, D]."""
     out = values.new_zeros((*values.shape[:2], n, values.shape[-1]))
     return out.index_add(2, index, values)
