@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 from gpu_kernel_probe import compare, run_with_grads
-from gpu_workers import run_workers
+from gpu_workers import run_workers, timed
 
 ROOT = Path(__file__).resolve().parent.parent
 SOFTCAP = 30.0
@@ -197,21 +197,6 @@ def table(rows: list[dict]) -> str:
     lines.append(f"{len(lines)} checks, {fails} FAIL" + (f", {unreached} unreached"
                                                           if unreached else ""))
     return "\n".join(sorted(lines[:-1]) + lines[-1:])
-
-
-def timed(fn, reps=20) -> float:
-    """Median milliseconds of `fn()` over `reps` runs after three warm-ups."""
-    for _ in range(3):
-        fn()
-    times = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    return sorted(times)[len(times) // 2]
 
 
 def perf() -> str:

@@ -27,24 +27,11 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from gpu_workers import timed  # noqa: E402
+
 import attnspec  # noqa: E402
 
 DEV, DTYPE, DEGREE = "cuda", torch.bfloat16, 16
-
-
-def timed(fn, reps: int = 10) -> float:
-    """Median milliseconds of `fn()` after two warm-up calls."""
-    for _ in range(2):
-        fn()
-    times = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    return sorted(times)[len(times) // 2]
 
 
 def random_graph(n: int, degree: int, gen: torch.Generator) -> tuple[torch.Tensor, ...]:
@@ -60,9 +47,9 @@ def measure(step_fwd, step_bwd) -> dict:
     """Forward and forward+backward milliseconds, and the peak memory of forward+backward."""
     row = {}
     try:
-        row["fwd_ms"] = timed(step_fwd)
+        row["fwd_ms"] = timed(step_fwd, reps=10, warmup=2)
         torch.cuda.reset_peak_memory_stats()
-        row["fwd_bwd_ms"] = timed(step_bwd)
+        row["fwd_bwd_ms"] = timed(step_bwd, reps=10, warmup=2)
         row["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
     except torch.OutOfMemoryError:
         row["error"] = "out of memory"

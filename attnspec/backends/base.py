@@ -73,6 +73,15 @@ class Backend:
     emit: Callable
     template: str
 
+    @classmethod
+    def of_room(cls, lowering, emit) -> Backend:
+        """The backend whose room holds `lowering` (NAME, SUMMARY, DEVICES, BACKWARD_DEVICES,
+        supports, lower), `emit` (emit) and `method.py.jinja` beside them."""
+        return cls(name=lowering.NAME, summary=lowering.SUMMARY, devices=lowering.DEVICES,
+                   backward_devices=lowering.BACKWARD_DEVICES, supports=lowering.supports,
+                   lower=lowering.lower, emit=emit.emit,
+                   template=f"backends/{lowering.NAME}/method.py.jinja")
+
     def runs_on(self, device: str) -> bool:
         """Whether this backend runs at all on `device` ("cpu", "cuda", "cuda:1", ...)."""
         return _device_type(device) in self.devices

@@ -8,6 +8,7 @@ from attnspec.backends.base import Plan, Reason
 from attnspec.ir import nodes as ir
 
 NAME = "eager"
+SUMMARY = "dense [B, H, Sq, Sk] masks and scores: the reference semantics, any spec"
 # Runs everywhere torch does, forward and backward: it is the reference semantics.
 DEVICES = ("cpu", "cuda")
 BACKWARD_DEVICES = DEVICES

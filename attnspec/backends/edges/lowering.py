@@ -17,6 +17,7 @@ from attnspec.ir import nodes as ir
 from attnspec.lower.analysis import Analysis, Other
 
 NAME = "edges"
+SUMMARY = "graph attention over an edge list: per-edge pipeline, segment softmax, O(E)"
 # Plain torch ops: every device torch runs on, forward and backward.
 DEVICES = ("cpu", "cuda")
 BACKWARD_DEVICES = DEVICES

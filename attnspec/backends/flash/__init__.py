@@ -10,13 +10,4 @@ from __future__ import annotations
 from attnspec.backends.base import Backend
 from attnspec.backends.flash import emit, lowering
 
-BACKEND = Backend(
-    name=lowering.NAME,
-    summary="flash-attn 4 (else 2): dense and varlen calls for windows, documents, key padding",
-    devices=lowering.DEVICES,
-    backward_devices=lowering.BACKWARD_DEVICES,
-    supports=lowering.supports,
-    lower=lowering.lower,
-    emit=emit.emit,
-    template="backends/flash/method.py.jinja",
-)
+BACKEND = Backend.of_room(lowering, emit)

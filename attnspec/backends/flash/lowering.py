@@ -41,6 +41,7 @@ from attnspec.lower.analysis import (
 from attnspec.lower.plan import explicit_dropout
 
 NAME = "flash"
+SUMMARY = "flash-attn 4 (else 2): dense and varlen calls for windows, documents, key padding"
 # flash-attn kernels are CUDA only (sm80+ for flash-attn 2, sm90+ for flash-attn 4).
 DEVICES = ("cuda",)
 BACKWARD_DEVICES = DEVICES

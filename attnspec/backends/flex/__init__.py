@@ -10,13 +10,4 @@ from __future__ import annotations
 from attnspec.backends.base import Backend
 from attnspec.backends.flex import emit, lowering
 
-BACKEND = Backend(
-    name=lowering.NAME,
-    summary="FlexAttention: mask_mod/score_mod with a BlockMask (Triton, or flex's FLASH kernel)",
-    devices=lowering.DEVICES,
-    backward_devices=lowering.BACKWARD_DEVICES,
-    supports=lowering.supports,
-    lower=lowering.lower,
-    emit=emit.emit,
-    template="backends/flex/method.py.jinja",
-)
+BACKEND = Backend.of_room(lowering, emit)

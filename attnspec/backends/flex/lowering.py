@@ -26,6 +26,7 @@ from attnspec.lower.analysis import (
 from attnspec.lower.plan import explicit_dropout
 
 NAME = "flex"
+SUMMARY = "FlexAttention: mask_mod/score_mod with a BlockMask (Triton, or flex's FLASH kernel)"
 # FlexAttention runs uncompiled on CPU, forward only (torch has no CPU backward for it);
 # compiled on CUDA, forward and backward.
 DEVICES = ("cpu", "cuda")

@@ -9,13 +9,4 @@ from __future__ import annotations
 from attnspec.backends.base import Backend
 from attnspec.backends.sdpa import emit, lowering
 
-BACKEND = Backend(
-    name=lowering.NAME,
-    summary="torch's scaled_dot_product_attention: fused kernels, or a dense mask",
-    devices=lowering.DEVICES,
-    backward_devices=lowering.BACKWARD_DEVICES,
-    supports=lowering.supports,
-    lower=lowering.lower,
-    emit=emit.emit,
-    template="backends/sdpa/method.py.jinja",
-)
+BACKEND = Backend.of_room(lowering, emit)

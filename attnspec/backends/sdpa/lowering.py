@@ -14,6 +14,7 @@ from attnspec.backends.base import Plan, Reason
 from attnspec.ir import nodes as ir
 
 NAME = "sdpa"
+SUMMARY = "torch's scaled_dot_product_attention: fused kernels, or a dense mask"
 # torch's scaled_dot_product_attention runs on every device, with a backward everywhere.
 DEVICES = ("cpu", "cuda")
 BACKWARD_DEVICES = DEVICES
