@@ -68,7 +68,7 @@ no_grad normal_ o_proj ones order out overrides p pairs parameters pos positions
 q_proj qi range ranges rel repeat_interleave reshape rest s scaled score self self_loops set
 settings shape sigmoid sink size sizes sorted sqrt src stack start std stop str sum super t tanh
 tensor tensors to training transpose type types uniform_ unknown v v_proj value values view w
-weight weight_decay where x zero zero_ zeros named projection unexpected new_zeros
+weight weight_decay where x zero zero_ zeros named projection unexpected new_zeros fromkeys
 """.split())
 
 # Float settings with a valid range: (low, high), None = unbounded.
