@@ -222,7 +222,8 @@ class ExprBuilder:
             return None
         known = (list(scope.INDEX_NAMES) + list(self.attn.settings) + list(self.macros)
                  + list(self.attn.inputs) + list(self.attn.params) + list(scope.SEQ_LEN_NAMES))
-        self._error(f"unknown name `{name}`", span, env, hint=did_you_mean(name, known))
+        hint = _PYTHON_LITERALS.get(name) or did_you_mean(name, known)
+        self._error(f"unknown name `{name}`", span, env, hint=hint)
         return None
 
     # operators --------------------------------------------------------------------------------
@@ -706,6 +707,12 @@ def _fold(node: ir.Binary) -> ir.Expr:
 
 class _TooLarge(Exception):
     """More nodes than MAX_EXPANDED_NODES (this expression) or MAX_FILE_NODES (the file)."""
+
+
+# Python's spelling of a literal, which Python users type by habit (did_you_mean would not find
+# `true` for `True`: the candidates are names in scope, and keywords are not among them).
+_PYTHON_LITERALS = {"True": "write `true` (lower case)", "False": "write `false` (lower case)",
+                    "None": "attnspec has no `None`; leave the value out or use `0`"}
 
 
 def _num(value) -> ast.Num:
