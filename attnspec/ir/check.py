@@ -10,7 +10,7 @@ Example:
     >>> text = "attention A {\\n heads = 4\\n head_dim = 8\\n mask q * k > 0\\n}"
     >>> module, _ = build_file(parse(text), Source("a", text))
     >>> [d.message for d in check_module(module)]
-    ['integer expression may overflow int32 (range up to 281474943156225)']
+    ["`q * k` may overflow int32: it can reach about 2^48, past int32's ±2^31"]
 """
 
 from __future__ import annotations
