@@ -12,6 +12,7 @@ import argparse
 import json
 import os
 import sys
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -296,21 +297,26 @@ def _report(diagnostics: list[Diagnostic], source: Source | None) -> None:
         print(colour_diagnostics(d.format(source), sys.stderr), file=sys.stderr)
 
 
-def _load(path: Path, collect: list | None = None, failures: dict | None = None):
+def _load(path: Path, collect: list | None = None, failures: dict | None = None,
+          tally: Counter | None = None):
     """(source, IR) or (source, None) after printing the diagnostics — or, given `collect`,
     appending them there (as JSON-ready dicts) instead of printing. Given `failures`, a path that
-    does not build maps there to its first error (verify reports it as a failed entry)."""
+    does not build maps there to its first error (verify reports it as a failed entry). Given
+    `tally`, each diagnostic is counted there by severity."""
     from attnspec.compiler import build, read_spec
 
     source = None
+    tally = Counter() if tally is None else tally
     try:
         source = read_spec(path)
         warnings: list[Diagnostic] = []
         module = build(source, warnings)
         _emit_diagnostics(warnings, source, collect)
+        tally.update(d.severity for d in warnings)
         return source, module
     except AttnSpecError as e:
         _emit_diagnostics(e.diagnostics, e.source or source, collect)
+        tally.update(d.severity for d in e.diagnostics)
         if failures is not None:
             failures[path] = _first_error(e.diagnostics)
         return source, None
@@ -338,16 +344,39 @@ def cmd_check(args) -> int:
     if not files:
         print("attnspec: no .attn files found", file=sys.stderr)
         return 1
-    failed, report = 0, []
+    failed, report, total, flagged = 0, [], Counter(), 0
     for path in files:
         diagnostics = [] if args.json else None
-        _, module = _load(path, diagnostics)
+        tally: Counter = Counter()
+        _, module = _load(path, diagnostics, tally=tally)
         failed += module is None
+        flagged += bool(tally)
+        total += tally
         report.append({"file": str(path), "ok": module is not None, "diagnostics": diagnostics})
     if args.json:
         print(json.dumps(report, indent=1))
-    print(f"checked {len(files)} file(s): {failed} with errors", file=sys.stderr)
+    print(check_summary(total["error"], total["warning"], flagged, len(files)), file=sys.stderr)
     return 1 if failed else 0
+
+
+def check_summary(errors: int, warnings: int, flagged: int, checked: int) -> str:
+    """The last line of `check`, counting diagnostics as mypy and ruff do (a file count alone
+    hides whether one typo or forty need fixing).
+
+    >>> check_summary(2, 1, 1, 3)
+    'found 2 errors and 1 warning in 1 file (checked 3 files)'
+    >>> check_summary(0, 0, 0, 1)
+    'no errors or warnings (checked 1 file)'
+    """
+    checked_text = f"(checked {_plural(checked, 'file')})"
+    if not errors and not warnings:
+        return f"no errors or warnings {checked_text}"
+    counts = [_plural(n, what) for n, what in ((errors, "error"), (warnings, "warning")) if n]
+    return f"found {' and '.join(counts)} in {_plural(flagged, 'file')} {checked_text}"
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
 def cmd_compile(args) -> int:

@@ -61,6 +61,15 @@ class Diagnostic:
     span: Span = NO_SPAN
     hint: str | None = None
     source_name: str | None = None
+    # Where the error this one follows from is: a report lists it after that one (a setting
+    # `haeds` on line 2 comes before "needs `heads = N`" at the attention's name on line 1).
+    cause: Span | None = None
+
+    def order(self) -> tuple:
+        """Sort key: by position, a follow-on right after its cause."""
+        if self.cause is not None:
+            return (self.cause.line, self.cause.col, 1, self.span.line, self.span.col)
+        return (self.span.line, self.span.col, 0)
 
     def format(self, source: Source | None = None) -> str:
         name = source.name if source else (self.source_name or "<spec>")
@@ -124,5 +133,11 @@ def did_you_mean(name: str, candidates: Iterable[str]) -> str | None:
     >>> did_you_mean("caual", ["causal", "local"])
     'did you mean `causal`?'
     """
+    close = closest(name, candidates)
+    return f"did you mean `{close}`?" if close else None
+
+
+def closest(name: str, candidates: Iterable[str]) -> str | None:
+    """The candidate closest to `name`, if any is close enough to be a misspelling of it."""
     close = difflib.get_close_matches(name, sorted(set(candidates)), n=1, cutoff=0.6)
-    return f"did you mean `{close[0]}`?" if close else None
+    return close[0] if close else None

@@ -60,7 +60,7 @@ CASES = [
     ("reserved-name", spec("input self: int[batch]", "mask k < self[b]"), 4, 3,
      "reserved by the generated module", None),
     ("index-range", spec("param t: float[heads, 4] = zeros", "bias t[h, k]"), 5, 13,
-     "index may be out of range [0, 3]", "clamp"),
+     "index `k` may be out of range 0..3: it grows with the sequence length", "clamp"),
     ("seq-index", spec("input d: int[batch, seq]", "mask d[b, k + 1] == 0"), 5, 13,
      "a `seq` dimension is indexed with q or k", None),
     ("int32-overflow", spec("mask q * k > 0"), 4, 8, "may overflow int32", "2^24"),

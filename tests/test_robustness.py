@@ -201,7 +201,7 @@ def test_cli_reports_without_traceback(tmp_path, content):
 def test_cli_check_clean_specs_exit_zero():
     result = run_cli("check", str(ROOT / "specs"))
     assert result.returncode == 0, result.stderr
-    assert f"checked {len(SPECS)} file(s): 0 with errors" in result.stderr
+    assert f"no errors or warnings (checked {len(SPECS)} files)" in result.stderr
 
 
 def test_cli_missing_file(tmp_path):

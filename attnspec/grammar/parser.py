@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import re
 from pathlib import Path
 
 import lark
@@ -18,9 +19,9 @@ from lark import Lark, Token, Transformer_NonRecursive, v_args
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
 
 from attnspec.cache import cache_dir, open_trusted, write_private
-from attnspec.errors import AttnSpecError, Diagnostic, Source, Span
+from attnspec.errors import AttnSpecError, Diagnostic, Source, Span, did_you_mean
 from attnspec.grammar import ast
-from attnspec.ir.scope import KEYWORDS
+from attnspec.ir.scope import ALL_MUP_SETTINGS, ALL_SETTINGS, KEYWORDS
 
 MAX_NESTING = 200  # brackets deeper than this are an error, long before Python's recursion limit
 # Expressions deeper than this are an error (here, and after macro expansion in the builder):
@@ -270,7 +271,7 @@ def parse(text: str, source_name: str = "<spec>") -> ast.File:
     except _TooDeep as e:
         raise _error(source, f"brackets nested deeper than {MAX_NESTING}", e.token) from None
     except UnexpectedInput as e:
-        raise AttnSpecError([_syntax_diagnostic(e)], source) from None
+        raise AttnSpecError([_syntax_diagnostic(e, text)], source) from None
     except RecursionError:  # not expected: the LALR parser and the transformer are iterative
         raise AttnSpecError([Diagnostic("error", "expression nested too deeply")], source) from None
     return ast.File(tuple(items), source_name)
@@ -299,19 +300,143 @@ def _error(source: Source, message: str, token: Token) -> AttnSpecError:
     return AttnSpecError([Diagnostic("error", message, _span(token))], source)
 
 
-def _syntax_diagnostic(e: UnexpectedInput) -> Diagnostic:
+def _syntax_diagnostic(e: UnexpectedInput, text: str = "") -> Diagnostic:
     line, col = max(1, getattr(e, "line", 1) or 1), max(1, getattr(e, "column", 1) or 1)
     if isinstance(e, UnexpectedCharacters):
         char = e.char if e.char.isprintable() else repr(e.char)
         return Diagnostic("error", f"unexpected character `{char}`", Span.point(line, col))
+    tok = e.token if isinstance(e, UnexpectedToken) else None
+    expected = sorted({_TOKEN_NAMES.get(t, _literal(t)) for t in getattr(e, "expected", ())})
+    # The generic message names the token where the parser stopped; a likelier cause (an unclosed
+    # bracket, a mistyped keyword, a Python habit) usually lies at or before it.
+    targeted = _targeted_diagnostic(tok, expected, text)
+    if targeted is not None:
+        return targeted
     if isinstance(e, UnexpectedEOF):
         return Diagnostic("error", "unexpected end of file", Span.point(line, col),
                           hint="a `}` or `)` may be missing")
-    tok = e.token if isinstance(e, UnexpectedToken) else None
-    expected = sorted({_TOKEN_NAMES.get(t, _literal(t)) for t in getattr(e, "expected", ())})
     what = _describe(tok)
     span = _span(tok) if tok is not None and getattr(tok, "line", None) else Span.point(line, col)
     return Diagnostic("error", f"unexpected {what}", span, hint=_expected_hint(tok, expected))
+
+
+# Words that begin a statement inside `attention { }`, and at the top level of a file.
+_STATEMENT_KEYWORDS = ("tokens", "pattern", "input", "param", "mask", "bias", "score",
+                       "position", "mup")
+_TOP_KEYWORDS = ("let", "attention")
+# Python's spelling of an operator or literal, and the language's.
+_PYTHON_WORDS = {"and": "&", "or": "|", "not": "!"}
+_NOT_AT_END = re.compile(r"(?<![A-Za-z0-9_])not$")
+
+
+def _targeted_diagnostic(tok: Token | None, expected: list[str], text: str) -> Diagnostic | None:
+    """A diagnostic naming the likely cause of a syntax error, or None for the generic one."""
+    if tok is None or not text:
+        return None
+    lines = text.split("\n")
+    for rule in (_unclosed_bracket, _python_operator, _mistyped_keyword):
+        found = rule(tok, expected, lines)
+        if found is not None:
+            return found
+    return None
+
+
+def _token_position(tok: Token, lines: list[str]) -> tuple[int, int] | None:
+    """(line, column) of `tok`, 1-based; the end of the text for the end-of-file token."""
+    if getattr(tok, "line", None):
+        return tok.line, tok.column
+    if tok.type == "$END":
+        return len(lines), len(lines[-1]) + 1
+    return None
+
+
+def _before(tok: Token, lines: list[str]) -> str:
+    """The text of `tok`'s line before it."""
+    pos = _token_position(tok, lines)
+    return lines[pos[0] - 1][:pos[1] - 1] if pos else ""
+
+
+def _unclosed_bracket(tok: Token, expected: list[str], lines: list[str]) -> Diagnostic | None:
+    """An unclosed `(` or `[`: newlines inside brackets are dropped, so the parser only stops at
+    the `}`, the end of the file or the next statement, often lines later. Report the opener."""
+    if not ("`)`" in expected or "`]`" in expected):
+        return None
+    pos = _token_position(tok, lines)
+    if pos is None:
+        return None
+    opener = _open_bracket_before(lines, *pos)
+    if opener is None:
+        return None
+    starts_line = not _before(tok, lines).strip()
+    if not (tok.type in ("RBRACE", "$END") or (starts_line and pos[0] > opener[0])):
+        return None  # a bad token inside the brackets: the generic message is the right one
+    char = lines[opener[0] - 1][opener[1] - 1]
+    closer = ")" if char == "(" else "]"
+    return Diagnostic("error", f"unclosed `{char}`", Span.point(*opener),
+                      hint=f"add a `{closer}`; the parser gave up at line {pos[0]}, column "
+                      f"{pos[1]} ({_describe(tok)})")
+
+
+def _open_bracket_before(lines: list[str], line: int, col: int) -> tuple[int, int] | None:
+    """The innermost `(` or `[` still open at (line, col), skipping comments (the language has
+    no string literals, so a `#` always starts one)."""
+    stack: list[tuple[int, int]] = []
+    for number, text in enumerate(lines[:line], start=1):
+        end = col - 1 if number == line else len(text)
+        for index, char in enumerate(text[:end]):
+            if char == "#":
+                break
+            if char in "([":
+                stack.append((number, index + 1))
+            elif char in ")]" and stack:
+                stack.pop()
+    return stack[-1] if stack else None
+
+
+def _python_operator(tok: Token, expected: list[str], lines: list[str]) -> Diagnostic | None:
+    """`and`/`or`/`not`, `=` for `==` and `**`, which Python users type by habit."""
+    if tok.type == "NAME" and tok.value in ("and", "or"):
+        return _python_word(tok.value, _span(tok))
+    before = _before(tok, lines).rstrip()
+    if _NOT_AT_END.search(before):  # `not x` reads as the name `not` and then an unexpected x
+        line = _token_position(tok, lines)[0]
+        return _python_word("not", Span(line, len(before) - 2, line, len(before) + 1))
+    if tok.type == "EQUAL" and "a comparison" in expected:
+        return Diagnostic("error", "`=` inside an expression", _span(tok),
+                          hint="compare with `==`; `=` only sets a setting or a default")
+    if tok.type in ("STAR", "MUL_OP") and tok.value == "*" and _before(tok, lines).endswith("*"):
+        start = tok.column - 1
+        return Diagnostic("error", "there is no `**` (power) operator",
+                          Span(tok.line, start, tok.line, start + 2),
+                          hint="multiply (`x * x`), or use `exp2`/`exp` and `log2`/`log`")
+    return None
+
+
+def _python_word(word: str, span: Span) -> Diagnostic:
+    symbol = _PYTHON_WORDS[word]
+    return Diagnostic("error", f"`{word}` is not an operator in attnspec", span,
+                      hint=f"write `{symbol}` for {word}, e.g. `causal {symbol} k < 64`"
+                      if word != "not" else "write `!` for not, e.g. `!causal`")
+
+
+def _mistyped_keyword(tok: Token, expected: list[str], lines: list[str]) -> Diagnostic | None:
+    """`maks causal`: the first word is no keyword, so the parser read a setting and stopped at
+    the second word (or, at the top level, at the first). Report a word close to a keyword."""
+    before = _before(tok, lines)
+    words = before.split()
+    if "`=`" in expected and len(words) == 1 and before.rstrip().endswith(words[0]):
+        word, line, start = words[0], tok.line, before.index(words[0]) + 1
+    elif tok.type == "NAME" and not words:
+        word, line, start = tok.value, tok.line, tok.column
+    else:
+        return None
+    if word in KEYWORDS or word in ALL_SETTINGS or word in ALL_MUP_SETTINGS:
+        return None  # a setting missing its `=`: the generic message says so
+    hint = did_you_mean(word, _STATEMENT_KEYWORDS + _TOP_KEYWORDS)
+    if hint is None:
+        return None
+    return Diagnostic("error", f"unknown statement `{word}`",
+                      Span(line, start, line, start + len(word)), hint=hint)
 
 
 def _describe(tok: Token | None) -> str:

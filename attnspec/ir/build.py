@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
-from attnspec.errors import AttnSpecError, Diagnostic, Source, Span, did_you_mean
+from attnspec.errors import AttnSpecError, Diagnostic, Source, Span, closest, did_you_mean
 from attnspec.grammar import ast
 from attnspec.grammar.parser import parse
 from attnspec.ir import nodes as ir
@@ -124,7 +124,7 @@ def _unique(diagnostics: list[Diagnostic]) -> list[Diagnostic]:
     seen: dict[tuple, Diagnostic] = {}
     for d in diagnostics:
         seen.setdefault((d.span, d.severity, d.message), d)
-    return sorted(seen.values(), key=lambda d: (d.span.line, d.span.col))
+    return sorted(seen.values(), key=Diagnostic.order)
 
 
 # --- attention blocks --------------------------------------------------------------------------
@@ -151,6 +151,7 @@ class _AttentionBuilder:
         self.by_kind: dict[str, list] = {k: [] for k in _STATEMENT_KINDS.values()}
         for stmt in node.body:
             self.by_kind[_STATEMENT_KINDS[type(stmt)]].append(stmt)
+        self.misspelt: dict[str, ast.Setting] = {}  # setting name -> a setting that misspells it
         self.settings = self._unique_settings(self.by_kind["setting"], scope.ALL_SETTINGS)
         mups = self.by_kind["mup"]
         self.mup_settings = self._unique_settings(mups[0].settings, scope.ALL_MUP_SETTINGS) \
@@ -167,15 +168,29 @@ class _AttentionBuilder:
         found: dict[str, ast.Setting] = {}
         for s in stmts:
             if s.name not in allowed:
+                meant = closest(s.name, allowed)
+                if meant is not None:  # a later "needs `heads = N`" follows from this typo
+                    self.misspelt.setdefault(meant, s)
                 self.diags.error(f"unknown setting `{s.name}`", s.name_span,
-                                 hint=did_you_mean(s.name, allowed)
-                                 or f"settings: {', '.join(allowed)}")
+                                 hint=f"did you mean `{meant}`?" if meant
+                                 else f"settings: {', '.join(allowed)}")
             elif s.name in found:
                 self.diags.error(f"setting `{s.name}` is set twice", s.name_span,
                                  hint=f"first set on line {found[s.name].span.line}")
             else:
                 found[s.name] = s
         return found
+
+    def _missing_setting(self, name: str, wanted: str) -> None:
+        """A required setting is missing; if a misspelling of it was set, this error follows
+        from that one and is listed after it."""
+        typo = self.misspelt.get(name)
+        hint = cause = None
+        if typo is not None:
+            hint = f"line {typo.span.line} sets `{typo.name}`: did you mean `{name}`?"
+            cause = typo.name_span
+        self.diags.error(f"attention `{self.node.name}` needs {wanted}", self.node.name_span,
+                         hint=hint, cause=cause)
 
     def _numeric_names(self) -> dict[str, str]:
         names = {"heads": "int", "kv_heads": "int", "head_dim": "int", "value_dim": "int",
@@ -257,12 +272,10 @@ class _AttentionBuilder:
             exprs[name] = built
             explicit.add(name)
         if "heads" not in self.settings:
-            self.diags.error(f"attention `{self.node.name}` needs `heads = N`",
-                             self.node.name_span)
+            self._missing_setting("heads", "`heads = N`")
             return None
         if not self.layer and "head_dim" not in self.settings:
-            self.diags.error(f"attention `{self.node.name}` needs `head_dim = N` (or `dim` for "
-                             "layer mode)", self.node.name_span)
+            self._missing_setting("head_dim", "`head_dim = N` (or `dim` for layer mode)")
             return None
         if self.by_kind["mup"] and "base_dim" not in self.mup_settings:
             self.diags.error("`mup` needs `base_dim = N`", self.by_kind["mup"][0].span)

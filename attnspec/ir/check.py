@@ -10,7 +10,7 @@ Example:
     >>> text = "attention A {\\n heads = 4\\n head_dim = 8\\n mask q * k > 0\\n}"
     >>> module, _ = build_file(parse(text), Source("a", text))
     >>> [d.message for d in check_module(module)]
-    ['integer expression may overflow int32 (range up to 281474943156225)']
+    ["`q * k` may overflow int32: it can reach about 2^48, past int32's ±2^31"]
 """
 
 from __future__ import annotations
@@ -22,7 +22,15 @@ from attnspec.ir import nodes as ir
 from attnspec.ir import scope
 from attnspec.ir.consts import ConstError, eval_const, resolve_settings
 from attnspec.ir.exprs import children, walk
-from attnspec.ir.intervals import INT32_MAX, INT32_MIN, INT64_MAX, INT64_MIN, Intervals
+from attnspec.ir.intervals import (
+    INT32_MAX,
+    INT32_MIN,
+    INT64_MAX,
+    INT64_MIN,
+    MAX_SEQ,
+    Intervals,
+)
+from attnspec.ir.printer import expr_text
 
 
 def check_module(module: ir.ModuleIR, warnings: bool = True) -> list[Diagnostic]:
@@ -310,10 +318,12 @@ class AttentionChecker:
             size = eval_const(dim.size, self.values)
         except ConstError:  # reported at the declaration (_const_dim)
             return None
+        if not float(size).is_integer():
+            return None  # a follow-on of the declaration's error (_const_dim)
         lo, hi = iv.of(index) or (None, None)
         if lo is None or lo < 0 or hi > size - 1:
-            shown = "unknown" if lo is None else f"[{lo}, {hi}]"
-            return f"index may be out of range [0, {size - 1}] (its range is {shown})"
+            return (f"index `{expr_text(index)}` may be out of range 0..{int(size) - 1}: "
+                    f"{_reach(lo, hi, int(size) - 1)}")
         return None
 
     def _kv_head_index(self, index: ir.Expr) -> bool:
@@ -335,9 +345,9 @@ class AttentionChecker:
                 continue  # call-time values: unknown, no claim (see intervals.py)
             if r[0] < INT32_MIN or r[1] > INT32_MAX:
                 worst = r[1] if r[1] > INT32_MAX else r[0]
-                self.error(f"integer expression may overflow int32 (range up to {worst})",
-                           node.span, hint="kernels use int32 indices; sequences may be up to "
-                           "2^24 long")
+                self.error(f"`{expr_text(node)}` may overflow int32: it can reach "
+                           f"{_power_of_two(worst)}, past int32's ±2^31", node.span,
+                           hint="kernels use int32 indices; sequences may be up to 2^24 long")
                 return
 
 
@@ -371,6 +381,32 @@ def _clamped_to_seq(index: ir.Expr, kind: str, iv: Intervals) -> bool:
     return (lo_range is not None and lo_range[0] >= 0 and isinstance(hi, ir.Binary)
             and hi.op == "-" and isinstance(hi.left, ir.SeqLen) and hi.left.name in lengths
             and isinstance(hi.right, ir.Const) and hi.right.value >= 1)
+
+
+# Bounds this large come from the longest sequence the checker allows (2^24), not from the spec:
+# they are said in words rather than printed as 16777215.
+_SEQUENCE_SCALE = MAX_SEQ // 2
+
+
+def _reach(lo: int | None, hi: int | None, top: int) -> str:
+    """What an index can reach, in the user's terms."""
+    if lo is None:
+        return "its value is only known at call time"
+    parts = []
+    if lo < 0:
+        parts.append("it can be negative" if lo <= -_SEQUENCE_SCALE else f"it can be {lo}")
+    if hi > top:
+        parts.append("it grows with the sequence length" if hi >= _SEQUENCE_SCALE
+                     else f"it can reach {hi}")
+    return " and ".join(parts)
+
+
+def _power_of_two(value: int) -> str:
+    """`about -2^48` for a value too long to read."""
+    if abs(value) < 2**32:
+        return str(value)
+    sign = "-" if value < 0 else ""
+    return f"about {sign}2^{round(math.log2(abs(value)))}"
 
 
 def _index_hint(kind: str) -> str | None:

@@ -27,6 +27,7 @@ from attnspec.ir import nodes as ir
 from attnspec.ir import scope
 from attnspec.ir.consts import ConstError, eval_const
 from attnspec.ir.exprs import FLOAT_FUNCS, binary_type, depth, free_vars, promote
+from attnspec.ir.int_params import float_argument, int_params
 from attnspec.ir.printer import expr_text
 
 MAX_EXPANDED_NODES = 20_000  # per expression, after macro expansion
@@ -45,8 +46,9 @@ class Diagnostics:
     def __init__(self) -> None:
         self.items: list[Diagnostic] = []
 
-    def error(self, message: str, span: Span, hint: str | None = None) -> None:
-        self.items.append(Diagnostic("error", message, span, hint))
+    def error(self, message: str, span: Span, hint: str | None = None,
+              cause: Span | None = None) -> None:
+        self.items.append(Diagnostic("error", message, span, hint, cause=cause))
 
     def warning(self, message: str, span: Span, hint: str | None = None) -> None:
         self.items.append(Diagnostic("warning", message, span, hint))
@@ -118,6 +120,8 @@ class ExprBuilder:
         self.diags = diags
         self.count = 0
         self.budget = budget or Budget()
+        self.lets = {name: macro.let for name, macro in macros.items()}
+        self.int_params_memo: dict[str, frozenset[str]] = {}
 
     # entry point ------------------------------------------------------------------------------
     def build(self, expr: ast.Expr, ctx: str, env: Env | None = None) -> ir.Expr | None:
@@ -222,7 +226,8 @@ class ExprBuilder:
             return None
         known = (list(scope.INDEX_NAMES) + list(self.attn.settings) + list(self.macros)
                  + list(self.attn.inputs) + list(self.attn.params) + list(scope.SEQ_LEN_NAMES))
-        self._error(f"unknown name `{name}`", span, env, hint=did_you_mean(name, known))
+        hint = _PYTHON_LITERALS.get(name) or did_you_mean(name, known)
+        self._error(f"unknown name `{name}`", span, env, hint=hint)
         return None
 
     # operators --------------------------------------------------------------------------------
@@ -510,11 +515,24 @@ class ExprBuilder:
             defaults = {p.name: p.default for p in let.params if p.default is not None}
             call = ast.Call(name, span, args, span)
             bindings = self._bind(tuple(p.name for p in let.params), defaults, name, call, env)
-            if bindings is None:
+            if bindings is None or self._float_for_int(name, bindings):
                 return None
         site = env.site or (span if macro.from_stdlib else None)
         body_env = Env(bindings=bindings, expanding=env.expanding + (name,), site=site)
         return self._build(let.body, body_env, ctx)
+
+    def _float_for_int(self, name: str, bindings: Mapping[str, Binding]) -> bool:
+        """Report each argument that is not a whole number where `name` needs one (a window, a
+        stride: `q - k <= 0.5` would quietly act as `q - k <= 0`); True if any was."""
+        found = False
+        for param in sorted(int_params(name, self.lets, self.int_params_memo)):
+            binding = bindings[param]
+            what = float_argument(binding.expr, self.lets)
+            if what is not None:
+                self._error(f"`{name}` needs a whole number for `{param}`, got {what}",
+                            binding.expr.span, binding.env, hint=_whole_number_hint(what))
+                found = True
+        return found
 
     def _bind(self, params: tuple[str, ...], defaults: Mapping[str, ast.Expr], name: str,
               call: ast.Call, env: Env) -> dict[str, Binding] | None:
@@ -706,6 +724,18 @@ def _fold(node: ir.Binary) -> ir.Expr:
 
 class _TooLarge(Exception):
     """More nodes than MAX_EXPANDED_NODES (this expression) or MAX_FILE_NODES (the file)."""
+
+
+# Python's spelling of a literal, which Python users type by habit (did_you_mean would not find
+# `true` for `True`: the candidates are names in scope, and keywords are not among them).
+_PYTHON_LITERALS = {"True": "write `true` (lower case)", "False": "write `false` (lower case)",
+                    "None": "attnspec has no `None`; leave the value out or use `0`"}
+
+
+def _whole_number_hint(what: str) -> str:
+    if "/" in what:
+        return "use `//` (floor division) for a whole number"
+    return "it counts positions: write a whole number (`floor(x)` or `ceil(x)` of a computed one)"
 
 
 def _num(value) -> ast.Num:
