@@ -136,11 +136,18 @@ SEED = int_in(0, MAX_SEED)
 SEED_HELP = f"seed of the random inputs, 0..{MAX_SEED}"
 
 
+def _version() -> str:
+    from attnspec import __version__
+
+    return __version__
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="attnspec", description="A compiler for attention "
                                 "mechanisms: .attn specs to verified PyTorch modules.",
                                 epilog="Exit codes: 0 success, 1 an error (or, for verify, any "
                                 "failure or nothing verified), 2 a usage error.")
+    p.add_argument("--version", action="version", version=f"attnspec {_version()}")
     sub = p.add_subparsers(dest="command")
     check = sub.add_parser("check", help="report every problem in specs")
     check.add_argument("paths", nargs="+", help=".attn files or directories")
@@ -199,7 +206,8 @@ def _bench_parser(sub) -> None:
     ben.add_argument("--name", help="only this attention")
     ben.add_argument("--backend", default="all", type=backend_list, help="comma-separated "
                      "backends (auto included), or all")
-    ben.add_argument("--device", default="cuda", type=device_name)
+    ben.add_argument("--device", default=None, type=device_name,
+                     help="cpu, cuda, cuda:N (default: cuda when there is one, else cpu)")
     ben.add_argument("--dtype", default="bf16", help="bf16, fp16, float32, float64")
     ben.add_argument("--seq", default="8192", type=ints_in(1, MAX_BENCH_SEQ),
                      help=f"comma-separated sequence lengths, each 1..{MAX_BENCH_SEQ}")
@@ -478,8 +486,12 @@ def cmd_verify(args) -> int:
 
 
 def cmd_bench(args) -> int:
+    import torch
+
     from attnspec.bench import run_cli
 
+    if args.device is None:  # the device that exists: timing a missing GPU helps nobody
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
     path = Path(args.path)
     return run_cli(args, path, *_load(path))
 

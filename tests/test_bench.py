@@ -85,8 +85,18 @@ def test_cli_usage_errors(tmp_path, capsys, extra, message):
 def test_cli_without_cuda(tmp_path, capsys):
     path = tmp_path / "a.attn"
     path.write_text(SPEC)
-    assert main(["bench", str(path)]) == 1
+    assert main(["bench", str(path), "--device", "cuda"]) == 1
     assert "no CUDA device here; use --device cpu" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU default")
+def test_cli_defaults_to_the_device_that_exists(tmp_path, capsys):
+    path = tmp_path / "a.attn"
+    path.write_text(SPEC)
+    assert main(["bench", str(path), "--dtype", "float32", "--seq", "32", "--batch", "1",
+                 "--reps", "1", "--backend", "eager", "--json"]) == 0
+    out = capsys.readouterr()
+    assert json.loads(out.out)[0]["backend"] == "eager" and "CUDA" not in out.err
 
 
 def test_progress_rewrites_one_line_on_a_terminal():

@@ -401,3 +401,10 @@ def test_main_returns_usage_exit_codes(capsys):
 def test_no_command_prints_help(capsys):
     assert main([]) == 1
     assert "usage:" in capsys.readouterr().out
+
+
+def test_version(capsys):
+    import attnspec
+
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out == f"attnspec {attnspec.__version__}\n"
