@@ -165,6 +165,9 @@ def _parser() -> argparse.ArgumentParser:
                       "inlines exactly the helpers it uses and imports only torch and the "
                       "standard library; import imports them from attnspec.runtime (a shorter "
                       "module that needs attnspec installed wherever it runs)")
+    comp.add_argument("--check", action="store_true", help="write nothing: exit 1 unless the "
+                      "output file already holds exactly what this would write (for CI, where "
+                      "generated modules are committed)")
     comp.add_argument("--emit", choices=EMIT_CHOICES, default="py",
                       help="what to write: the module (py) or a pipeline stage (ast, ir, plan: "
                       "every backend's plan or reasons and auto's order; -json for JSON)")
@@ -402,7 +405,10 @@ def cmd_compile(args) -> int:
         _, module = _load(path)
         if module is None:
             return 1
-        return _write(_emit(module, args), args.output or _default_output(path, args.emit))
+        output = args.output or _default_output(path, args.emit)
+        if args.check:
+            return _check_written(_emit(module, args), output, path)
+        return _write(_emit(module, args), output)
     except AttnSpecError as e:
         _report(e.diagnostics, e.source)
         return 1
@@ -439,6 +445,26 @@ def _same_file(a: Path, b: Path) -> bool:
         return os.path.samefile(a, b)
     except (OSError, ValueError):
         return False
+
+
+def _check_written(text: str, output: str, spec: Path) -> int:
+    """`compile --check`: 0 when `output` holds exactly what compiling `spec` writes now (a
+    committed generated module is up to date), else 1 with what to run."""
+    if output == "-":
+        print("error: --check compares with a file: give -o FILE (or none for the default)",
+              file=sys.stderr)
+        return 1
+    try:
+        current = Path(output).read_text(encoding="utf-8")
+    except OSError as e:
+        print(f"{output}: error: cannot read: {e.strerror or e}", file=sys.stderr)
+        return 1
+    if current == text:
+        print(f"{output} is up to date with {spec}", file=sys.stderr)
+        return 0
+    print(f"{output}: error: out of date with {spec}; regenerate: attnspec compile {spec} "
+          f"-o {output}", file=sys.stderr)
+    return 1
 
 
 def _write(text: str, output: str) -> int:

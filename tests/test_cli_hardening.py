@@ -408,3 +408,17 @@ def test_version(capsys):
 
     assert main(["--version"]) == 0
     assert capsys.readouterr().out == f"attnspec {attnspec.__version__}\n"
+
+
+def test_compile_check_says_whether_a_committed_module_is_up_to_date(spec, tmp_path, capsys):
+    out = tmp_path / "a_attn.py"
+    assert main(["compile", str(spec), "--check", "-o", str(out)]) == 1  # missing
+    assert "cannot read" in capsys.readouterr().err
+    assert main(["compile", str(spec), "-o", str(out)]) == 0
+    before = out.read_text()
+    assert main(["compile", str(spec), "--check", "-o", str(out)]) == 0
+    assert "up to date" in capsys.readouterr().err and out.read_text() == before
+    spec.write_text(SPEC.replace("mask causal", "mask sliding_window(4)"))
+    assert main(["compile", str(spec), "--check", "-o", str(out)]) == 1
+    assert "out of date" in capsys.readouterr().err and out.read_text() == before
+    assert main(["compile", str(spec), "--check"]) == 1  # the default output, not written yet
