@@ -309,17 +309,18 @@ def _report(diagnostics: list[Diagnostic], source: Source | None) -> None:
 
 
 def _load(path: Path, collect: list | None = None, failures: dict | None = None,
-          tally: Counter | None = None):
+          tally: Counter | None = None, given: Source | None = None):
     """(source, IR) or (source, None) after printing the diagnostics — or, given `collect`,
     appending them there (as JSON-ready dicts) instead of printing. Given `failures`, a path that
     does not build maps there to its first error (verify reports it as a failed entry). Given
-    `tally`, each diagnostic is counted there by severity."""
-    from attnspec.compiler import build, read_spec
+    `tally`, each diagnostic is counted there by severity. `given`: the text, already read
+    (standard input can be read once)."""
+    from attnspec.compiler import build
 
     source = None
     tally = Counter() if tally is None else tally
     try:
-        source = read_spec(path)
+        source = given or _read(path)
         warnings: list[Diagnostic] = []
         module = build(source, warnings)
         _emit_diagnostics(warnings, source, collect)
@@ -391,7 +392,7 @@ def _plural(n: int, word: str) -> str:
 
 
 def cmd_compile(args) -> int:
-    from attnspec.compiler import parse_source, read_spec
+    from attnspec.compiler import parse_source
 
     path = Path(args.path)
     if args.output not in (None, "-") and _same_file(path, Path(args.output)):
@@ -399,10 +400,10 @@ def cmd_compile(args) -> int:
               f"it (choose another -o)", file=sys.stderr)
         return 1
     try:
-        source = read_spec(path)
+        source = _read(path)
         if args.emit == "ast":
             return _write(_ast_text(parse_source(source)), args.output or "-")
-        _, module = _load(path)
+        _, module = _load(path, given=source)
         if module is None:
             return 1
         output = args.output or _default_output(path, args.emit)
@@ -435,7 +436,21 @@ def _emit(module, args) -> str:
 
 
 def _default_output(path: Path, emit: str) -> str:
-    return str(path.with_name(path.stem + "_attn.py")) if emit == "py" else "-"
+    if emit != "py" or str(path) == STDIN:
+        return "-"
+    return str(path.with_name(path.stem + "_attn.py"))
+
+
+STDIN = "-"  # as a spec path: read the spec from standard input (named <stdin> in messages)
+
+
+def _read(path: Path):
+    """The spec at `path`, or standard input for `-` (bounded like a file)."""
+    from attnspec.compiler import MAX_SPEC_BYTES, decode_spec, read_spec
+
+    if str(path) == STDIN:
+        return decode_spec(sys.stdin.buffer.read(MAX_SPEC_BYTES + 1), "<stdin>")
+    return read_spec(path)
 
 
 def _same_file(a: Path, b: Path) -> bool:

@@ -12,6 +12,7 @@ import json
 import os
 import signal
 import stat
+import sys
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from pathlib import Path
@@ -422,3 +423,17 @@ def test_compile_check_says_whether_a_committed_module_is_up_to_date(spec, tmp_p
     assert main(["compile", str(spec), "--check", "-o", str(out)]) == 1
     assert "out of date" in capsys.readouterr().err and out.read_text() == before
     assert main(["compile", str(spec), "--check"]) == 1  # the default output, not written yet
+
+
+def test_dash_reads_the_spec_from_standard_input(monkeypatch, capsys):
+    import io
+
+    def stdin(text):
+        monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(text.encode())))
+
+    stdin(SPEC)
+    assert main(["compile", "-"]) == 0  # to stdout: there is no file to name one after
+    assert "class A(torch.nn.Module)" in capsys.readouterr().out
+    stdin(SPEC.replace("mask causal", "maks causal"))
+    assert main(["check", "-"]) == 1
+    assert "<stdin>:4:" in capsys.readouterr().err
