@@ -153,6 +153,10 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("paths", nargs="+", help=".attn files or directories")
     check.add_argument("--json", action="store_true", help="print every file's diagnostics "
                        "as JSON on stdout")
+    check.add_argument("--output-format", choices=OUTPUT_FORMATS, default="full",
+                       help="full (default: source line, caret and hint, on stderr); concise "
+                       "(one line each) or github (workflow annotations) on stdout; json as "
+                       "--json")
     check.set_defaults(run=cmd_check)
     comp = sub.add_parser("compile", help="compile a spec to a Python module")
     comp.add_argument("path", help="an .attn file")
@@ -356,19 +360,60 @@ def cmd_check(args) -> int:
     if not files:
         print("attnspec: no .attn files found", file=sys.stderr)
         return 1
+    if args.json:
+        args.output_format = "json"
     failed, report, total, flagged = 0, [], Counter(), 0
     for path in files:
-        diagnostics = [] if args.json else None
+        diagnostics = [] if args.output_format != "full" else None
         tally: Counter = Counter()
         _, module = _load(path, diagnostics, tally=tally)
         failed += module is None
         flagged += bool(tally)
         total += tally
         report.append({"file": str(path), "ok": module is not None, "diagnostics": diagnostics})
-    if args.json:
+    if args.output_format == "json":
         print(json.dumps(report, indent=1))
+    elif args.output_format != "full":
+        for entry in report:
+            for d in entry["diagnostics"]:
+                print(FORMATTERS[args.output_format](d))
     print(check_summary(total["error"], total["warning"], flagged, len(files)), file=sys.stderr)
     return 1 if failed else 0
+
+
+def concise_line(d: dict) -> str:
+    """One diagnostic on one line (`check --output-format concise`).
+
+    >>> concise_line({"file": "a.attn", "line": 2, "col": 3, "severity": "error",
+    ...               "message": "oops", "hint": "try this"})
+    'a.attn:2:3: error: oops (hint: try this)'
+    """
+    hint = f" (hint: {d['hint']})" if d.get("hint") else ""
+    return f"{d['file']}:{d['line']}:{d['col']}: {d['severity']}: {d['message']}{hint}"
+
+
+def github_line(d: dict) -> str:
+    """A GitHub Actions workflow annotation (`check --output-format github`), escaped as the
+    workflow-command syntax requires.
+
+    >>> github_line({"file": "a.attn", "line": 2, "col": 3, "end_line": 2, "end_col": 5,
+    ...              "severity": "warning", "message": "50%, done", "hint": None})
+    '::warning file=a.attn,line=2,col=3,endLine=2,endColumn=5,title=attnspec::50%25, done'
+    """
+    def data(text: str) -> str:
+        return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+
+    def prop(text: str) -> str:
+        return data(text).replace(":", "%3A").replace(",", "%2C")
+
+    level = "error" if d["severity"] == "error" else "warning"
+    message = d["message"] + (f" (hint: {d['hint']})" if d.get("hint") else "")
+    return (f"::{level} file={prop(d['file'])},line={d['line']},col={d['col']},"
+            f"endLine={d['end_line']},endColumn={d['end_col']},title=attnspec::{data(message)}")
+
+
+OUTPUT_FORMATS = ("full", "concise", "github", "json")
+FORMATTERS = {"concise": concise_line, "github": github_line}
 
 
 def check_summary(errors: int, warnings: int, flagged: int, checked: int) -> str:

@@ -437,3 +437,18 @@ def test_dash_reads_the_spec_from_standard_input(monkeypatch, capsys):
     stdin(SPEC.replace("mask causal", "maks causal"))
     assert main(["check", "-"]) == 1
     assert "<stdin>:4:" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("fmt, expected", [
+    ("concise", "a.attn:4:2: error: unknown statement `maks` (hint: did you mean `mask`?)"),
+    ("github", "::error file="),
+])
+def test_check_output_formats(tmp_path, capsys, fmt, expected):
+    bad = tmp_path / "a.attn"
+    bad.write_text(SPEC.replace("mask causal", "maks causal"))
+    assert main(["check", str(bad), "--output-format", fmt]) == 1
+    out = capsys.readouterr()
+    line = out.out.strip().splitlines()[0]
+    assert expected in line.replace(str(tmp_path) + "/", "") and "found 1 error" in out.err
+    assert main(["check", str(bad), "--output-format", "json"]) == 1
+    assert json.loads(capsys.readouterr().out)[0]["ok"] is False
