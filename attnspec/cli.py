@@ -185,7 +185,19 @@ def _parser() -> argparse.ArgumentParser:
     _bench_parser(sub)
     _mup_parser(sub)
     _show_parser(sub)
+    for command in sub.choices.values():  # `--help` states every option's default
+        command.formatter_class = _DefaultsFormatter
     return p
+
+
+class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """argparse's "(default: X)" after each option's help, except for flags (False) and options
+    without a default (None), where it would only add noise."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default in (None, False) or action.default is argparse.SUPPRESS:
+            return action.help or ""
+        return super()._get_help_string(action)
 
 
 def _verify_parser(sub) -> None:

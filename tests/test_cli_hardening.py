@@ -452,3 +452,10 @@ def test_check_output_formats(tmp_path, capsys, fmt, expected):
     assert expected in line.replace(str(tmp_path) + "/", "") and "found 1 error" in out.err
     assert main(["check", str(bad), "--output-format", "json"]) == 1
     assert json.loads(capsys.readouterr().out)[0]["ok"] is False
+
+
+def test_help_states_defaults(capsys):
+    assert main(["verify", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "(default: cpu)" in out and "(default: float32)" in out
+    assert "(default: False)" not in out  # flags say nothing
