@@ -21,6 +21,8 @@ from attnspec.errors import AttnSpecError, Diagnostic, Source
 
 EMIT_CHOICES = ("py", "ast", "ir", "ir-json", "plan", "plan-json")
 BACKENDS = CHOICES  # "auto" and every backend of the registry
+# verify, bench and the pytest plugin accept the same spellings (attnspec.verify.DTYPES).
+DTYPE_HELP = "float64, float32, bfloat16 (bf16), float16 (fp16)"
 LINKS = ("standalone", "import")  # attnspec.codegen.link.LINKS (kept light: no import here)
 
 # Ranges of the numeric options, named in --help; a value outside is a usage error (exit 2).
@@ -209,7 +211,7 @@ def _verify_parser(sub) -> None:
     ver.add_argument("--backend", default="all", type=backend_list,
                      help=f"comma-separated backends ({', '.join(BACKENDS)}), or all")
     ver.add_argument("--device", default="cpu", type=device_name, help="cpu, cuda, cuda:N")
-    ver.add_argument("--dtype", default="float32", help="float64, float32, bfloat16, float16")
+    ver.add_argument("--dtype", default="float32", help=DTYPE_HELP)
     ver.add_argument("--json", action="store_true", help="print results as JSON (a spec that "
                      "does not build is a failed entry)")
     ver.add_argument("--junit", metavar="FILE", help="also write JUnit XML to FILE (its "
@@ -227,7 +229,7 @@ def _bench_parser(sub) -> None:
                      "backends (auto included), or all")
     ben.add_argument("--device", default=None, type=device_name,
                      help="cpu, cuda, cuda:N (default: cuda when there is one, else cpu)")
-    ben.add_argument("--dtype", default="bf16", help="bf16, fp16, float32, float64")
+    ben.add_argument("--dtype", default="bf16", help=DTYPE_HELP)
     ben.add_argument("--seq", default="8192", type=ints_in(1, MAX_BENCH_SEQ),
                      help=f"comma-separated sequence lengths, each 1..{MAX_BENCH_SEQ}")
     ben.add_argument("--batch", type=int_in(1, MAX_BENCH_BATCH), default=4,
