@@ -64,3 +64,13 @@ def test_override_of_an_index_setting_keeps_the_instance_off_flex():
     assert mod.A(head_dim=8)._auto_cuda == ("sdpa-small", "sdpa-dense")
     assert mod.A()._auto_cuda == ("sdpa-small", "flex", "sdpa-dense")  # tables: bf16 training
     assert mod.A(backend="flex", scale=0.5).backend == "flex"  # scale is in no index proof
+
+
+@pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
+def test_flex_on_the_cpu_says_so():
+    """Uncompiled CPU flex is no Triton kernel: `last_backend` (and so `bench`) says `flex-cpu`."""
+    layer = attnspec.load(ROOT / "specs/causal_lm.attn").CausalLM(backend="flex")
+    q = torch.randn(1, 12, 9, 64)
+    with torch.no_grad():
+        layer(q, q, q)
+    assert layer.last_backend == "flex-cpu"

@@ -116,7 +116,8 @@ def _flex_flash_usable(q: torch.Tensor, captured: tuple[torch.Tensor, ...]) -> b
 def _flex_run(body: Callable, args: tuple, captured: tuple[torch.Tensor, ...],
               fast: bool) -> tuple[tuple[torch.Tensor, torch.Tensor | None], str]:
     """Run a generated flex body: on flex's FLASH kernel when `fast` and usable, else Triton.
-    Returns the body's result and the kernel that ran ("flash" or "triton").
+    Returns the body's result and the kernel that ran ("flash", "triton", or "cpu": flex
+    runs uncompiled there, materialising the scores, which no benchmark should call Triton).
 
     A FLASH compile that fails (an unsupported score_mod, int64 tables, a head dim, ...) is
     remembered and that body runs on Triton from then on, with one warning: both kernels
@@ -140,17 +141,18 @@ def _flex_run(body: Callable, args: tuple, captured: tuple[torch.Tensor, ...],
                           f"({str(error).splitlines()[0][:200]}); using the Triton kernel",
                           stacklevel=3)
     run = _flex_runner(body, q.device)
+    label = "triton" if q.is_cuda else "cpu"
     training = _FLEX_TRAINING_OPTIONS if _flex_needs_backward(args[:3]) else {}
     if body not in _FLEX_SMALL_TILES:
         try:
-            return run(*args, kernel_options=training or None), "triton"
+            return run(*args, kernel_options=training or None), label
         except RuntimeError as error:
             if "out of resource" not in str(error):
                 raise
             # A score_mod reading many captured tensors can leave no Triton config that fits
             # in shared memory at large head dims: smaller tiles do (remembered per body).
             _FLEX_SMALL_TILES.add(body)
-    return run(*args, kernel_options={**_FLEX_SMALL_OPTIONS, **training}), "triton"
+    return run(*args, kernel_options={**_FLEX_SMALL_OPTIONS, **training}), label
 
 
 def _flex_needs_backward(qkv: tuple[torch.Tensor, ...]) -> bool:
