@@ -228,6 +228,7 @@ def test_pictures(tmp_path, capsys):
     assert main(["show", str(ROOT / "specs/causal_lm.attn"), "--weights", "--q-len", "32",
                  "--head", "3", "-o", str(weights)]) == 0
     assert _png_size(weights) == (320, 320)  # one head: one 3.2-inch panel
+    assert capsys.readouterr().out == ""  # the picture is the output: no text dump beside it
 
 
 def test_without_matplotlib_a_picture_is_a_clean_error(tmp_path, capsys, monkeypatch):

@@ -205,6 +205,8 @@ def _show_weights(attn: ir.AttentionIR, weights: Tensor, args,
         _save_weights(weights, output, args.batch_index, heads, groups, attn.name)
     if args.json:
         return weights_as_dict(attn.name, weights, text_tile, args.batch_index, heads)
+    if output:  # the picture is the output, as for masks: no text dump besides it
+        return ""
     return render_weights(weights, cell=text_tile, batch_index=args.batch_index, heads=heads,
                           ascii=args.ascii or wants_ascii(), title=f"{attn.name} weights")
 
