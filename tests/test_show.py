@@ -276,3 +276,23 @@ def test_spec_errors(tmp_path, capsys):
     assert main(["show", str(ROOT / "specs/causal_lm.attn"), "-o",
                  str(tmp_path / "missing" / "m.png")]) == 1
     assert "cannot write" in capsys.readouterr().err
+
+
+def test_legend_swatch_is_the_drawn_colour_of_a_full_block():
+    """The legend's "full" patch shows the colour a full block has in the picture (its tint
+    over the grey of attended cells), not the bare tint over white."""
+    pytest.importorskip("matplotlib")
+    import numpy as np
+
+    from attnspec.show import mask_picture
+    from attnspec.show.plot import plot_mask, swatch
+
+    attn = attnspec.build(ROOT / "specs/causal_lm.attn").attentions[0]
+    pic = mask_picture(attn, 512, 512, block=128, cell=(1, 1))
+    fig = plot_mask(pic, None)
+    fig.canvas.draw()
+    pixels = np.asarray(fig.canvas.buffer_rgba())[..., :3] / 255.0
+    ax = fig.axes[0]
+    x, y = ax.transData.transform((64, 448))  # the centre of a full block below the diagonal
+    drawn = pixels[int(round(pixels.shape[0] - y)), int(round(x))]
+    assert np.abs(drawn - np.array(swatch(2, 1.0))).max() < 0.03

@@ -31,6 +31,22 @@ PANEL = (6.0, 6.4)  # inches per panel (600 x 640 pixels at DPI): the legend sit
 HEAD_PANEL = 3.2  # inches per head in a weights grid
 BLOCK_TINTS = {2: (0.12, 0.42, 1.0, 0.35), 1: (1.0, 0.55, 0.0, 0.4)}  # full, partial
 GROUP_LINE = {"color": "tab:green", "linewidth": 1.2}
+GREY_TOP = 1.25  # the attended fraction 1.0 draws as a mid grey, so tints over it stay visible
+
+
+def swatch(block_class: int, fraction: float) -> tuple[float, float, float]:
+    """The colour a block of `block_class` shows where `fraction` of its cells attend: its tint
+    over the grey of the fraction image, as drawn (a legend of the bare tints over white would
+    not match the picture).
+
+    >>> [round(c, 2) for c in swatch(2, 0.0)]
+    [0.69, 0.8, 1.0]
+    """
+    from matplotlib import colormaps
+
+    grey = colormaps["Greys"](fraction / GREY_TOP)[:3]
+    *tint, alpha = BLOCK_TINTS[block_class]
+    return tuple(float(alpha * t + (1 - alpha) * g) for t, g in zip(tint, grey))
 
 
 def _matplotlib():
@@ -80,7 +96,7 @@ def plot_mask(pic: MaskPicture, bias: BiasPicture | None = None, title: str | No
 def _draw_mask(ax, pic: MaskPicture, title: str | None) -> None:
     _, _, Patch = _matplotlib()
     extent = (0, pic.kv_len, pic.q_len, 0)
-    ax.imshow(pic.fraction.numpy(), cmap="Greys", vmin=0, vmax=1.25, extent=extent,
+    ax.imshow(pic.fraction.numpy(), cmap="Greys", vmin=0, vmax=GREY_TOP, extent=extent,
               interpolation="nearest", aspect="auto")
     classes = pic.block_classes
     tint = torch.zeros(*classes.shape, 4)
@@ -95,8 +111,8 @@ def _draw_mask(ax, pic: MaskPicture, title: str | None) -> None:
             ax.axvline(edge, color="0.6", linewidth=0.4)
     _frame_axes(ax, pic)
     counts = pic.block_counts()
-    handles = [Patch(facecolor=BLOCK_TINTS[2], edgecolor="0.3", label=f"full: {counts['full']}"),
-               Patch(facecolor=BLOCK_TINTS[1], edgecolor="0.3",
+    handles = [Patch(facecolor=swatch(2, 1.0), edgecolor="0.3", label=f"full: {counts['full']}"),
+               Patch(facecolor=swatch(1, 0.5), edgecolor="0.3",
                      label=f"partial: {counts['partial']}"),
                Patch(facecolor="white", edgecolor="0.3",
                      label=f"empty (skipped): {counts['empty']}")]
