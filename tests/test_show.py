@@ -296,3 +296,11 @@ def test_legend_swatch_is_the_drawn_colour_of_a_full_block():
     x, y = ax.transData.transform((64, 448))  # the centre of a full block below the diagonal
     drawn = pixels[int(round(pixels.shape[0] - y)), int(round(x))]
     assert np.abs(drawn - np.array(swatch(2, 1.0))).max() < 0.03
+
+
+def test_text_lists_every_group_name_in_full(capsys):
+    """Axis labels cut names to the room their columns leave; one line names them all."""
+    assert main(["show", str(ROOT / "specs/anchor.attn"), "--width", "60"]) == 0
+    out = capsys.readouterr().out
+    for name in ("surface_anchors", "surface_queries", "volume_anchors", "volume_queries"):
+        assert name in out.split("groups:", 1)[1]

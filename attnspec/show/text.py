@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import shutil
 import sys
+import textwrap
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -118,6 +119,20 @@ def _header(grid: _Grid, kv_len: int, groups: Mapping[str, tuple[int, int]]) -> 
     return lines
 
 
+def _group_lines(groups: Mapping[str, tuple[int, int]], width: int = 88) -> list[str]:
+    """Every token group with its positions, in full: the axis labels cut a name to the room
+    its columns and the margin leave.
+
+    >>> _group_lines({"surface_anchors": (0, 100), "volume_queries": (100, 160)})
+    ['groups: surface_anchors [0, 100), volume_queries [100, 160)']
+    """
+    if not groups:
+        return []
+    spans = sorted(groups.items(), key=lambda kv: kv[1])
+    text = "groups: " + ", ".join(f"{name} [{start}, {end})" for name, (start, end) in spans)
+    return textwrap.wrap(text, width, subsequent_indent="  ")
+
+
 def _row_labels(grid: _Grid, groups: Mapping[str, tuple[int, int]], q_len: int) -> list[str]:
     labels = [str(r * grid.q_cell) if r % 4 == 0 else "" for r in range(grid.rows)]
     for name, (start, end) in sorted(groups.items(), key=lambda kv: kv[1]):
@@ -154,6 +169,7 @@ def render_mask(pic: MaskPicture, bias: BiasPicture | None = None, *, ascii: boo
              f"{pic.k_cell} keys"]
     lines += _header(grid, pic.kv_len, pic.groups)
     lines += _cells_text(grid, chars, _row_labels(grid, pic.groups, pic.q_len), "".join(seps))
+    lines += _group_lines(pic.groups)
     lines.append(f"legend: {full} all kept  {part} some kept  {empty} none kept")
     lines += _blocks_lines(pic)
     if bias is not None:
