@@ -23,7 +23,6 @@ from attnspec.lower.analysis import (
     PrefixOrBand,
     Segment,
 )
-from attnspec.lower.plan import explicit_dropout
 
 NAME = "flex"
 # FlexAttention runs uncompiled on CPU, forward only (torch has no CPU backward for it);
@@ -34,10 +33,9 @@ STRUCTURED = (Band, Segment, KeyLength, KeyPadding, PrefixOrBand)
 
 
 def supports(attn: ir.AttentionIR, analysis: Analysis) -> list[Reason]:
-    dropout = explicit_dropout(attn)
-    if dropout is not None:
-        return [Reason("FlexAttention has no attention dropout (`dropout` is set)",
-                       dropout.span)]
+    # A declared `dropout` is no reason: FlexAttention has no attention dropout, but it runs
+    # every call that applies none (eval, or dropout = 0); the method refuses the others at call
+    # time with UnsupportedInputError, which `auto` steps past.
     return []
 
 
