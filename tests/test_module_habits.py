@@ -93,3 +93,14 @@ def test_a_param_named_like_a_new_method_is_refused():
             " param reset_parameters: float[heads] = zeros\n}\n")
     with pytest.raises(ValueError, match="param `reset_parameters` would replace an attribute"):
         attnspec.compile(text)
+
+
+def test_backend_assignment_keeps_the_constructor_refusals():
+    # head_dim is in flex's index proofs: overriding it keeps this instance off flex, also when
+    # the backend is assigned later.
+    text = ("attention A {\n heads = 2\n head_dim = 4\n param t: float[heads, 4] = zeros\n"
+            " bias t[h, k % head_dim]\n}\n")
+    attn = attnspec.load(text).A(head_dim=8)
+    with pytest.raises(UnsupportedBackendError, match="overridden head_dim"):
+        attn.backend = "flex"
+    attnspec.load(text).A().backend = "flex"  # no override: allowed

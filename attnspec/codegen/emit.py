@@ -70,12 +70,14 @@ settings shape sigmoid sink size sizes sorted sqrt src stack start std stop str 
 tensor tensors to training transpose type types uniform_ unknown v v_proj value values view w
 weight weight_decay where x zero zero_ zeros named projection unexpected new_zeros
 reset_parameters _init_params extra_repr _backend property setter proj fill_ copy_ empty
+_refused_backends __dict__ refused
 """.split())
 
 # Class attributes the class template adds that attnspec/ir/scope.py's GENERATED_CLASS_NAMES
 # does not list yet (the IR is edited elsewhere; they belong there, where the checker would
 # report them with a span): a param of one of these names is refused here instead.
-EXTRA_CLASS_NAMES = frozenset({"reset_parameters", "_init_params", "_backend"})
+EXTRA_CLASS_NAMES = frozenset({"reset_parameters", "_init_params", "_backend",
+                               "_refused_backends"})
 
 # Float settings with a valid range: (low, high), None = unbounded.
 _FLOAT_BOUNDS = {"dropout": (0.0, 1.0), "init_std": (0.0, None)}
