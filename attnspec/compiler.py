@@ -9,6 +9,7 @@ Example:
 from __future__ import annotations
 
 import os
+import re
 import stat
 from pathlib import Path
 
@@ -47,6 +48,9 @@ def read_spec(path: str | Path) -> Source:
     name = str(path)
     try:
         data = _read_regular(path, MAX_SPEC_BYTES + 1)
+    except FileNotFoundError:
+        raise AttnSpecError([Diagnostic("error", "cannot read file: it does not exist")],
+                            Source(name, "")) from None
     except _NotRegular as e:
         raise AttnSpecError([Diagnostic("error", f"cannot read file: it is {e}, not a regular "
                                         "file")], Source(name, "")) from None
@@ -131,15 +135,42 @@ def compile_source(source: Source, backend: str | None = None, link: str = "stan
 
 
 def as_source(path_or_text: str | Path) -> Source:
-    """A `Path`, or a string naming an existing `.attn` file, is read; other strings are text."""
+    """A `Path`, or a string that looks like a path (`_looks_like_path`), is read; other strings
+    are spec text. A path-like string naming no file is an error that says so, not a parse error
+    on the path's text (`load("specs/causal_lm.atn")` is a mistyped path, not a spec)."""
     if isinstance(path_or_text, Path):
         return read_spec(path_or_text)
-    looks_like_path = "\n" not in path_or_text and "{" not in path_or_text
-    if looks_like_path and _is_file(path_or_text):
-        return read_spec(path_or_text)
-    if looks_like_path and path_or_text.endswith(".attn"):
-        return read_spec(path_or_text)  # reports the missing file
+    if _looks_like_path(path_or_text):
+        return read_spec(path_or_text)  # reports a missing file, a directory, a FIFO, ...
     return Source("<spec>", path_or_text)
+
+
+# A file-like suffix: `.attn`, `.atn`, `.txt`, ... (letters, then at most 5 more characters).
+_SUFFIX = re.compile(r"\.[A-Za-z][A-Za-z0-9]{0,5}\Z")
+
+
+def _looks_like_path(text: str) -> bool:
+    """Spec text has a `{` (every attention has a body): a one-line string without one is a
+    path when something exists there, it ends in a file suffix, or it has a `/` or `\\` and
+    no whitespace (one-line spec text such as `let r = 1/2` has spaces).
+
+    >>> [_looks_like_path(t) for t in ("specs/a.atn", "a.attn", "a.txt", "attention A { }",
+    ...                                "let r = 1/2", "dir/file")]
+    [True, True, True, False, False, True]
+    """
+    if "\n" in text or "{" in text:
+        return False
+    if _exists(text) or _SUFFIX.search(text):
+        return True
+    return ("/" in text or "\\" in text) and not any(c.isspace() for c in text)
+
+
+def _exists(text: str) -> bool:
+    """Whether anything (a directory, a FIFO) is at `text`; read_spec says what it is."""
+    try:
+        return Path(text).exists()
+    except (OSError, ValueError):
+        return False
 
 
 def _is_file(text: str) -> bool:

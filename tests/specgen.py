@@ -455,7 +455,7 @@ def _settings(draw, d: _Draft) -> list[str]:
             lines.append(setting)
             d.features.add(setting.split()[0])
     if _maybe(draw, 5) and d.profile == "general":
-        lines.append("dropout = 0.1")  # verify runs in eval mode; flex is not generated
+        lines.append("dropout = 0.1")  # verify runs in eval mode: flex and flash run it
         d.features.add("dropout")
     return lines
 

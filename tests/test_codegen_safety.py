@@ -376,8 +376,8 @@ def test_reserved_names_cover_every_name_a_spec_name_could_shadow(spec_id):
         attributes |= {s.get_name() for t in top.get_children() if t.get_name() == cls.name
                        for s in t.get_symbols() if s.is_assigned() or s.is_local()}
         attributes = {n for n in attributes - params if not n.startswith("_")}
-        assert attributes <= scope.RESERVED_BY_KIND["param"], attributes - scope.RESERVED_BY_KIND[
-            "param"]
+        reserved = scope.RESERVED_BY_KIND["param"]
+        assert attributes <= reserved, attributes - reserved
 
 
 def test_every_nn_module_attribute_is_reserved_for_params():

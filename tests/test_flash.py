@@ -170,7 +170,6 @@ def test_shipped_specs_that_flash_runs():
      "one document split"),
     ("mask k < q", "", "ends 1 key(s) before it"),
     ("mask k > q", "", "starts 1 key(s) after it"),
-    ("mask causal", " dropout = 0.1", "no attention dropout"),
     ("mask causal", " value_dim = 12", "value_dim a multiple of 8"),
     ("mask causal", " value_dim = 8", "value_dim a multiple of 8 from 16"),
     ("input n: int[batch]\n mask key_len(n)\n score = softcap(score, 5.0)", "",

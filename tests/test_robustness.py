@@ -208,3 +208,16 @@ def test_cli_missing_file(tmp_path):
     result = run_cli("check", str(tmp_path / "nope.attn"))
     assert result.returncode == 1
     assert "cannot read file" in result.stderr
+
+
+@pytest.mark.parametrize("path", ["specs/causal_lm.atn", "causal_lm.txt", "specs/causal_lm",
+                                  "no/such/dir/x.attn"])
+def test_a_mistyped_path_is_a_missing_file_not_spec_text(path):
+    """A one-line string without `{` that has a `/` or a file suffix is a path: a mistyped one
+    says the file does not exist (it was parsed as spec text: "unexpected name `specs`")."""
+    with pytest.raises(AttnSpecError, match="cannot read file: it does not exist"):
+        attnspec.load(path)
+
+
+def test_one_line_spec_text_with_a_slash_is_still_text():
+    assert not attnspec.build("let r = 1/2").attentions  # parsed as text, not opened

@@ -64,9 +64,10 @@ def order(available: Mapping[str, Plan], device: str) -> tuple[str, ...]:
     if native:
         return (*first, SDPA)
     if FLEX in available:
-        # flex refuses half-precision training of learned score tables: SDPA's dense mask
-        # (else eager, where the loop ends) takes those calls.
-        after = [SDPA_DENSE] if sdpa_plan is not None and available[FLEX].tables else []
+        # flex refuses half-precision training of learned score tables and training with
+        # dropout: SDPA's dense mask (else eager, where the loop ends) takes those calls.
+        refuses = available[FLEX].tables or available[FLEX].dropout
+        after = [SDPA_DENSE] if sdpa_plan is not None and refuses else []
         return (*first, *([SDPA_SMALL] if sdpa_plan is not None else []), FLEX, *after)
     return (*first, SDPA_DENSE if sdpa_plan is not None else EAGER)
 

@@ -69,6 +69,8 @@ q_proj qi range ranges rel repeat_interleave reshape rest s scaled score self se
 settings shape sigmoid sink size sizes sorted sqrt src stack start std stop str sum super t tanh
 tensor tensors to training transpose type types uniform_ unknown v v_proj value values view w
 weight weight_decay where x zero zero_ zeros named projection unexpected new_zeros fromkeys
+reset_parameters _init_params extra_repr _backend property setter proj fill_ copy_ empty
+_refused_backends __dict__ refused
 """.split())
 
 # Float settings with a valid range: (low, high), None = unbounded.
@@ -396,19 +398,22 @@ class _AttentionEmitter:
         raise ValueError(f"a `{dim.kind}` dimension has no fixed size")
 
     def _param(self, p: ir.ParamDecl) -> dict:
+        """A param's shape code and the statement that (re)initialises it in place (run by
+        __init__ and reset_parameters, under no_grad)."""
         shape = self._shape(p.name, p.dims)
         kind, args = p.init.kind, [literal(float(x)) for x in p.init.args]
+        target = f"self.{p.name}"
         if kind == "zeros":
-            init = f"torch.zeros({shape})"
+            reset = f"{target}.zero_()"
         elif kind == "ones":
-            init = f"torch.ones({shape})"
+            reset = f"{target}.fill_(1.0)"
         elif kind == "normal":
-            init = f"torch.nn.init.normal_(torch.empty({shape}), std={args[0]})"
+            reset = f"torch.nn.init.normal_({target}, std={args[0]})"
         elif kind == "uniform":
-            init = f"torch.nn.init.uniform_(torch.empty({shape}), {args[0]}, {args[1]})"
+            reset = f"torch.nn.init.uniform_({target}, {args[0]}, {args[1]})"
         else:
-            init = f"torch.tensor(_alibi_slopes(self.heads)).view({shape})"
-        return {"name": p.name, "init": init}
+            reset = f"{target}.copy_(torch.tensor(_alibi_slopes(self.heads)).view({shape}))"
+        return {"name": p.name, "shape": shape, "reset": reset}
 
     # inputs -----------------------------------------------------------------------------------
     def _inputs(self) -> dict:

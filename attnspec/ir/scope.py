@@ -129,7 +129,9 @@ def backend_rooms() -> tuple[str, ...]:
 GENERATED_CLASS_NAMES = frozenset(
     "SETTINGS GROUPS BACKENDS AUTO AUTO_CPU AUTO_CUDA UNSUPPORTED PATTERNS backend forward "
     "_attend _attend_auto _auto_cuda last_backend _mask _score _mup_init "
-    "mup_param_groups q_proj k_proj v_proj o_proj".split()) | frozenset(
+    "mup_param_groups q_proj k_proj v_proj o_proj "
+    # nn.Module habits: re-initialisation and the validated backend property's state
+    "reset_parameters _init_params _backend _refused_backends".split()) | frozenset(
     f"_attend_{name}" for name in backend_rooms())  # each backend's method
 PYTHON_BUILTINS = frozenset(dir(builtins))
 

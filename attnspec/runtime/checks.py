@@ -74,7 +74,11 @@ def _check_heads(owner: str, heads: int, kv_heads: int) -> None:
 
 def _read(table: torch.Tensor, name: str, *index: torch.Tensor | int) -> torch.Tensor:
     """`table[index]`, every index checked against the table's shape: an index out of range
-    (possible after constructor overrides) is a ValueError, never garbage or an IndexError."""
+    (possible after constructor overrides) is a ValueError, never garbage or an IndexError.
+    While torch.compile traces, the range is checked by an assert in the graph instead (reading
+    min/max on the host would break the graph, with a host sync, every call)."""
+    if torch.compiler.is_compiling():
+        return _read_compiled(table, index)
     for axis, i in enumerate(index):
         size = table.shape[axis]
         if isinstance(i, torch.Tensor) and not i.numel():
@@ -85,6 +89,15 @@ def _read(table: torch.Tensor, name: str, *index: torch.Tensor | int) -> torch.T
                 f"{name}: index range [{low}, {high}] is outside dimension {axis} of size {size} "
                 "(did a constructor override change a size the spec relies on?)"
             )
+    return table[index]
+
+
+def _read_compiled(table: torch.Tensor, index: tuple) -> torch.Tensor:
+    """`_read` inside a compiled graph: an index out of range fails the graph's assert (a
+    RuntimeError; no message naming the table: building one needs the host values)."""
+    for axis, i in enumerate(index):
+        if isinstance(i, torch.Tensor):
+            torch._assert_async(((i >= 0) & (i < table.shape[axis])).all())
     return table[index]
 
 
@@ -110,17 +123,19 @@ def _check_tensor(name: str, value: object, kind: str, labels: tuple[str, ...],
     """`value` must be a tensor of `kind` ("int", "float", "bool") and shape `sizes`
     (None = any), on `device` when given; the error names the input and its expected shape.
     Ints become int64. A tensor on another device is an error, not a silent copy: the copy
-    would cost a host sync per call and defeat the caches keyed by the tensor."""
-    known = ", ".join("*" if s is None else str(s) for s in sizes)
-    expected = f"[{', '.join(str(x) for x in labels)}] = [{known}]"
+    would cost a host sync per call and defeat the caches keyed by the tensor.
+    Messages are built only on failure: `str()` of a SymInt size breaks torch.compile's graph
+    (dynamic shapes) on every call."""
     if value is None:
-        raise ValueError(f"{name}: missing input, expected shape {expected}")
+        raise ValueError(f"{name}: missing input, expected shape {_shape_text(labels, sizes)}")
     if not isinstance(value, torch.Tensor):
         got = type(value).__name__
-        raise ValueError(f"{name}: expected a tensor of shape {expected}, got {got}")
-    shape = list(value.shape)
+        raise ValueError(f"{name}: expected a tensor of shape {_shape_text(labels, sizes)}, "
+                         f"got {got}")
+    shape = value.shape
     if len(shape) != len(sizes) or any(s is not None and s != n for s, n in zip(sizes, shape)):
-        raise ValueError(f"{name}: expected shape {expected}, got {shape}")
+        raise ValueError(f"{name}: expected shape {_shape_text(labels, sizes)}, "
+                         f"got {list(shape)}")
     if kind == "float":
         ok = value.dtype.is_floating_point
     elif kind == "bool":
@@ -135,6 +150,12 @@ def _check_tensor(name: str, value: object, kind: str, labels: tuple[str, ...],
         raise ValueError(f"{name}: expected a tensor on {device} (the device of the attention's "
                          f"inputs), got one on {value.device}")
     return value.long() if kind == "int" else value
+
+
+def _shape_text(labels: tuple[str, ...], sizes: tuple[int | None, ...]) -> str:
+    """`[B, S, dim] = [*, *, 64]`: the expected shape, for an error message."""
+    known = ", ".join("*" if s is None else str(s) for s in sizes)
+    return f"[{', '.join(str(x) for x in labels)}] = [{known}]"
 
 
 def _same_dtype(names: tuple[str, ...], tensors: tuple[torch.Tensor, ...]) -> None:

@@ -39,6 +39,11 @@ def _edge_inputs(name: str, edge_index: object, edge_type: object, edge_distance
         # Both range checks in one device-to-host sync (the only one an edges input costs).
         outside = torch.stack([((src < 0) | (src >= q_len) | (dst < 0) | (dst >= kv_len)).any(),
                                ((values["type"] < 0) | (values["type"] >= types)).any()])
+        if torch.compiler.is_compiling():
+            # In a compiled graph an assert checks them: reading them on the host would break
+            # the graph on every call (the error then names no input).
+            torch._assert_async(~outside.any())
+            return src, dst, values["type"], values["distance"].clamp(0, max_distance - 1)
         bad_index, bad_type = outside.tolist()
         if bad_index:
             raise ValueError(

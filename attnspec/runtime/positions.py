@@ -32,7 +32,10 @@ _ALIBI_TENSORS = {}
 def _alibi_tensor(heads: int, dtype: torch.dtype, device: torch.device | str) -> torch.Tensor:
     """`_alibi_slopes(heads)` as a tensor, made once per (heads, dtype, device): a host-to-device
     copy per call would make the host wait for the GPU. One made under inference mode is kept
-    apart: an inference tensor cannot be saved for a backward outside it."""
+    apart: an inference tensor cannot be saved for a backward outside it. While torch.compile
+    traces, the tensor is a constant of the graph (the cache key would break the graph)."""
+    if torch.compiler.is_compiling():
+        return torch.tensor(_alibi_slopes(heads), dtype=dtype, device=device)
     key = (heads, dtype, str(device), torch.is_inference_mode_enabled())
     if key not in _ALIBI_TENSORS:
         _ALIBI_TENSORS[key] = torch.tensor(_alibi_slopes(heads), dtype=dtype, device=device)

@@ -38,7 +38,6 @@ from attnspec.lower.analysis import (
     Segment,
     Softcap,
 )
-from attnspec.lower.plan import explicit_dropout
 
 NAME = "flash"
 SUMMARY = "flash-attn 4 (else 2): dense and varlen calls for windows, documents, key padding"
@@ -64,8 +63,7 @@ class FlashPlan(Plan):
 
 def supports(attn: ir.AttentionIR, analysis: Analysis) -> list[Reason]:
     """Every reason flash-attn cannot run `attn` (empty = it can, subject to call-time checks)."""
-    return (_mask_reasons(analysis) + _score_reasons(analysis) + _dropout_reasons(attn)
-            + _head_dim_reasons(attn))
+    return (_mask_reasons(analysis) + _score_reasons(analysis) + _head_dim_reasons(attn))
 
 
 def _mask_reasons(analysis: Analysis) -> list[Reason]:
@@ -119,14 +117,6 @@ def _score_reasons(analysis: Analysis) -> list[Reason]:
         reasons.append(Reason(f"flash-attn takes a softcap first and ALiBi last, nothing else "
                               f"in the score pipeline ({step.describe()})", step.span))
     return reasons
-
-
-def _dropout_reasons(attn: ir.AttentionIR) -> list[Reason]:
-    dropout = explicit_dropout(attn)
-    if dropout is not None:
-        return [Reason("the flash backend has no attention dropout (flash-attn 4 has none)",
-                       dropout.span)]
-    return []
 
 
 def _head_dim_reasons(attn: ir.AttentionIR) -> list[Reason]:

@@ -35,10 +35,9 @@ STRUCTURED = (Band, Segment, KeyLength, KeyPadding, PrefixOrBand)
 
 
 def supports(attn: ir.AttentionIR, analysis: Analysis) -> list[Reason]:
-    dropout = explicit_dropout(attn)
-    if dropout is not None:
-        return [Reason("FlexAttention has no attention dropout (`dropout` is set)",
-                       dropout.span)]
+    # A declared `dropout` is no reason: FlexAttention has no attention dropout, but it runs
+    # every call that applies none (eval, or dropout = 0); the method refuses the others at call
+    # time with UnsupportedInputError, which `auto` steps past.
     return []
 
 
@@ -61,6 +60,8 @@ class FlexPlan(Plan):
     # The score_mod reads learned params: a half-precision call that trains them is refused at
     # call time (the runtime's _flex_check_table_gradients), so `auto` keeps a fallback.
     tables: tuple[str, ...] = ()
+    # The spec declares `dropout`: training calls that apply it are refused at call time.
+    dropout: bool = False
 
 
 def lower(attn: ir.AttentionIR, analysis: Analysis) -> FlexPlan:
@@ -87,7 +88,7 @@ def lower(attn: ir.AttentionIR, analysis: Analysis) -> FlexPlan:
                      "half-precision call that needs their gradients is refused (flex's backward "
                      "rounds score gradients to the input dtype; measured beyond tolerance)")
     return FlexPlan(NAME, kind, tuple(notes), score_mod=bool(attn.pipeline), sinks=attn.sinks,
-                    tables=tables)
+                    tables=tables, dropout=explicit_dropout(attn) is not None)
 
 
 def _score_tables(attn: ir.AttentionIR) -> tuple[str, ...]:
