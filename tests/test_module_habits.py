@@ -91,7 +91,8 @@ def test_backend_assignment_is_validated():
 def test_a_param_named_like_a_new_method_is_refused():
     text = ("attention A {\n heads = 2\n head_dim = 4\n"
             " param reset_parameters: float[heads] = zeros\n}\n")
-    with pytest.raises(ValueError, match="param `reset_parameters` would replace an attribute"):
+    # The checker knows the name (ir/scope): an error at the param's line, with a span.
+    with pytest.raises(attnspec.AttnSpecError, match="`reset_parameters` is reserved"):
         attnspec.compile(text)
 
 
