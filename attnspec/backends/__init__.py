@@ -92,5 +92,6 @@ def auto(attn: ir.AttentionIR, device: str) -> str:
 
 
 def unknown_backend_error(owner: str, requested: str) -> UnsupportedBackendError:
+    """The error for a backend name the registry does not know, listing the ones it does."""
     return UnsupportedBackendError(
         f"{owner}: unknown backend {requested!r}; backends: {', '.join(CHOICES)}")

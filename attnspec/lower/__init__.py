@@ -1,2 +1,2 @@
-"""Lowering: analysis of mask and score structure, and a plan per backend
-(`attnspec.lower.backends` is the registry)."""
+"""Lowering, backend-neutral: the analysis of mask and score structure (`analysis`) and the
+plan stage (`module.lower_module`). Backends and their plans live in `attnspec.backends`."""
