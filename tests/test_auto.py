@@ -31,7 +31,7 @@ def spec_attention(path, name):
     ("alibi.attn", "AlibiCausal8", ("flash", "sdpa-small", "flex"), ("sdpa",)),
     ("prefix_lm.attn", "PrefixLMConstant", ("sdpa-small", "flex"), ("sdpa",)),
     ("anchor.attn", "AnchorAttention", ("flex", "sdpa"), ("sdpa",)),
-    ("graph.attn", "GraphAttention", ("edges",), ("edges",)),
+    ("graph.attn", "GraphAttention", ("flex",), ("edges",)),  # edges: CUDA once GPU-verified
     ("sliding_window.attn", "SlidingWindowGQA", ("flex",), ("eager",)),
     ("attention_sinks.attn", "SlidingWindowSinks", ("flash", "flex"), ("eager",)),
 ])

@@ -48,10 +48,12 @@ def order(available: Mapping[str, Plan], device: str) -> tuple[str, ...]:
 
     On CPU: SDPA (with a dense mask where it needs one), else eager (flex has no CPU backward)."""
     sdpa_plan = available.get(SDPA)
-    if EDGES in available:
+    if EDGES in available and device != "cuda":
         # Graphs: every other backend builds dense [Sq, Sk] edge tables (O(N²) memory; flex ran
         # out of memory from 65k nodes on the H200, and its backward serialises on the learned
-        # tables' atomics: 377 ms vs 16 ms for a plain edge list at 8k nodes, fwd+bwd).
+        # tables' atomics: 377 ms vs 16 ms for a plain edge list at 8k nodes, fwd+bwd). On CUDA
+        # auto keeps flex until the edges backend has passed the GPU matrix (no kernel is chosen
+        # where it was not verified); `backend="edges"` runs it there on request.
         return (EDGES,)
     if device != "cuda":
         return (SDPA,) if sdpa_plan is not None else (EAGER,)
