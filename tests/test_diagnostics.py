@@ -92,6 +92,12 @@ CASES = [
 @pytest.mark.parametrize("text, line, col, message, hint", [c[1:] for c in CASES],
                          ids=[c[0] for c in CASES])
 def test_diagnostic(text, line, col, message, hint):
+    assert_diagnostic(text, line, col, message, hint)
+
+
+def assert_diagnostic(text: str, line: int, col: int, message: str, hint: str | None) -> None:
+    """`text` fails to build with an error containing `message` at (line, col) whose hint
+    contains `hint` (None: any hint)."""
     with pytest.raises(AttnSpecError) as info:
         attnspec.build(text)
     found = [d for d in info.value.errors if message in d.message]

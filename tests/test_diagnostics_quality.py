@@ -7,6 +7,7 @@ Each case is a spec with one mistake: (id, text, line, col, message fragment, hi
 from __future__ import annotations
 
 import pytest
+from test_diagnostics import assert_diagnostic
 
 import attnspec
 from attnspec.errors import AttnSpecError
@@ -72,14 +73,7 @@ CASES = [
 @pytest.mark.parametrize("text, line, col, message, hint", [c[1:] for c in CASES],
                          ids=[c[0] for c in CASES])
 def test_diagnostic(text, line, col, message, hint):
-    with pytest.raises(AttnSpecError) as info:
-        attnspec.build(text)
-    found = [d for d in info.value.errors if message in d.message]
-    assert found, f"no error containing {message!r} in:\n{info.value}"
-    d = found[0]
-    assert (d.span.line, d.span.col) == (line, col), str(info.value)
-    if hint is not None:
-        assert d.hint and hint in d.hint, str(info.value)
+    assert_diagnostic(text, line, col, message, hint)
 
 
 def test_ranges_never_print_the_checkers_internal_bounds():
