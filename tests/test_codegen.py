@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from runtimes import identifiers as tree_identifiers
 from runtimes import runtime_identifiers
 
 import attnspec
@@ -193,21 +194,8 @@ def attentions(paths=SPECS):
 
 
 def identifiers(src: str) -> set[str]:
-    found = set()
-    for node in ast.walk(ast.parse(src)):
-        if isinstance(node, ast.Name):
-            found.add(node.id)
-        elif isinstance(node, ast.Attribute):
-            found.add(node.attr)
-        elif isinstance(node, ast.arg):
-            found.add(node.arg)
-        elif isinstance(node, (ast.FunctionDef, ast.ClassDef)):
-            found.add(node.name)
-        elif isinstance(node, ast.keyword) and node.arg:
-            found.add(node.arg)
-        elif isinstance(node, ast.alias):
-            found.add(node.asname or node.name)
-    return found
+    """Every identifier the generated source writes (`runtimes.identifiers` of its tree)."""
+    return tree_identifiers(ast.parse(src))
 
 
 def spec_names(module_ir: ir.ModuleIR) -> set[str]:
