@@ -19,6 +19,8 @@ from attnspec import verify
 
 
 def explain(module, attn, seq: int):
+    """torch._dynamo.explain of one call, every size dynamic (as torch.compile(dynamic=True));
+    tests/test_compile.py uses this too."""
     gen = torch.Generator().manual_seed(0)
     args, inputs, sizes = verify.make_inputs(attn, verify.Case("c", 2, seq, seq), torch.float32,
                                              "cpu", gen)

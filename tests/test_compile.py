@@ -6,6 +6,7 @@ the graph). The full sweep over specs/*.attn is `python benchmarks/compile_check
 
 from __future__ import annotations
 
+import sys
 import warnings
 from pathlib import Path
 
@@ -27,13 +28,14 @@ SUBSET = [("causal_lm.attn", "CausalLM", "sdpa"), ("packed_documents.attn", "Pac
 
 
 def explain(module, attn, seq: int):
-    """torch._dynamo.explain of one call, every size dynamic (as torch.compile(dynamic=True))."""
-    gen = torch.Generator().manual_seed(0)
-    args, inputs, sizes = verify.make_inputs(attn, verify.Case("c", 2, seq, seq), torch.float32,
-                                             "cpu", gen)
-    torch._dynamo.reset()
-    with torch.no_grad(), torch._dynamo.config.patch(assume_static_by_default=False):
-        return torch._dynamo.explain(module)(*args, **inputs, sizes=sizes or None)
+    """torch._dynamo.explain of one call, every size dynamic: the sweep's own measurement
+    (benchmarks/compile_check.py), so the test and the sweep count the same way."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        from compile_check import explain as sweep_explain
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    return sweep_explain(module, attn, seq)
 
 
 @pytest.mark.parametrize("spec, name, backend", SUBSET)
