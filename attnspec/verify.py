@@ -28,7 +28,8 @@ from pathlib import Path
 
 import torch
 
-from attnspec import backends, eager
+from attnspec import eager
+from attnspec.backends import has_backward, runs_on  # device facts: the registry
 from attnspec.console import Progress
 from attnspec.errors import UnsupportedInputError
 from attnspec.ir import nodes as ir
@@ -252,16 +253,6 @@ def default_backends(cls, device: str) -> list[str]:
     (whose choices there, such as flex's FLASH kernel, no single backend name covers)."""
     names = [b for b in cls.BACKENDS if runs_on(b, device)]
     return names + ["auto"] if str(device).startswith("cuda") else names
-
-
-def runs_on(backend: str, device: str) -> bool:
-    """Whether `backend` can run on `device` at all (flash-attn kernels are CUDA only)."""
-    return backends.runs_on(backend, str(device))
-
-
-def has_backward(backend: str, device: str) -> bool:
-    """Whether `backend` computes gradients on `device` (FlexAttention has none on CPU)."""
-    return backends.has_backward(backend, str(device))
 
 
 def _run(attn, module, which: str, args, inputs, sizes, dtype, grad_out, overrides=None):
