@@ -134,6 +134,17 @@ def _cost(unit: list[tuple]) -> int:
     return sum(4 if item[3] in _COMPILING else 1 for item in unit)
 
 
+def remaining(items: list[tuple], resume: str | None) -> list[tuple]:
+    """The checks that the rows file `resume` (an earlier run's) has no result for: a matrix
+    larger than one device call runs as several calls."""
+    if not resume:
+        return items
+    done = {(r["spec"], r["attention"], r["backend"], r["case"], r["dtype"])
+            for r in map(json.loads, Path(resume).read_text().splitlines()) if "status" in r}
+    return [item for item in items
+            if (Path(item[1]).name, item[2], item[3], item[4].name, item[5]) not in done]
+
+
 def worker(args) -> None:
     torch._dynamo.config.recompile_limit = 512  # a silent fallback would verify nothing
     if args.dynamic_first:
@@ -141,7 +152,8 @@ def worker(args) -> None:
         # compiles static first): tells whether the static first compile is what goes wrong.
         torch._dynamo.config.assume_static_by_default = False
     deadline = time.monotonic() + args.deadline
-    items = assign(work_items(args.backends.split(","), args.specs), args.workers)[args.index]
+    items = assign(remaining(work_items(args.backends.split(","), args.specs), args.resume),
+                   args.workers)[args.index]
     loaded: dict = {}
     with open(args.rows, "w") as out:
         for n, (_, path, name, backend, case, dtype) in enumerate(items):
@@ -194,9 +206,14 @@ def driver(args) -> int:
     print("torch", torch.__version__, torch.cuda.get_device_name(), flush=True)
     common = ["--workers", str(args.workers), "--backends", args.backends, "--deadline",
               str(args.deadline), "--specs", args.specs] + \
+        (["--resume", args.resume] if args.resume else []) + \
         (["--dynamic-first"] if args.dynamic_first else [])
     rows = run_workers(__file__, [["--index", str(i), *common] for i in range(args.workers)],
                        rows_path)
+    if args.resume:  # one table and one rows file for the whole matrix
+        earlier = [json.loads(line) for line in Path(args.resume).read_text().splitlines()]
+        rows = [r for r in earlier if "status" in r] + rows
+        rows_path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     print(summary(rows))
     return 1 if any(r.get("status") == "FAIL" for r in rows) else 0
 
@@ -208,6 +225,7 @@ def main() -> int:
     p.add_argument("--workers", type=int, default=6)
     p.add_argument("--specs", default="specs/*.attn", help="glob under the repository root, "
                    "e.g. 'specs/**/*.attn' for the cookbook too")
+    p.add_argument("--resume", help="rows (.jsonl) of an earlier run: check only what it lacks")
     p.add_argument("--dynamic-first", action="store_true", help="compile flex with dynamic "
                    "shapes from the first call (an experiment, see docs/verification.md)")
     p.add_argument("--worker", action="store_true")
