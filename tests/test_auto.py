@@ -31,7 +31,7 @@ def spec_attention(path, name):
     ("alibi.attn", "AlibiCausal8", ("flash", "sdpa-small", "flex"), ("sdpa",)),
     ("prefix_lm.attn", "PrefixLMConstant", ("sdpa-small", "flex"), ("sdpa",)),
     ("anchor.attn", "AnchorAttention", ("flex", "sdpa"), ("sdpa",)),
-    ("graph.attn", "GraphAttention", ("flex",), ("edges",)),  # edges: CUDA once GPU-verified
+    ("graph.attn", "GraphAttention", ("flex-small", "edges"), ("edges",)),
     ("sliding_window.attn", "SlidingWindowGQA", ("flex",), ("eager",)),
     ("attention_sinks.attn", "SlidingWindowSinks", ("flash", "flex"), ("eager",)),
 ])

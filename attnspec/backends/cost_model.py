@@ -28,6 +28,7 @@ from attnspec.backends.base import Plan
 
 EAGER, SDPA, FLEX, FLASH, EDGES = (m.BACKEND.name for m in (eager, sdpa, flex, flash, edges))
 SDPA_SMALL, SDPA_DENSE = f"{SDPA}-small", f"{SDPA}-dense"
+FLEX_SMALL = f"{FLEX}-small"
 
 # Why each choice stands where it does (`attnspec explain`).
 REASONS = {
@@ -35,6 +36,7 @@ REASONS = {
     SDPA: "SDPA's fused kernels, no mask tensor",
     SDPA_SMALL: "SDPA with a dense mask when Sq·Sk <= 2^20",
     FLEX: "FlexAttention: FLASH kernel for inference where usable, else Triton",
+    FLEX_SMALL: "FlexAttention when Sq·Sk <= 2^22 (graphs: its dense edge tables grow as N²)",
     SDPA_DENSE: "SDPA with a dense mask",
     EDGES: "the edge list: O(E) memory, per-edge pipeline (no [Sq, Sk] tables)",
     EAGER: "the eager reference",
@@ -48,13 +50,13 @@ def order(available: Mapping[str, Plan], device: str) -> tuple[str, ...]:
 
     On CPU: SDPA (with a dense mask where it needs one), else eager (flex has no CPU backward)."""
     sdpa_plan = available.get(SDPA)
-    if EDGES in available and device != "cuda":
+    if EDGES in available:
         # Graphs: every other backend builds dense [Sq, Sk] edge tables (O(N²) memory; flex ran
         # out of memory from 65k nodes on the H200, and its backward serialises on the learned
         # tables' atomics: 377 ms vs 16 ms for a plain edge list at 8k nodes, fwd+bwd). On CUDA
-        # auto keeps flex until the edges backend has passed the GPU matrix (no kernel is chosen
-        # where it was not verified); `backend="edges"` runs it there on request.
-        return (EDGES,)
+        # flex keeps small graphs (its fused kernel, verified on the GPU matrix) and the edge
+        # list takes the rest, and every call flex refuses, instead of eager's dense scores.
+        return (FLEX_SMALL, EDGES) if device == "cuda" and FLEX in available else (EDGES,)
     if device != "cuda":
         return (SDPA,) if sdpa_plan is not None else (EAGER,)
     native = sdpa_plan is not None and sdpa_plan.native

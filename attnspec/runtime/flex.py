@@ -51,6 +51,10 @@ _FLEX_SMALL_OPTIONS = {"BLOCK_M": 64, "BLOCK_N": 32, "num_stages": 1, "num_warps
 # sinks, layer mode; benchmarks/gpu_flex_first_compile.py, issue 20). Inference keeps the
 # decoding kernel.
 _FLEX_TRAINING_OPTIONS = {"FORCE_USE_FLEX_ATTENTION": True}
+# auto's "flex-small" (graphs): flex when Sq·Sk is at most this, else the edge list. Flex's
+# dense edge tables and its mask over every pair grow as N²; at 8k nodes and out-degree 16 the
+# edge list was 10x faster forward (H200, issue 14).
+_FLEX_SMALL_GRAPH = 1 << 22
 _FLEX_MIN_HEAD_DIM = 16  # Inductor: "embedding dimension ... must be at least 16"
 # BlockMask builders whose compile failed: they run uncompiled from then on.
 _FLEX_BUILD_FAILED = set()

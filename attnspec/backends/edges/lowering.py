@@ -4,8 +4,8 @@ Edges are resolved once per call (duplicates: the last wins; self loops added) a
 query (CSR). Every other mask conjunct and the whole score pipeline are evaluated per edge
 (`q = src`, `k = dst`, `G.type`, `G.distance` as per-edge vectors); the softmax runs per query
 row over its edges (sinks join the denominator; a row without edges gives exactly 0) and the
-output is a segment sum. No [Sq, Sk] tensor is ever made: memory O(B·H·E·D) for the gathered
-rows plus the inputs.
+output is a segment sum. No [Sq, Sk] tensor is ever made: memory O(B·H·E) plus the inputs (the
+per-edge q.k and the row sums gather [B, H, E, D] rows one chunk at a time).
 """
 
 from __future__ import annotations

@@ -45,6 +45,8 @@ def emit(emitter, plan, lowered) -> dict:
         # Sinks read flex's log-sum-exp, which the FLASH kernel cannot differentiate; -inf
         # scores come out wrong on the FLASH kernel (measured): Triton runs both.
         "fast": not (attn.sinks or _infinite_score(attn)),
+        # auto runs flex on small graphs only (the cost model's "flex-small")
+        "small": "flex-small" in lowered.auto_cuda,
         "index_settings": tuple_literal(index_settings) if index_settings else "",
         "fallback": repr(_fallback(lowered)),
     }
