@@ -152,7 +152,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"attnspec {_version()}")
     sub = p.add_subparsers(dest="command")
     check = sub.add_parser("check", help="report every problem in specs")
-    check.add_argument("paths", nargs="+", help=".attn files or directories")
+    check.add_argument("paths", nargs="*", help=".attn files or directories")
+    check.add_argument("--explain", metavar="CODE", help="print what a diagnostic code (E201) "
+                       "or name (unknown-name) means, and exit (as `attnspec rule CODE`)")
     check.add_argument("--json", action="store_true", help="print every file's diagnostics "
                        "as JSON on stdout")
     check.add_argument("--output-format", choices=OUTPUT_FORMATS, default="full",
@@ -160,6 +162,10 @@ def _parser() -> argparse.ArgumentParser:
                        "(one line each) or github (workflow annotations) on stdout; json as "
                        "--json")
     check.set_defaults(run=cmd_check)
+    rule = sub.add_parser("rule", help="explain diagnostic codes (docs/diagnostics.md)")
+    rule.add_argument("codes", nargs="*", metavar="CODE", help="codes (E201) or names "
+                      "(unknown-name); none: list every code")
+    rule.set_defaults(run=cmd_rule)
     comp = sub.add_parser("compile", help="compile a spec to a Python module")
     comp.add_argument("path", help="an .attn file")
     comp.add_argument("-o", "--output", help="output file (default: NAME_attn.py beside the "
@@ -369,7 +375,32 @@ def _emit_diagnostics(diagnostics: list[Diagnostic], source: Source | None,
         collect += [d.as_dict(source) for d in diagnostics]
 
 
+def cmd_rule(args) -> int:
+    """`attnspec rule [CODE ...]`: each code's name, severity and meaning; every code without
+    arguments. An unknown code is an error (exit 1) naming the closest one."""
+    from attnspec.errors import did_you_mean
+    from attnspec.rules import BY_NAME, RULES, explain
+
+    status = 0
+    for code in args.codes or list(RULES):
+        text = explain(code)
+        if text is None:
+            hint = did_you_mean(code.upper(), RULES) or did_you_mean(code.lower(), BY_NAME)
+            print(f"attnspec: unknown diagnostic code {code!r}" + (f"; {hint}" if hint else
+                  "; `attnspec rule` lists them all"), file=sys.stderr)
+            status = 1
+        else:
+            print(text)
+    return status
+
+
 def cmd_check(args) -> int:
+    if args.explain:
+        return cmd_rule(argparse.Namespace(codes=[args.explain]))
+    if not args.paths:
+        print("attnspec check: error: give .attn files or directories (or --explain CODE)",
+              file=sys.stderr)
+        return 2
     files = list(spec_files(args.paths))
     if not files:
         print("attnspec: no .attn files found", file=sys.stderr)
@@ -399,11 +430,16 @@ def concise_line(d: dict) -> str:
     """One diagnostic on one line (`check --output-format concise`).
 
     >>> concise_line({"file": "a.attn", "line": 2, "col": 3, "severity": "error",
-    ...               "message": "oops", "hint": "try this"})
-    'a.attn:2:3: error: oops (hint: try this)'
+    ...               "code": "E201", "message": "oops", "hint": "try this"})
+    'a.attn:2:3: error[E201]: oops (hint: try this)'
     """
     hint = f" (hint: {d['hint']})" if d.get("hint") else ""
-    return f"{d['file']}:{d['line']}:{d['col']}: {d['severity']}: {d['message']}{hint}"
+    return f"{d['file']}:{d['line']}:{d['col']}: {_label(d)}: {d['message']}{hint}"
+
+
+def _label(d: dict) -> str:
+    """`error[E201]` as Diagnostic.label writes it, from the JSON-ready dict."""
+    return f"{d['severity']}[{d['code']}]" if d.get("code") else d["severity"]
 
 
 def github_line(d: dict) -> str:
@@ -411,8 +447,8 @@ def github_line(d: dict) -> str:
     workflow-command syntax requires.
 
     >>> github_line({"file": "a.attn", "line": 2, "col": 3, "end_line": 2, "end_col": 5,
-    ...              "severity": "warning", "message": "50%, done", "hint": None})
-    '::warning file=a.attn,line=2,col=3,endLine=2,endColumn=5,title=attnspec::50%25, done'
+    ...              "severity": "warning", "code": "W401", "message": "50%, done", "hint": None})
+    '::warning file=a.attn,line=2,col=3,endLine=2,endColumn=5,title=attnspec W401::W401 50%25, done'
     """
     def data(text: str) -> str:
         return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
@@ -421,9 +457,12 @@ def github_line(d: dict) -> str:
         return data(text).replace(":", "%3A").replace(",", "%2C")
 
     level = "error" if d["severity"] == "error" else "warning"
-    message = d["message"] + (f" (hint: {d['hint']})" if d.get("hint") else "")
+    # The code leads the message too: GitHub shows the title only in the annotation's box.
+    code = f"{d['code']} " if d.get("code") else ""
+    message = code + d["message"] + (f" (hint: {d['hint']})" if d.get("hint") else "")
+    title = prop(f"attnspec {code}".strip())
     return (f"::{level} file={prop(d['file'])},line={d['line']},col={d['col']},"
-            f"endLine={d['end_line']},endColumn={d['end_col']},title=attnspec::{data(message)}")
+            f"endLine={d['end_line']},endColumn={d['end_col']},title={title}::{data(message)}")
 
 
 OUTPUT_FORMATS = ("full", "concise", "github", "json")

@@ -49,17 +49,20 @@ def read_spec(path: str | Path) -> Source:
     try:
         data = _read_regular(path, MAX_SPEC_BYTES + 1)
     except FileNotFoundError:
-        raise AttnSpecError([Diagnostic("error", "cannot read file: it does not exist")],
+        raise AttnSpecError([Diagnostic("error", "cannot read file: it does not exist",
+                                        code="E001")],
                             Source(name, "")) from None
     except _NotRegular as e:
         raise AttnSpecError([Diagnostic("error", f"cannot read file: it is {e}, not a regular "
-                                        "file")], Source(name, "")) from None
+                                        "file", code="E002")], Source(name, "")) from None
     except OSError as e:
-        raise AttnSpecError([Diagnostic("error", f"cannot read file: {e.strerror or e}")],
+        raise AttnSpecError([Diagnostic("error", f"cannot read file: {e.strerror or e}",
+                                        code="E002")],
                             Source(name, "")) from None
     except ValueError:  # a path with a NUL byte, which no file system accepts
         raise AttnSpecError([Diagnostic("error", "cannot read file: the path contains a NUL "
-                                        "byte")], Source(name.replace("\x00", "?"), "")) from None
+                                        "byte", code="E002")],
+                            Source(name.replace("\x00", "?"), "")) from None
     return decode_spec(data, name)
 
 
@@ -93,7 +96,8 @@ def _read_regular(path: Path, limit: int) -> bytes:
 
 def decode_spec(data: bytes, name: str) -> Source:
     if len(data) > MAX_SPEC_BYTES:
-        raise AttnSpecError([Diagnostic("error", f"file is larger than {MAX_SPEC_BYTES} bytes")],
+        raise AttnSpecError([Diagnostic("error", f"file is larger than {MAX_SPEC_BYTES} bytes",
+                                        code="E003")],
                             Source(name, ""))
     try:
         text = data.decode("utf-8")
@@ -102,10 +106,11 @@ def decode_spec(data: bytes, name: str) -> Source:
         from attnspec.errors import Span
 
         message = f"file is not UTF-8 text (invalid byte at offset {e.start})"
-        raise AttnSpecError([Diagnostic("error", message, Span.point(line, 1))],
+        raise AttnSpecError([Diagnostic("error", message, Span.point(line, 1), code="E004")],
                             Source(name, "")) from None
     if "\x00" in text:
-        raise AttnSpecError([Diagnostic("error", "file contains NUL bytes: not a spec")],
+        raise AttnSpecError([Diagnostic("error", "file contains NUL bytes: not a spec",
+                                        code="E005")],
                             Source(name, ""))
     return Source(name, text.removeprefix("\ufeff"))
 

@@ -22,7 +22,7 @@ from typing import TextIO
 _RESET = "\x1b[0m"
 _STYLES = {"location": "\x1b[1m", "error": "\x1b[1;31m", "warning": "\x1b[1;33m",
            "caret": "\x1b[1;32m", "hint": "\x1b[36m"}
-_HEAD = re.compile(r"^(?P<loc>\S+:\d+:\d+:) (?P<sev>error|warning):")
+_HEAD = re.compile(r"^(?P<loc>\S+:\d+:\d+:) (?P<sev>error|warning)(?P<code>\[[EW]\d{3}\])?:")
 _CARET = re.compile(r"^(\s+)(\^+)$")
 _HINT = re.compile(r"^(\s+)(hint:)")
 
@@ -55,7 +55,8 @@ def _colour_line(line: str) -> str:
     head = _HEAD.match(line)
     if head:
         sev = head["sev"]
-        return (f"{_STYLES['location']}{head['loc']}{_RESET} {_STYLES[sev]}{sev}:{_RESET}"
+        label = sev + (head["code"] or "")
+        return (f"{_STYLES['location']}{head['loc']}{_RESET} {_STYLES[sev]}{label}:{_RESET}"
                 + line[head.end():])
     caret = _CARET.match(line)
     if caret:

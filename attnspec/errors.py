@@ -3,9 +3,9 @@
 Example:
     >>> src = Source("m.attn", "attention A {\\n  mask caual\\n}\\n")
     >>> d = Diagnostic("error", "unknown name `caual`", Span(2, 8, 2, 13),
-    ...                hint="did you mean `causal`?")
+    ...                hint="did you mean `causal`?", code="E201")
     >>> print(d.format(src))
-    m.attn:2:8: error: unknown name `caual`
+    m.attn:2:8: error[E201]: unknown name `caual`
         mask caual
              ^^^^^
       hint: did you mean `causal`?
@@ -64,6 +64,14 @@ class Diagnostic:
     # Where the error this one follows from is: a report lists it after that one (a setting
     # `haeds` on line 2 comes before "needs `heads = N`" at the attention's name on line 1).
     cause: Span | None = None
+    # The rule's code in attnspec.rules (`E201`); `attnspec rule E201` explains it. Every
+    # diagnostic the compiler emits has one (tests/test_rules.py).
+    code: str = ""
+
+    @property
+    def label(self) -> str:
+        """`error[E201]`: the severity and, where there is one, the code."""
+        return f"{self.severity}[{self.code}]" if self.code else self.severity
 
     def order(self) -> tuple:
         """Sort key: by position, a follow-on right after its cause."""
@@ -73,7 +81,7 @@ class Diagnostic:
 
     def format(self, source: Source | None = None) -> str:
         name = source.name if source else (self.source_name or "<spec>")
-        head = f"{name}:{self.span.line}:{self.span.col}: {self.severity}: {self.message}"
+        head = f"{name}:{self.span.line}:{self.span.col}: {self.label}: {self.message}"
         parts = [head]
         if source is not None:
             # On a very long line, the part around the column: the caret stays in view.
@@ -92,7 +100,6 @@ class Diagnostic:
             parts.append(f"  hint: {self.hint}")
         return "\n".join(parts)
 
-
     def as_dict(self, source: Source | None = None) -> dict:
         """The diagnostic as JSON-ready data (`--json` output of the commands).
 
@@ -100,8 +107,9 @@ class Diagnostic:
         2
         """
         return {"file": source.name if source else self.source_name, "severity": self.severity,
-                "message": self.message, "line": self.span.line, "col": self.span.col,
-                "end_line": self.span.end_line, "end_col": self.span.end_col, "hint": self.hint}
+                "code": self.code or None, "message": self.message, "line": self.span.line,
+                "col": self.span.col, "end_line": self.span.end_line,
+                "end_col": self.span.end_col, "hint": self.hint}
 
 
 def _printable(line: str) -> str:

@@ -413,7 +413,8 @@ def _pick(module_ir: ir.ModuleIR, name: str | None, source) -> ir.AttentionIR | 
             "error", f"attention `{attn.name}` has no `mup` block: mup-check needs a "
             f"layer-mode attention with `mup {{ base_dim = N }}`", Span(s.line, s.col,
                                                                        s.end_line, s.end_col),
-            hint="add `mup { base_dim = ... }` (and `dim = N` for layer mode)").format(source)
+            hint="add `mup { base_dim = ... }` (and `dim = N` for layer mode)",
+            code="E501").format(source)
     return attn
 
 

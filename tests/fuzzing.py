@@ -36,6 +36,7 @@ from attnspec.compiler import decode_spec
 from attnspec.errors import AttnSpecError, UnsupportedBackendError
 from attnspec.grammar.parser import parse
 from attnspec.ir import scope
+from attnspec.rules import RULES
 
 ROOT = Path(__file__).resolve().parent.parent
 SPECS = sorted((ROOT / "specs").rglob("*.attn"))
@@ -685,16 +686,17 @@ def _fails_to_parse(text: str) -> bool:
 
 
 def _check_error(error: AttnSpecError, text: str) -> None:
-    """The error formats; every diagnostic is `file:LINE:COL: severity: message` pointing
+    """The error formats; every diagnostic is `file:LINE:COL: severity[CODE]: message` pointing
     inside the file, and shows the line the parser counted (lines end at `\\n` only)."""
     report = str(error)
     assert error.diagnostics and report, "an AttnSpecError with no diagnostics"
     lines = text.split("\n")
     for d in error.diagnostics:
         assert d.severity in ("error", "warning") and d.message, d
+        assert d.code in RULES, f"a diagnostic without a registered code: {d}"
         assert 1 <= d.span.line <= len(lines) + 1 and d.span.col >= 1, f"span outside: {d}"
         shown = d.format(error.source).split("\n")
         name = error.source.name if error.source else "<spec>"
-        assert shown[0].startswith(f"{name}:{d.span.line}:{d.span.col}: {d.severity}: "), shown
+        assert shown[0].startswith(f"{name}:{d.span.line}:{d.span.col}: {d.label}: "), shown
         if error.source is not None and error.source.text == text and d.span.line <= len(lines):
             assert error.source.line(d.span.line) == lines[d.span.line - 1].removesuffix("\r")

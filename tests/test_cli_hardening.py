@@ -440,7 +440,7 @@ def test_dash_reads_the_spec_from_standard_input(monkeypatch, capsys):
 
 
 @pytest.mark.parametrize("fmt, expected", [
-    ("concise", "a.attn:4:2: error: unknown statement `maks` (hint: did you mean `mask`?)"),
+    ("concise", "a.attn:4:2: error[E105]: unknown statement `maks` (hint: did you mean `mask`?)"),
     ("github", "::error file="),
 ])
 def test_check_output_formats(tmp_path, capsys, fmt, expected):

@@ -235,7 +235,7 @@ def test_adversarial_names_are_refused_or_change_nothing_but_themselves(role):
         src = outcome(role, name)
         if isinstance(src, AttnSpecError):
             head = str(src).splitlines()[0]
-            found = re.match(r"<spec>:(\d+):\d+: error: ", head)
+            found = re.match(r"<spec>:(\d+):\d+: error\[E\d{3}\]: ", head)
             assert found and int(found[1]) in slot_lines(role), (name, head)
             continue
         if role in IDENTIFIER_ROLES:
@@ -431,8 +431,8 @@ def test_lookalike_and_invisible_characters_never_reach_a_name():
         with pytest.raises(AttnSpecError) as info:
             attnspec.compile(text)
         column = 8 + next(i for i, c in enumerate(bad) if not c.isascii())
-        assert str(info.value).startswith(f"<spec>:4:{column}: error: unexpected character"), \
-            str(info.value)
+        head = f"<spec>:4:{column}: error[E102]: unexpected character"
+        assert str(info.value).startswith(head), str(info.value)
         assert scope.identifier_problem(bad) is not None
     module_ir = build_text(BASE, FILE)
     relabelled = module_ir.attentions[0].model_copy(update={"name": "ｅｘｅｃ"})
@@ -479,7 +479,7 @@ def test_line_breaks_outside_comments():
     for bad in ["\u2028", "\x85", "\x0b", "\x1c", '"', "'", "\\", "`", "$", "@"]:
         with pytest.raises(AttnSpecError) as info:
             attnspec.compile(BASE.replace(" mask causal", f" mask {bad}causal"))
-        assert str(info.value).startswith("<spec>:4:7: error: unexpected"), str(info.value)
+        assert str(info.value).startswith("<spec>:4:7: error[E102]: unexpected"), str(info.value)
 
 
 def test_source_name_cannot_end_the_header_comment():
@@ -523,7 +523,7 @@ def short(value) -> str | None:
 def test_bad_numbers_are_diagnosed(line, message):
     with pytest.raises(AttnSpecError) as info:
         attnspec.compile(spec_with(line))
-    assert re.match(r"<spec>:\d+:\d+: error: ", str(info.value)), str(info.value)
+    assert re.match(r"<spec>:\d+:\d+: error\[E\d{3}\]: ", str(info.value)), str(info.value)
     assert message in str(info.value), str(info.value)
 
 

@@ -56,7 +56,7 @@ def test_cli_diagnostics_plain_when_piped(tmp_path, capsys, no_colour_env):
     path.write_text(BAD)
     assert main(["check", str(path)]) == 1
     err = capsys.readouterr().err
-    assert "bad.attn:4:7: error: unknown name `caual`" in err and "\x1b[" not in err
+    assert "bad.attn:4:7: error[E201]: unknown name `caual`" in err and "\x1b[" not in err
 
 
 def test_check_json(tmp_path, capsys):

@@ -119,7 +119,7 @@ def test_formatted_report_has_source_line_and_caret():
     with pytest.raises(AttnSpecError) as info:
         attnspec.build(spec("mask caual"))
     lines = str(info.value).splitlines()
-    assert lines[0] == "<spec>:4:8: error: unknown name `caual`"
+    assert lines[0] == "<spec>:4:8: error[E201]: unknown name `caual`"
     assert lines[1].strip() == "mask caual"
     assert lines[2] == "  " + " " * 7 + "^^^^^"
     assert lines[3] == "  hint: did you mean `causal`?"

@@ -109,7 +109,7 @@ def test_a_keyword_typo_is_underlined_whole():
     with pytest.raises(AttnSpecError) as info:
         attnspec.build(spec("pattren a -> b"))
     lines = str(info.value).splitlines()
-    assert lines[0] == "<spec>:4:3: error: unknown statement `pattren`"
+    assert lines[0] == "<spec>:4:3: error[E105]: unknown statement `pattren`"
     assert lines[2] == "    ^^^^^^^"
     assert lines[3] == "  hint: did you mean `pattern`?"
 

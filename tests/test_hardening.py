@@ -201,7 +201,7 @@ def test_a_doubling_let_chain_fails_fast_at_the_use(nested):
     assert f"expands to more than {expr_builder.MAX_EXPANDED_NODES} nodes" in d.message
     assert "`f30(...)`" in d.message and d.hint and "simplify" in d.hint
     assert (d.span.line, d.span.col) == (35, 10)  # the use, not somewhere inside the lets
-    assert str(error).startswith("blowup.attn:35:10: error: ")
+    assert str(error).startswith("blowup.attn:35:10: error[E307]: ")
 
 
 def test_many_expressions_under_the_cap_fail_on_the_file_budget():

@@ -141,7 +141,7 @@ def test_png_without_matplotlib(capsys, monkeypatch):
 
 @pytest.mark.parametrize("spec, argv, message", [
     ("attention K {\n heads = 2\n head_dim = 8\n}\n", (),
-     "k.attn:1:11: error: attention `K` has no `mup` block"),
+     "k.attn:1:11: error[E501]: attention `K` has no `mup` block"),
     ("attention L {\n dim = 64\n heads = 2\n}\n", (), "L` has no `mup` block"),
     (SMALL, ("--name", "Nope"), "no attention 'Nope'; it has Small"),
     (SMALL + SMALL.replace("Small", "Other"), (), "several attentions have `mup` (Small, Other)"),

@@ -113,11 +113,12 @@ def test_broken_spec_is_one_failed_item_with_the_caret_diagnostic(project):
     result = run(project, "--attnspec", "specs/broken.attn", "-rf")
     result.assert_outcomes(failed=1, passed=1)
     result.stdout.fnmatch_lines([
-        "specs/broken.attn:4:10: error: unknown name `caual`",
+        # fnmatch patterns: `[[]` is a literal `[`
+        "specs/broken.attn:4:10: error[[]E201]: unknown name `caual`",
         "      mask caual",
         "           ^^^^^",
         "  hint: did you mean `causal`?",
-        "FAILED specs/broken.attn::build - specs/broken.attn:4:10: error: unknown name*",
+        "FAILED specs/broken.attn::build - specs/broken.attn:4:10: error[[]E201]: unknow*",
     ])
     result.stdout.no_fnmatch_line("*Traceback*")
     result.stdout.no_fnmatch_line("*pytest_plugin.py*")

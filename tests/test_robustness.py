@@ -139,7 +139,7 @@ def test_diagnostics_show_the_line_the_parser_counted(separator):
     with pytest.raises(AttnSpecError) as e:
         attnspec.build(text)
     assert str(e.value).split("\n")[:3] == [
-        "<spec>:4:7: error: unknown name `caual`", "   mask caual", "        ^^^^^"]
+        "<spec>:4:7: error[E201]: unknown name `caual`", "   mask caual", "        ^^^^^"]
 
 
 def test_caret_keeps_tabs_and_far_columns_in_view():

@@ -263,17 +263,19 @@ def parse(text: str, source_name: str = "<spec>") -> ast.File:
         if deepest is not None:  # checked before building the AST: that costs more than parsing
             raise AttnSpecError([Diagnostic(
                 "error", f"expression nested deeper than {MAX_DEPTH} levels", deepest,
-                hint="each operator, call and index is a level")], source)
+                hint="each operator, call and index is a level", code="E106")], source)
         items = _ToAst().transform(tree)
     except _TooLong as e:
-        raise _error(source, f"integer literal of {_digits(e.token)} digits is too large",
-                     e.token) from None
+        raise _error(source, "E107", f"integer literal of {_digits(e.token)} digits is too "
+                     "large", e.token) from None
     except _TooDeep as e:
-        raise _error(source, f"brackets nested deeper than {MAX_NESTING}", e.token) from None
+        raise _error(source, "E106", f"brackets nested deeper than {MAX_NESTING}",
+                     e.token) from None
     except UnexpectedInput as e:
         raise AttnSpecError([_syntax_diagnostic(e, text)], source) from None
     except RecursionError:  # not expected: the LALR parser and the transformer are iterative
-        raise AttnSpecError([Diagnostic("error", "expression nested too deeply")], source) from None
+        raise AttnSpecError([Diagnostic("error", "expression nested too deeply",
+                                         code="E106")], source) from None
     return ast.File(tuple(items), source_name)
 
 
@@ -296,15 +298,16 @@ def _too_deep(tree: lark.Tree) -> Span | None:
     return None
 
 
-def _error(source: Source, message: str, token: Token) -> AttnSpecError:
-    return AttnSpecError([Diagnostic("error", message, _span(token))], source)
+def _error(source: Source, code: str, message: str, token: Token) -> AttnSpecError:
+    return AttnSpecError([Diagnostic("error", message, _span(token), code=code)], source)
 
 
 def _syntax_diagnostic(e: UnexpectedInput, text: str = "") -> Diagnostic:
     line, col = max(1, getattr(e, "line", 1) or 1), max(1, getattr(e, "column", 1) or 1)
     if isinstance(e, UnexpectedCharacters):
         char = e.char if e.char.isprintable() else repr(e.char)
-        return Diagnostic("error", f"unexpected character `{char}`", Span.point(line, col))
+        return Diagnostic("error", f"unexpected character `{char}`", Span.point(line, col),
+                          code="E102")
     tok = e.token if isinstance(e, UnexpectedToken) else None
     expected = sorted({_TOKEN_NAMES.get(t, _literal(t)) for t in getattr(e, "expected", ())})
     # The generic message names the token where the parser stopped; a likelier cause (an unclosed
@@ -314,10 +317,11 @@ def _syntax_diagnostic(e: UnexpectedInput, text: str = "") -> Diagnostic:
         return targeted
     if isinstance(e, UnexpectedEOF):
         return Diagnostic("error", "unexpected end of file", Span.point(line, col),
-                          hint="a `}` or `)` may be missing")
+                          hint="a `}` or `)` may be missing", code="E101")
     what = _describe(tok)
     span = _span(tok) if tok is not None and getattr(tok, "line", None) else Span.point(line, col)
-    return Diagnostic("error", f"unexpected {what}", span, hint=_expected_hint(tok, expected))
+    return Diagnostic("error", f"unexpected {what}", span, hint=_expected_hint(tok, expected),
+                      code="E101")
 
 
 # Words that begin a statement inside `attention { }`, and at the top level of a file.
@@ -374,7 +378,7 @@ def _unclosed_bracket(tok: Token, expected: list[str], lines: list[str]) -> Diag
     closer = ")" if char == "(" else "]"
     return Diagnostic("error", f"unclosed `{char}`", Span.point(*opener),
                       hint=f"add a `{closer}`; the parser gave up at line {pos[0]}, column "
-                      f"{pos[1]} ({_describe(tok)})")
+                      f"{pos[1]} ({_describe(tok)})", code="E103")
 
 
 def _open_bracket_before(lines: list[str], line: int, col: int) -> tuple[int, int] | None:
@@ -403,12 +407,14 @@ def _python_operator(tok: Token, expected: list[str], lines: list[str]) -> Diagn
         return _python_word("not", Span(line, len(before) - 2, line, len(before) + 1))
     if tok.type == "EQUAL" and "a comparison" in expected:
         return Diagnostic("error", "`=` inside an expression", _span(tok),
-                          hint="compare with `==`; `=` only sets a setting or a default")
+                          hint="compare with `==`; `=` only sets a setting or a default",
+                          code="E104")
     if tok.type in ("STAR", "MUL_OP") and tok.value == "*" and _before(tok, lines).endswith("*"):
         start = tok.column - 1
         return Diagnostic("error", "there is no `**` (power) operator",
                           Span(tok.line, start, tok.line, start + 2),
-                          hint="multiply (`x * x`), or use `exp2`/`exp` and `log2`/`log`")
+                          hint="multiply (`x * x`), or use `exp2`/`exp` and `log2`/`log`",
+                          code="E104")
     return None
 
 
@@ -416,7 +422,7 @@ def _python_word(word: str, span: Span) -> Diagnostic:
     symbol = _PYTHON_WORDS[word]
     return Diagnostic("error", f"`{word}` is not an operator in attnspec", span,
                       hint=f"write `{symbol}` for {word}, e.g. `causal {symbol} k < 64`"
-                      if word != "not" else "write `!` for not, e.g. `!causal`")
+                      if word != "not" else "write `!` for not, e.g. `!causal`", code="E104")
 
 
 def _mistyped_keyword(tok: Token, expected: list[str], lines: list[str]) -> Diagnostic | None:
@@ -436,7 +442,7 @@ def _mistyped_keyword(tok: Token, expected: list[str], lines: list[str]) -> Diag
     if hint is None:
         return None
     return Diagnostic("error", f"unknown statement `{word}`",
-                      Span(line, start, line, start + len(word)), hint=hint)
+                      Span(line, start, line, start + len(word)), hint=hint, code="E105")
 
 
 def _describe(tok: Token | None) -> str:

@@ -36,19 +36,19 @@ def macro_table(file: ast.File, diags: Diagnostics) -> dict[str, Macro]:
     seen: set[str] = set()
     for let in file.lets:
         if let.name in seen:
-            diags.error(f"`let {let.name}` is defined twice", let.name_span)
+            diags.error("E207", f"`let {let.name}` is defined twice", let.name_span)
             continue
         seen.add(let.name)
         for param in let.params or ():  # in the body the word would mean the keyword
             if param.name in scope.KEYWORDS:
-                diags.error(f"`{param.name}` is a keyword and cannot name a parameter",
+                diags.error("E208", f"`{param.name}` is a keyword and cannot name a parameter",
                             param.span)
         if let.name in table:
-            diags.warning(f"`let {let.name}` shadows the standard library's `{let.name}`",
+            diags.warning("W201", f"`let {let.name}` shadows the standard library's `{let.name}`",
                           let.name_span)
         clash = _let_clash(let.name)
         if clash:
-            diags.error(clash, let.name_span)
+            diags.error("E208", clash, let.name_span)
             continue
         table[let.name] = Macro(let, False)
     return table
@@ -90,13 +90,14 @@ def build_file(file: ast.File, source: Source) -> tuple[ir.ModuleIR, list[Diagno
     budget = Budget()  # MAX_FILE_NODES for all attentions together
     for attention in file.attentions:
         if attention.name in names:
-            diags.error(f"attention `{attention.name}` is defined twice", attention.name_span)
+            diags.error("E207",
+                        f"attention `{attention.name}` is defined twice", attention.name_span)
         names.add(attention.name)
         built = build_attention(attention, macros, diags, budget)
         if built is not None:
             attentions.append(built)
     if not file.attentions and not diags.has_errors:
-        diags.warning("no `attention` block in this file", Span(1, 1, 1, 2))
+        diags.warning("W202", "no `attention` block in this file", Span(1, 1, 1, 2))
     module = ir.ModuleIR(source_name=source.name, source_text=source.text,
                          attentions=tuple(attentions))
     return module, diags.items
@@ -171,11 +172,11 @@ class _AttentionBuilder:
                 meant = closest(s.name, allowed)
                 if meant is not None:  # a later "needs `heads = N`" follows from this typo
                     self.misspelt.setdefault(meant, s)
-                self.diags.error(f"unknown setting `{s.name}`", s.name_span,
+                self.diags.error("E204", f"unknown setting `{s.name}`", s.name_span,
                                  hint=f"did you mean `{meant}`?" if meant
                                  else f"settings: {', '.join(allowed)}")
             elif s.name in found:
-                self.diags.error(f"setting `{s.name}` is set twice", s.name_span,
+                self.diags.error("E207", f"setting `{s.name}` is set twice", s.name_span,
                                  hint=f"first set on line {found[s.name].span.line}")
             else:
                 found[s.name] = s
@@ -189,7 +190,8 @@ class _AttentionBuilder:
         if typo is not None:
             hint = f"line {typo.span.line} sets `{typo.name}`: did you mean `{name}`?"
             cause = typo.name_span
-        self.diags.error(f"attention `{self.node.name}` needs {wanted}", self.node.name_span,
+        self.diags.error("E209",
+                         f"attention `{self.node.name}` needs {wanted}", self.node.name_span,
                          hint=hint, cause=cause)
 
     def _numeric_names(self) -> dict[str, str]:
@@ -208,7 +210,7 @@ class _AttentionBuilder:
         found: dict = {}
         for decl in self.by_kind[kind]:
             if decl.name in found:
-                self.diags.error(f"{kind} `{decl.name}` is declared twice", decl.name_span,
+                self.diags.error("E207", f"{kind} `{decl.name}` is declared twice", decl.name_span,
                                  hint=f"first declared on line {found[decl.name].span.line}")
                 continue
             found[decl.name] = decl
@@ -217,11 +219,11 @@ class _AttentionBuilder:
     def _groups_by_name(self) -> dict[str, ast.GroupDecl]:
         tokens = self.by_kind["tokens"]
         for extra in tokens[1:]:
-            self.diags.error("at most one `tokens` block is allowed", extra.span)
+            self.diags.error("E207", "at most one `tokens` block is allowed", extra.span)
         groups: dict[str, ast.GroupDecl] = {}
         for g in tokens[0].groups if tokens else ():
             if g.name in groups:
-                self.diags.error(f"group `{g.name}` is declared twice", g.span)
+                self.diags.error("E207", f"group `{g.name}` is declared twice", g.span)
             groups[g.name] = g
         return groups
 
@@ -252,11 +254,11 @@ class _AttentionBuilder:
     def _check_names(self) -> None:
         inputs, params = self.scope.inputs, self.scope.params
         for name in set(inputs) & set(params):
-            self.diags.error(f"`{name}` is declared as both an input and a param",
+            self.diags.error("E207", f"`{name}` is declared as both an input and a param",
                              params[name].name_span)
         for name, decl in list(inputs.items()) + list(params.items()):
             if name in scope.INDEX_NAMES or name in scope.SEQ_LEN_NAMES or name in scope.BUILTINS:
-                self.diags.error(f"`{name}` is a built-in name", decl.name_span)
+                self.diags.error("E208", f"`{name}` is a built-in name", decl.name_span)
 
     # settings ---------------------------------------------------------------------------------
     def _numeric(self) -> tuple[ir.NumericSetting, ...] | None:
@@ -278,7 +280,7 @@ class _AttentionBuilder:
             self._missing_setting("head_dim", "`head_dim = N` (or `dim` for layer mode)")
             return None
         if self.by_kind["mup"] and "base_dim" not in self.mup_settings:
-            self.diags.error("`mup` needs `base_dim = N`", self.by_kind["mup"][0].span)
+            self.diags.error("E209", "`mup` needs `base_dim = N`", self.by_kind["mup"][0].span)
             return None
         for name, default in self._defaults(exprs).items():
             exprs.setdefault(name, default)
@@ -325,7 +327,7 @@ class _AttentionBuilder:
                 return True
             if state.get(name) == "active":
                 cycle = " -> ".join(chain[chain.index(name):] + (name,))
-                self.diags.error(f"settings depend on each other: {cycle}",
+                self.diags.error("E210", f"settings depend on each other: {cycle}",
                                  self._setting_span(name))
                 return False
             state[name] = "active"
@@ -342,7 +344,8 @@ class _AttentionBuilder:
     def _numeric_setting(self, name: str, expr: ir.Expr, explicit: bool) -> ir.NumericSetting:
         kind = self.scope.settings[name]
         if expr.type == "bool" or (kind == "int" and expr.type == "float"):
-            self.diags.error(f"`{name}` must be {'an integer' if kind == 'int' else 'a number'}"
+            self.diags.error("E308",
+                             f"`{name}` must be {'an integer' if kind == 'int' else 'a number'}"
                              f", got {expr.type}", self._setting_span(name))
         return ir.NumericSetting(name=name, expr=expr, type=kind, explicit=explicit,
                                  span=span_ir(self._setting_span(name)))
@@ -368,7 +371,7 @@ class _AttentionBuilder:
         if isinstance(stmt.value, ast.Name) and stmt.value.name in choices:
             return stmt.value.name
         got = stmt.value.name if isinstance(stmt.value, ast.Name) else None
-        self.diags.error(f"`{name}` must be one of {', '.join(choices)}", stmt.value.span,
+        self.diags.error("E308", f"`{name}` must be one of {', '.join(choices)}", stmt.value.span,
                          hint=did_you_mean(got, choices) if got else None)
         return choices[0]
 
@@ -378,7 +381,7 @@ class _AttentionBuilder:
             return default
         if isinstance(stmt.value, ast.Bool):
             return stmt.value.value
-        self.diags.error(f"`{name}` must be `true` or `false`", stmt.value.span)
+        self.diags.error("E308", f"`{name}` must be `true` or `false`", stmt.value.span)
         return default
 
     # groups and patterns ----------------------------------------------------------------------
@@ -401,7 +404,7 @@ class _AttentionBuilder:
             return ref.name
         hint = did_you_mean(ref.name, self.scope.groups) or (
             None if self.scope.groups else "declare groups in a `tokens { ... }` block")
-        self.diags.error(f"unknown token group `{ref.name}`", ref.span, hint=hint)
+        self.diags.error("E203", f"unknown token group `{ref.name}`", ref.span, hint=hint)
         return None
 
     # inputs and params ------------------------------------------------------------------------
@@ -410,7 +413,7 @@ class _AttentionBuilder:
         if isinstance(t, ast.CallType):
             return self._edges_input(decl, t)
         if t.base not in ("int", "float", "bool"):
-            self.diags.error(f"unknown input type `{t.base}`", t.span,
+            self.diags.error("E206", f"unknown input type `{t.base}`", t.span,
                              hint=did_you_mean(t.base, ("int", "float", "bool", "edges")))
             return None
         dims = self._dims(t.dims, input_dims=True)
@@ -420,7 +423,7 @@ class _AttentionBuilder:
 
     def _edges_input(self, decl: ast.InputDecl, t: ast.CallType) -> ir.InputDecl | None:
         if t.base != "edges":
-            self.diags.error(f"unknown input type `{t.base}(...)`", t.span,
+            self.diags.error("E206", f"unknown input type `{t.base}(...)`", t.span,
                              hint="the only call type is `edges(types = T, max_distance = D)`")
             return None
         args = self._const_args(t.args, {"types": 1, "max_distance": 1, "self_loops": False},
@@ -429,10 +432,10 @@ class _AttentionBuilder:
             return None
         for key in ("types", "max_distance"):
             if not isinstance(args[key], int) or isinstance(args[key], bool) or args[key] < 1:
-                self.diags.error(f"`edges({key} = ...)` must be a positive integer", t.span)
+                self.diags.error("E401", f"`edges({key} = ...)` must be a positive integer", t.span)
                 return None
         if not isinstance(args["self_loops"], bool):
-            self.diags.error("`edges(self_loops = ...)` must be true or false", t.span)
+            self.diags.error("E308", "`edges(self_loops = ...)` must be true or false", t.span)
             return None
         edges = ir.EdgesSpec(types=args["types"], max_distance=args["max_distance"],
                              self_loops=args["self_loops"])
@@ -447,7 +450,7 @@ class _AttentionBuilder:
         for i, arg in enumerate(args):
             key = arg.name or (names[i] if i < len(names) else None)
             if key not in defaults:
-                self.diags.error(f"unknown argument `{arg.name or i + 1}` for `{what}`",
+                self.diags.error("E205", f"unknown argument `{arg.name or i + 1}` for `{what}`",
                                  arg.span, hint=did_you_mean(arg.name or "", names)
                                  or f"arguments: {', '.join(names)}")
                 return None
@@ -466,7 +469,7 @@ class _AttentionBuilder:
         try:
             return eval_const(built, self.values)
         except ConstError as e:
-            self.diags.error(str(e), expr.span)
+            self.diags.error("E303", str(e), expr.span)
             return None
 
     def _dims(self, dims: tuple[ast.Expr, ...], input_dims: bool) -> tuple[ir.Dim, ...] | None:
@@ -478,14 +481,14 @@ class _AttentionBuilder:
                 out.append(ir.Dim(kind=d.name))
                 continue
             if isinstance(d, ast.Name) and d.name in ("batch", "seq", "q_seq", "kv_seq"):
-                self.diags.error(f"a param cannot have a `{d.name}` dimension", d.span,
+                self.diags.error("E406", f"a param cannot have a `{d.name}` dimension", d.span,
                                  hint="params are fixed-size: use constants, heads, kv_heads")
                 return None
             size = self.exprs.build(d, "const")
             if size is None:
                 return None
             if size.type != "int":
-                self.diags.error(f"a dimension must be an integer, got {size.type}", d.span)
+                self.diags.error("E301", f"a dimension must be an integer, got {size.type}", d.span)
                 return None
             out.append(ir.Dim(kind="const", size=size))
         return tuple(out)
@@ -493,14 +496,15 @@ class _AttentionBuilder:
     def _param(self, decl: ast.ParamDecl) -> ir.ParamDecl | None:
         t = decl.type
         if not isinstance(t, ast.TensorType) or t.base != "float":
-            self.diags.error("a param must be `float[DIMS]`", t.span)
+            self.diags.error("E301", "a param must be `float[DIMS]`", t.span)
             return None
         dims = self._dims(t.dims, input_dims=False)
         init = self._init(decl.init)
         if dims is None or init is None:
             return None
         if init.kind == "alibi_slopes" and [d.kind for d in dims] != ["heads"]:
-            self.diags.error("`alibi_slopes` initialises a `float[heads]` param", decl.init.span)
+            self.diags.error("E406",
+                             "`alibi_slopes` initialises a `float[heads]` param", decl.init.span)
             return None
         return ir.ParamDecl(name=decl.name, dims=dims, init=init, origin="param",
                             span=span_ir(decl.span))
@@ -509,13 +513,14 @@ class _AttentionBuilder:
         name = expr.name if isinstance(expr, ast.Name) else \
             expr.func if isinstance(expr, ast.Call) else None
         if name not in scope.INIT_KINDS:
-            self.diags.error("unknown initialiser", expr.span,
+            self.diags.error("E206", "unknown initialiser", expr.span,
                              hint=did_you_mean(name or "", scope.INIT_KINDS)
                              or "zeros, ones, normal(std), uniform(lo, hi), alibi_slopes")
             return None
         args = expr.args if isinstance(expr, ast.Call) else ()
         if len(args) != scope.INIT_KINDS[name] or any(a.name for a in args):
-            self.diags.error(f"`{name}` takes {scope.INIT_KINDS[name]} positional argument(s)",
+            self.diags.error("E302",
+                             f"`{name}` takes {scope.INIT_KINDS[name]} positional argument(s)",
                              expr.span)
             return None
         values = [self._const_value(a.value) for a in args]
@@ -523,7 +528,7 @@ class _AttentionBuilder:
             return None
         problem = _init_problem(name, [float(v) for v in values])
         if problem is not None:
-            self.diags.error(problem, expr.span)
+            self.diags.error("E401", problem, expr.span)
             return None
         return ir.Init(kind=name, args=tuple(float(v) for v in values))
 
@@ -531,7 +536,7 @@ class _AttentionBuilder:
     def _mask(self, stmt: ast.Mask) -> ir.Expr | None:
         built = self.exprs.build(stmt.expr, "pair")
         if built is not None and built.type != "bool":
-            self.diags.error(f"a mask must be bool, got {built.type}", stmt.expr.span,
+            self.diags.error("E301", f"a mask must be bool, got {built.type}", stmt.expr.span,
                              hint="compare it, e.g. `q - k <= 128`, or use it as a `bias`")
             return None
         return built
@@ -546,7 +551,7 @@ class _AttentionBuilder:
             return None
         if built.type == "bool":
             what = "a bias" if is_bias else "a score"
-            self.diags.error(f"{what} must be a number, got bool", stmt.expr.span,
+            self.diags.error("E301", f"{what} must be a number, got bool", stmt.expr.span,
                              hint="use `mask` for bool conditions, or `where(c, 0.0, -inf)`")
             return None
         return ir.Step(kind="bias" if is_bias else "assign", expr=built, span=span_ir(stmt.span))
@@ -556,7 +561,7 @@ class _AttentionBuilder:
         rope = absolute = None
         for stmt in self.by_kind["position"]:
             if stmt.kind not in scope.POSITION_KINDS:
-                self.diags.error(f"unknown position encoding `{stmt.kind}`", stmt.kind_span,
+                self.diags.error("E206", f"unknown position encoding `{stmt.kind}`", stmt.kind_span,
                                  hint=did_you_mean(stmt.kind, scope.POSITION_KINDS)
                                  or "rope, sinusoidal, learned; relative encodings are biases")
             elif stmt.kind == "rope":
@@ -567,7 +572,7 @@ class _AttentionBuilder:
 
     def _once(self, previous, stmt: ast.Position, build):
         if previous is not None:
-            self.diags.error(f"a second `position {stmt.kind}`", stmt.span,
+            self.diags.error("E207", f"a second `position {stmt.kind}`", stmt.span,
                              hint="one rotary and one absolute encoding at most")
             return previous
         return build(stmt)
@@ -580,7 +585,7 @@ class _AttentionBuilder:
         for i, arg in enumerate(stmt.args):
             key = arg.name or (scope.ROPE_ARGS[i] if i < len(scope.ROPE_ARGS) else None)
             if key not in scope.ROPE_ARGS:
-                self.diags.error(f"unknown argument `{arg.name}` for `rope`", arg.span,
+                self.diags.error("E205", f"unknown argument `{arg.name}` for `rope`", arg.span,
                                  hint=did_you_mean(arg.name or "", scope.ROPE_ARGS))
                 return None
             if key in tensors:
@@ -590,9 +595,9 @@ class _AttentionBuilder:
             else:
                 values[key] = self._const_value(arg.value)
         if tensors["positions"] and tensors["freqs"]:
-            self.diags.error("`rope` takes `positions` or `freqs`, not both", stmt.span)
+            self.diags.error("E302", "`rope` takes `positions` or `freqs`, not both", stmt.span)
         if not isinstance(values["interleaved"], bool):
-            self.diags.error("`rope(interleaved = ...)` must be true or false", stmt.span)
+            self.diags.error("E308", "`rope(interleaved = ...)` must be true or false", stmt.span)
             return None
         if isinstance(values["base"], bool) or not isinstance(values["base"], (int, float)):
             return None
@@ -602,7 +607,7 @@ class _AttentionBuilder:
     def _rope_input(self, arg: ast.Arg, key: str) -> str | None:
         if not isinstance(arg.value, ast.Name) or arg.value.name not in self.scope.inputs:
             name = arg.value.name if isinstance(arg.value, ast.Name) else ""
-            self.diags.error(f"`rope({key} = ...)` must name an input", arg.value.span,
+            self.diags.error("E304", f"`rope({key} = ...)` must name an input", arg.value.span,
                              hint=did_you_mean(name, self.scope.inputs)
                              or f"declare e.g. `input {name or 'pos'}: int[batch, seq]`")
             return None
@@ -611,14 +616,15 @@ class _AttentionBuilder:
     def _absolute(self, stmt: ast.Position) -> ir.AbsolutePosition | None:
         if stmt.kind == "sinusoidal":
             if stmt.args:
-                self.diags.error("`sinusoidal` takes no arguments", stmt.span)
+                self.diags.error("E302", "`sinusoidal` takes no arguments", stmt.span)
             return ir.AbsolutePosition(kind="sinusoidal", span=span_ir(stmt.span))
         args = self._const_args(stmt.args, {"max_len": None}, "learned", stmt.span)
         if args is None:
             return None
         max_len = args["max_len"]
         if not isinstance(max_len, int) or isinstance(max_len, bool) or max_len < 1:
-            self.diags.error("`learned` needs `max_len = N` (a positive integer)", stmt.span)
+            self.diags.error("E209",
+                             "`learned` needs `max_len = N` (a positive integer)", stmt.span)
             return None
         return ir.AbsolutePosition(kind="learned", max_len=max_len, span=span_ir(stmt.span))
 
@@ -644,7 +650,7 @@ class _AttentionBuilder:
                                     origin="position", span=sp))
         for p in out:
             if p.name in self.scope.params or p.name in self.scope.inputs:
-                self.diags.error(f"`{p.name}` is declared by attnspec here ({p.origin}); "
+                self.diags.error("E208", f"`{p.name}` is declared by attnspec here ({p.origin}); "
                                  "rename your declaration", self._decl_span(p.name))
         return out
 
@@ -657,7 +663,7 @@ class _AttentionBuilder:
             return None
         stmt = self.by_kind["mup"][0]
         for extra in self.by_kind["mup"][1:]:
-            self.diags.error("at most one `mup` block is allowed", extra.span)
+            self.diags.error("E207", "at most one `mup` block is allowed", extra.span)
         return ir.Mup(zero_query=self._flag(self.mup_settings, "zero_query", True),
                       span=span_ir(stmt.span))
 

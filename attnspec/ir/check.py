@@ -52,11 +52,11 @@ class AttentionChecker:
         self.out: list[Diagnostic] = []
         self.values: dict | None = None
 
-    def error(self, message: str, span: ir.SpanIR, hint: str | None = None) -> None:
-        self.out.append(Diagnostic("error", message, _span(span), hint))
+    def error(self, code: str, message: str, span: ir.SpanIR, hint: str | None = None) -> None:
+        self.out.append(Diagnostic("error", message, _span(span), hint, code=code))
 
-    def warning(self, message: str, span: ir.SpanIR, hint: str | None = None) -> None:
-        self.out.append(Diagnostic("warning", message, _span(span), hint))
+    def warning(self, code: str, message: str, span: ir.SpanIR, hint: str | None = None) -> None:
+        self.out.append(Diagnostic("warning", message, _span(span), hint, code=code))
 
     def run(self) -> list[Diagnostic]:
         self._identifiers()
@@ -95,19 +95,22 @@ class AttentionChecker:
         a = self.attn
         if self._identifier(a.name, a.span, "attention") \
                 and a.name in scope.RESERVED_BY_KIND["attention"]:
-            self.error(f"attention name `{a.name}` is reserved by the generated module", a.span)
+            self.error("E208",
+                       f"attention name `{a.name}` is reserved by the generated module", a.span)
         declared = [(i.name, i.span, "input") for i in a.inputs]
         declared += [(p.name, p.span, "param") for p in a.params if p.origin == "param"]
         declared += [(g.name, g.span, "group") for g in a.groups]
         for name, span, what in declared:
             if self._identifier(name, span, what) and name in scope.RESERVED_BY_KIND[what]:
-                self.error(f"{what} name `{name}` is reserved by the generated module", span,
+                self.error("E208",
+                           f"{what} name `{name}` is reserved by the generated module", span,
                            hint="choose another name")
         names = {i.name for i in a.inputs}
         for i in a.inputs:
             for extra in (f"{i.name}_type", f"{i.name}_distance") if i.edges else ():
                 if extra in names:
-                    self.error(f"input `{extra}` clashes with the `{extra}=` argument of edges "
+                    self.error("E208",
+                               f"input `{extra}` clashes with the `{extra}=` argument of edges "
                                f"input `{i.name}`", i.span)
 
     def _identifier(self, name: str, span: ir.SpanIR, what: str) -> bool:
@@ -117,7 +120,7 @@ class AttentionChecker:
         if problem is None and name.startswith("_"):
             problem = f"`{name}` starts with `_` (reserved for attnspec)"
         if problem is not None:
-            self.error(f"{what} name cannot become Python: {problem}", span,
+            self.error("E208", f"{what} name cannot become Python: {problem}", span,
                        hint="names become Python identifiers in the generated module")
             return False
         return True
@@ -127,7 +130,7 @@ class AttentionChecker:
         try:
             self.values = resolve_settings(self.attn)
         except ConstError as e:
-            self.error(str(e), self.attn.span)
+            self.error("E303", str(e), self.attn.span)
             return
         v = self.values
         for name in ("heads", "kv_heads", "head_dim", "value_dim", "dim", "context_dim",
@@ -152,33 +155,35 @@ class AttentionChecker:
 
     def _setting_error(self, name: str, message: str) -> None:
         setting = self.attn.setting(name)
-        self.error(message, setting.span if setting else self.attn.span)
+        # Every setting error is a value out of its range (E401, attnspec.rules).
+        self.error("E401", message, setting.span if setting else self.attn.span)
 
     def _mode(self) -> None:
         a = self.attn
         if a.mode == "kernel":
             for name in ("qkv_bias", "out_bias"):
                 if getattr(a, name):
-                    self.error(f"`{name}` needs layer mode (set `dim`)", a.span)
+                    self.error("E402", f"`{name}` needs layer mode (set `dim`)", a.span)
             if a.mup is not None:
-                self.error("`mup` needs layer mode: the width multiplier is dim / base_dim",
+                self.error("E402", "`mup` needs layer mode: the width multiplier is dim / base_dim",
                            a.mup.span, hint="set `dim = N`")
             if a.absolute_position is not None:
-                self.error(f"`position {a.absolute_position.kind}` needs layer mode: it is "
+                self.error("E402", f"`position {a.absolute_position.kind}` needs layer mode: it is "
                            "added to x", a.absolute_position.span, hint="set `dim = N`")
         if a.cross and (a.groups or a.patterns):
-            self.error("token groups split one sequence; they cannot be used with "
+            self.error("E402", "token groups split one sequence; they cannot be used with "
                        "cross-attention (`context_dim`)", a.groups[0].span if a.groups else a.span)
         if self.values and a.absolute_position and a.absolute_position.kind == "sinusoidal" \
                 and self.values.get("dim", 0) % 2:
-            self.error("`position sinusoidal` needs an even `dim`", a.absolute_position.span)
+            self.error("E401",
+                       "`position sinusoidal` needs an even `dim`", a.absolute_position.span)
 
     # groups -----------------------------------------------------------------------------------
     def _groups_and_patterns(self) -> None:
         a = self.attn
         for g in a.groups:
             if g.size is not None and g.size < 1:
-                self.error(f"group `{g.name}` must have at least 1 token", g.span)
+                self.error("E401", f"group `{g.name}` must have at least 1 token", g.span)
         if not a.patterns:
             return
         as_query: dict[str, list[ir.Pattern]] = {g.name: [] for g in a.groups}
@@ -188,11 +193,12 @@ class AttentionChecker:
         for g in a.groups:
             uses = as_query[g.name]
             if not uses:
-                self.error(f"group `{g.name}` is not a query in any pattern", g.span,
+                self.error("E403", f"group `{g.name}` is not a query in any pattern", g.span,
                            hint=f"add e.g. `pattern {g.name} -> {g.name}`; every group must be "
                            "a query in exactly one pattern")
             for extra in uses[1:]:
-                self.error(f"group `{g.name}` is a query in more than one pattern", extra.span,
+                self.error("E403",
+                           f"group `{g.name}` is a query in more than one pattern", extra.span,
                            hint=f"first used on line {uses[0].span.line}; merge the key lists")
 
     # inputs and positions ---------------------------------------------------------------------
@@ -200,7 +206,7 @@ class AttentionChecker:
         for i in self.attn.inputs:
             kinds = [d.kind for d in i.dims]
             if self.attn.cross and "seq" in kinds:
-                self.error(f"input `{i.name}`: in cross-attention use `q_seq` or `kv_seq`",
+                self.error("E406", f"input `{i.name}`: in cross-attention use `q_seq` or `kv_seq`",
                            i.span)
             for d in i.dims:
                 self._const_dim(d, i.span)
@@ -214,10 +220,10 @@ class AttentionChecker:
         try:
             size = eval_const(dim.size, self.values)
         except ConstError as e:
-            self.error(str(e), span)
+            self.error("E303", str(e), span)
             return
         if not isinstance(size, int) or size < 1:
-            self.error(f"dimension must be a positive integer, got {size}", span)
+            self.error("E401", f"dimension must be a positive integer, got {size}", span)
 
     def _positions(self) -> None:
         rope = self.attn.rope
@@ -227,13 +233,13 @@ class AttentionChecker:
             try:
                 dims = eval_const(rope.dims, self.values)
             except ConstError as e:
-                self.error(str(e), rope.span)
+                self.error("E303", str(e), rope.span)
                 return
             if not isinstance(dims, int) or dims < 2 or dims % 2 or dims > self.values["head_dim"]:
-                self.error(f"rope dims must be even and in [2, head_dim = "
+                self.error("E401", f"rope dims must be even and in [2, head_dim = "
                            f"{self.values['head_dim']}], got {dims}", rope.span)
         if not 0 < rope.base < math.inf:
-            self.error(f"rope base must be positive and finite, got {rope.base}", rope.span)
+            self.error("E401", f"rope base must be positive and finite, got {rope.base}", rope.span)
         self._rope_input(rope.positions, ("int", "float"), 2, rope.span)
         self._rope_input(rope.freqs, ("float",), 3, rope.span)
         self._freqs_width(rope)
@@ -247,7 +253,7 @@ class AttentionChecker:
         shape = "[batch, seq]" if rank == 2 else "[batch, seq, dims/2]"
         kinds = [d.kind for d in decl.dims]
         if decl.dtype not in dtypes or len(kinds) != rank or kinds[:2] != ["batch", "seq"]:
-            self.error(f"rope input `{name}` must be {'/'.join(dtypes)}{shape}", span)
+            self.error("E406", f"rope input `{name}` must be {'/'.join(dtypes)}{shape}", span)
 
     def _freqs_width(self, rope: ir.Rope) -> None:
         decl = self.attn.input(rope.freqs) if rope.freqs else None
@@ -259,7 +265,8 @@ class AttentionChecker:
         except ConstError:
             return
         if width != half:
-            self.error(f"rope freqs input `{decl.name}` must have dims / 2 = {half} angles in "
+            self.error("E406",
+                       f"rope freqs input `{decl.name}` must have dims / 2 = {half} angles in "
                        f"its last dimension, got {width}", decl.span)
 
     def _unused_inputs(self) -> None:
@@ -271,7 +278,7 @@ class AttentionChecker:
             used |= {self.attn.rope.positions, self.attn.rope.freqs}
         for i in self.attn.inputs:
             if i.name not in used:
-                self.warning(f"input `{i.name}` is never used", i.span)
+                self.warning("W401", f"input `{i.name}` is never used", i.span)
 
     def _t5_buckets(self, expr: ir.Expr) -> None:
         """T5's bucketing divides by log(max_distance / max_exact): both must make sense."""
@@ -284,7 +291,8 @@ class AttentionChecker:
                 continue
             exact = (buckets // 2 if both else buckets) // 2
             if exact < 1 or max_distance <= exact:
-                self.error(f"t5 buckets = {buckets}, max_distance = {max_distance} leave no "
+                self.error("E401",
+                           f"t5 buckets = {buckets}, max_distance = {max_distance} leave no "
                            "log-spaced buckets", node.span,
                            hint=f"use at least {4 if both else 2} buckets and max_distance > "
                            f"{max(exact, 1)}")
@@ -297,7 +305,7 @@ class AttentionChecker:
                 for dim, index in zip(decl.dims, node.indices):
                     problem = self._index_problem(dim, index, intervals)
                     if problem:
-                        self.error(f"`{node.name}`: {problem}", index.span,
+                        self.error("E404", f"`{node.name}`: {problem}", index.span,
                                    hint=_index_hint(dim.kind))
 
     def _index_problem(self, dim: ir.Dim, index: ir.Expr, iv: Intervals) -> str | None:
@@ -345,7 +353,7 @@ class AttentionChecker:
                 continue  # call-time values: unknown, no claim (see intervals.py)
             if r[0] < INT32_MIN or r[1] > INT32_MAX:
                 worst = r[1] if r[1] > INT32_MAX else r[0]
-                self.error(f"`{expr_text(node)}` may overflow int32: it can reach "
+                self.error("E405", f"`{expr_text(node)}` may overflow int32: it can reach "
                            f"{_power_of_two(worst)}, past int32's ±2^31", node.span,
                            hint="kernels use int32 indices; sequences may be up to 2^24 long")
                 return

@@ -46,12 +46,14 @@ class Diagnostics:
     def __init__(self) -> None:
         self.items: list[Diagnostic] = []
 
-    def error(self, message: str, span: Span, hint: str | None = None,
-              cause: Span | None = None) -> None:
-        self.items.append(Diagnostic("error", message, span, hint, cause=cause))
+    """The diagnostics of one build; each call names its rule's code (attnspec.rules)."""
 
-    def warning(self, message: str, span: Span, hint: str | None = None) -> None:
-        self.items.append(Diagnostic("warning", message, span, hint))
+    def error(self, code: str, message: str, span: Span, hint: str | None = None,
+              cause: Span | None = None) -> None:
+        self.items.append(Diagnostic("error", message, span, hint, cause=cause, code=code))
+
+    def warning(self, code: str, message: str, span: Span, hint: str | None = None) -> None:
+        self.items.append(Diagnostic("warning", message, span, hint, code=code))
 
     @property
     def has_errors(self) -> bool:
@@ -131,7 +133,7 @@ class ExprBuilder:
             built = self._build(expr, env, ctx)
         except _TooLarge:  # check_expansion stops this before building: a second line of defence
             whole_file = self.count <= MAX_EXPANDED_NODES
-            self.diags.error(_too_large_message("this expression", whole_file),
+            self.diags.error("E307", _too_large_message("this expression", whole_file),
                              env.where(expr.span), hint=_TOO_LARGE_HINT)
             return None
         except RecursionError:  # far deeper than MAX_DEPTH
@@ -141,7 +143,7 @@ class ExprBuilder:
         return built
 
     def _too_deep(self, expr: ast.Expr, env: Env) -> None:
-        self.diags.error(f"expression nested deeper than {MAX_DEPTH} levels after macro "
+        self.diags.error("E106", f"expression nested deeper than {MAX_DEPTH} levels after macro "
                          "expansion", env.where(expr.span),
                          hint="each operator, call and index is a level, every `let` expanded")
 
@@ -153,13 +155,14 @@ class ExprBuilder:
         method = getattr(self, "_" + type(expr).__name__.lower())
         return method(expr, env, ctx)
 
-    def _error(self, message: str, span: Span, env: Env, hint: str | None = None) -> None:
-        self.diags.error(message, env.where(span), hint)
+    def _error(self, code: str, message: str, span: Span, env: Env,
+               hint: str | None = None) -> None:
+        self.diags.error(code, message, env.where(span), hint)
 
     # literals ---------------------------------------------------------------------------------
     def _num(self, e: ast.Num, env: Env, ctx: str):
         if isinstance(e.value, int) and abs(e.value) >= 2**53:
-            self._error(f"integer literal {e.value} is too large", e.span, env,
+            self._error("E107", f"integer literal {e.value} is too large", e.span, env,
                         hint="integers must stay below 2^31 in kernels")
             return None
         kind = "float" if isinstance(e.value, float) else "int"
@@ -170,7 +173,7 @@ class ExprBuilder:
 
     def _scoreref(self, e: ast.ScoreRef, env: Env, ctx: str):
         if ctx != "score":
-            self._error("`score` is only defined inside `score = ...`", e.span, env,
+            self._error("E304", "`score` is only defined inside `score = ...`", e.span, env,
                         hint="a bias is added to the score: `bias EXPR`")
             return None
         return ir.ScoreRef(span=span_ir(env.where(e.span)))
@@ -195,13 +198,13 @@ class ExprBuilder:
         if e.name in self.attn.inputs or e.name in self.attn.params:
             return self._bare_tensor(e, env, ctx)
         if e.name in scope.INTRINSIC_MACROS:
-            self._error(f"`{e.name}` needs parentheses", e.span, env,
+            self._error("E302", f"`{e.name}` needs parentheses", e.span, env,
                         hint=f"write `{e.name}()` for the defaults")
             return None
         return self._unknown_name(e.name, e.span, env)
 
     def _not_constant(self, e: ast.Name, env: Env):
-        self._error(f"`{e.name}` is not a constant here", e.span, env,
+        self._error("E303", f"`{e.name}` is not a constant here", e.span, env,
                     hint="settings and sizes must be constant expressions")
         return None
 
@@ -209,25 +212,25 @@ class ExprBuilder:
         if e.name in self.attn.inputs and self._input_rank(e.name) == 0:
             return self._index_ref(e.name, (), e.span, env, ctx)
         if e.name in self.attn.inputs and self._is_edges(e.name):
-            self._error(f"edges input `{e.name}` is used through its fields", e.span, env,
+            self._error("E304", f"edges input `{e.name}` is used through its fields", e.span, env,
                         hint=f"`{e.name}.edge`, `{e.name}.type` or `{e.name}.distance`")
             return None
-        self._error(f"`{e.name}` must be indexed", e.span, env,
+        self._error("E304", f"`{e.name}` must be indexed", e.span, env,
                     hint=f"e.g. `{e.name}[{', '.join(self._index_example(e.name))}]`")
         return None
 
     def _unknown_name(self, name: str, span: Span, env: Env):
         if name in self.attn.groups:
-            self._error(f"group `{name}` is not a value", span, env,
+            self._error("E304", f"group `{name}` is not a value", span, env,
                         hint=f"use `q in {name}`, `{name}.start`, `{name}.end` or `{name}.size`")
             return None
         if name in scope.ALL_SETTINGS or name in scope.ALL_MUP_SETTINGS:
-            self._error(f"setting `{name}` is not set in this attention", span, env)
+            self._error("E201", f"setting `{name}` is not set in this attention", span, env)
             return None
         known = (list(scope.INDEX_NAMES) + list(self.attn.settings) + list(self.macros)
                  + list(self.attn.inputs) + list(self.attn.params) + list(scope.SEQ_LEN_NAMES))
         hint = _PYTHON_LITERALS.get(name) or did_you_mean(name, known)
-        self._error(f"unknown name `{name}`", span, env, hint=hint)
+        self._error("E201", f"unknown name `{name}`", span, env, hint=hint)
         return None
 
     # operators --------------------------------------------------------------------------------
@@ -238,7 +241,7 @@ class ExprBuilder:
         want_bool = e.op == "!"
         if (operand.type == "bool") != want_bool:
             need = "a bool" if want_bool else "a number"
-            self._error(f"`{e.op}` needs {need}, got {operand.type}", e.span, env)
+            self._error("E301", f"`{e.op}` needs {need}, got {operand.type}", e.span, env)
             return None
         return ir.Unary(op=e.op, operand=operand, type=operand.type,
                         span=span_ir(env.where(e.span)))
@@ -249,11 +252,12 @@ class ExprBuilder:
             return None
         result = binary_type(e.op, left.type, right.type)
         if result is None:
-            self._error(f"`{e.op}` cannot combine {left.type} and {right.type}", e.span, env,
+            self._error("E301",
+                        f"`{e.op}` cannot combine {left.type} and {right.type}", e.span, env,
                         hint=_operator_hint(e.op))
             return None
         if e.op in ("/", "//", "%") and isinstance(right, ir.Const) and right.value == 0:
-            self._error("division by zero", e.right.span, env)
+            self._error("E306", "division by zero", e.right.span, env)
             return None
         node = ir.Binary(op=e.op, left=left, right=right, type=result,
                          span=span_ir(env.where(e.span)))
@@ -265,7 +269,8 @@ class ExprBuilder:
         if group is None or operand is None:
             return None
         if operand.type != "int":
-            self._error(f"`in {group}` needs an int position, got {operand.type}", e.span, env)
+            self._error("E301",
+                        f"`in {group}` needs an int position, got {operand.type}", e.span, env)
             return None
         return ir.InGroup(operand=operand, group=group, span=span_ir(env.where(e.span)))
 
@@ -278,14 +283,14 @@ class ExprBuilder:
             return name
         hint = did_you_mean(name, self.attn.groups) or (
             "declare groups in a `tokens { ... }` block" if not self.attn.groups else None)
-        self._error(f"unknown token group `{name}`", span, env, hint=hint)
+        self._error("E203", f"unknown token group `{name}`", span, env, hint=hint)
         return None
 
     # fields and indexing ----------------------------------------------------------------------
     def _field(self, e: ast.Field, env: Env, ctx: str):
         target = self._target_name(e.target, env)
         if target is None:
-            self._error("only groups and edges inputs have fields", e.span, env)
+            self._error("E304", "only groups and edges inputs have fields", e.span, env)
             return None
         name, tspan, tenv = target
         span = span_ir(env.where(e.span))
@@ -303,7 +308,7 @@ class ExprBuilder:
         return self._unknown_target(name, tspan, tenv, "has no fields")
 
     def _bad_field(self, e: ast.Field, env: Env, owner: str, fields: tuple[str, ...]):
-        self._error(f"`{owner}` has no field `{e.name}`", e.name_span, env,
+        self._error("E304", f"`{owner}` has no field `{e.name}`", e.name_span, env,
                     hint=did_you_mean(e.name, fields) or f"fields: {', '.join(fields)}")
         return None
 
@@ -318,14 +323,14 @@ class ExprBuilder:
 
     def _unknown_target(self, name: str, span: Span, env: Env, what: str):
         if name in self.macros or name in scope.INDEX_NAMES or name in self.attn.settings:
-            self._error(f"`{name}` {what}", span, env)
+            self._error("E304", f"`{name}` {what}", span, env)
             return None
         return self._unknown_name(name, span, env)
 
     def _index(self, e: ast.Index, env: Env, ctx: str):
         target = self._target_name(e.target, env)
         if target is None:
-            self._error("only inputs and params can be indexed", e.span, env)
+            self._error("E304", "only inputs and params can be indexed", e.span, env)
             return None
         name, tspan, tenv = target
         if name not in self.attn.inputs and name not in self.attn.params:
@@ -334,15 +339,16 @@ class ExprBuilder:
 
     def _index_ref(self, name: str, indices: tuple, span: Span, env: Env, ctx: str):
         if ctx == "const":
-            self._error(f"`{name}` is not a constant", span, env)
+            self._error("E303", f"`{name}` is not a constant", span, env)
             return None
         if self._is_edges(name):
-            self._error(f"edges input `{name}` cannot be indexed", span, env,
+            self._error("E304", f"edges input `{name}` cannot be indexed", span, env,
                         hint=f"use `{name}.edge`, `{name}.type` or `{name}.distance`")
             return None
         rank = self._input_rank(name) if name in self.attn.inputs else self._param_rank(name)
         if len(indices) != rank:
-            self._error(f"`{name}` has {rank} dimension(s), indexed with {len(indices)}", span,
+            self._error("E302",
+                        f"`{name}` has {rank} dimension(s), indexed with {len(indices)}", span,
                         env, hint=f"e.g. `{name}[{', '.join(self._index_example(name))}]`")
             return None
         built = [self._build(i, env, ctx) for i in indices]
@@ -350,7 +356,7 @@ class ExprBuilder:
             return None
         for index_ast, index in zip(indices, built):
             if index.type != "int":
-                self._error(f"index must be int, got {index.type}", index_ast.span, env)
+                self._error("E301", f"index must be int, got {index.type}", index_ast.span, env)
                 return None
         sp = span_ir(env.where(span))
         if name in self.attn.params:
@@ -383,7 +389,7 @@ class ExprBuilder:
     # calls ------------------------------------------------------------------------------------
     def _call(self, e: ast.Call, env: Env, ctx: str):
         if e.func in env.bindings:
-            self._error(f"macro parameter `{e.func}` cannot be called", e.func_span, env)
+            self._error("E304", f"macro parameter `{e.func}` cannot be called", e.func_span, env)
             return None
         if e.func in self.macros:
             return self._expand(e.func, e.args, e.span, env, ctx)
@@ -392,17 +398,18 @@ class ExprBuilder:
         if e.func in scope.BUILTINS:
             return self._builtin(e, env, ctx)
         known = list(scope.BUILTINS) + list(self.macros) + list(scope.INTRINSIC_MACROS)
-        self._error(f"unknown function `{e.func}`", e.func_span, env,
+        self._error("E202", f"unknown function `{e.func}`", e.func_span, env,
                     hint=did_you_mean(e.func, known))
         return None
 
     def _builtin(self, e: ast.Call, env: Env, ctx: str):
         lo, hi = scope.BUILTINS[e.func]
         if any(a.name is not None for a in e.args):
-            self._error(f"builtin `{e.func}` takes positional arguments only", e.span, env)
+            self._error("E302", f"builtin `{e.func}` takes positional arguments only", e.span, env)
             return None
         if len(e.args) < lo or (hi is not None and len(e.args) > hi):
-            self._error(f"`{e.func}` takes {_arity(lo, hi)}, got {len(e.args)}", e.span, env)
+            self._error("E302",
+                        f"`{e.func}` takes {_arity(lo, hi)}, got {len(e.args)}", e.span, env)
             return None
         args = [self._build(a.value, env, ctx) for a in e.args]
         if any(a is None for a in args):
@@ -418,7 +425,7 @@ class ExprBuilder:
         acc = args[0]
         for arg in args[1:]:
             if "bool" in (acc.type, arg.type):
-                self._error(f"`{e.func}` needs numbers", e.span, env)
+                self._error("E301", f"`{e.func}` needs numbers", e.span, env)
                 return None
             acc = ir.Call(func=e.func, args=(acc, arg), type=promote(acc.type, arg.type),
                           span=span_ir(env.where(e.span)))
@@ -429,14 +436,15 @@ class ExprBuilder:
         f = e.func
         if f == "where":
             if types[0] != "bool":
-                self._error("`where` needs a bool condition", e.args[0].span, env)
+                self._error("E301", "`where` needs a bool condition", e.args[0].span, env)
                 return None
             if (types[1] == "bool") != (types[2] == "bool"):
-                self._error("`where` branches must both be bool or both numbers", e.span, env)
+                self._error("E301",
+                            "`where` branches must both be bool or both numbers", e.span, env)
                 return None
             return "bool" if types[1] == "bool" else promote(types[1], types[2])
         if "bool" in types and f != "t5_bucket":
-            self._error(f"`{f}` needs numbers, got bool", e.span, env)
+            self._error("E301", f"`{f}` needs numbers, got bool", e.span, env)
             return None
         if f == "t5_bucket":
             return self._t5_bucket_type(e, args, env)
@@ -449,19 +457,21 @@ class ExprBuilder:
         return promote(*types)
 
     def _int_arg_error(self, e: ast.Call, env: Env):
-        self._error(f"`{e.func}` needs an int argument", e.span, env)
+        self._error("E301", f"`{e.func}` needs an int argument", e.span, env)
         return None
 
     def _t5_bucket_type(self, e: ast.Call, args: list, env: Env) -> str | None:
         want = ("int", "int", "int", "bool")
         for a_ast, a, t in zip(e.args, args, want):
             if a.type != t:
-                self._error(f"`t5_bucket` argument must be {t}, got {a.type}", a_ast.span, env,
+                self._error("E301",
+                            f"`t5_bucket` argument must be {t}, got {a.type}", a_ast.span, env,
                             hint="t5_bucket(rel, buckets, max_distance, bidirectional)")
                 return None
         for a_ast, a in zip(e.args[1:], args[1:]):
             if free_vars(a):
-                self._error("`t5_bucket` needs constant buckets, max_distance, bidirectional",
+                self._error("E303",
+                            "`t5_bucket` needs constant buckets, max_distance, bidirectional",
                             a_ast.span, env)
                 return None
         return "int"
@@ -474,7 +484,7 @@ class ExprBuilder:
         if bound is None:
             return None
         if ctx == "const":
-            self._error("`t5` is not a constant", e.span, env)
+            self._error("E303", "`t5` is not a constant", e.span, env)
             return None
         buckets = self._build(bound["buckets"].expr, bound["buckets"].env, "const")
         max_distance = self._build(bound["max_distance"].expr, bound["max_distance"].env, "const")
@@ -486,7 +496,8 @@ class ExprBuilder:
                              init=ir.Init(kind="zeros"), origin="t5", span=sp)
         previous = self.attn.implicit_params.get("t5_bias")
         if previous is not None and expr_text(previous.dims[1].size) != expr_text(buckets):
-            self._error("a second `t5` with other buckets would need a second `t5_bias` table",
+            self._error("E207",
+                        "a second `t5` with other buckets would need a second `t5_bias` table",
                         e.span, env)
             return None
         self.attn.implicit_params["t5_bias"] = table
@@ -503,11 +514,11 @@ class ExprBuilder:
         let = macro.let
         if name in env.expanding:
             chain = " -> ".join(env.expanding[env.expanding.index(name):] + (name,))
-            self._error(f"recursive macro: {chain}", span, env)
+            self._error("E210", f"recursive macro: {chain}", span, env)
             return None
         if let.params is None:
             if args:
-                self._error(f"`{name}` takes no arguments", span, env,
+                self._error("E302", f"`{name}` takes no arguments", span, env,
                             hint=f"write `{name}` without parentheses")
                 return None
             bindings: dict[str, Binding] = {}
@@ -529,7 +540,7 @@ class ExprBuilder:
             binding = bindings[param]
             what = float_argument(binding.expr, self.lets)
             if what is not None:
-                self._error(f"`{name}` needs a whole number for `{param}`, got {what}",
+                self._error("E305", f"`{name}` needs a whole number for `{param}`, got {what}",
                             binding.expr.span, binding.env, hint=_whole_number_hint(what))
                 found = True
         return found
@@ -541,14 +552,14 @@ class ExprBuilder:
         positional = [a for a in call.args if a.name is None]
         keywords = [a for a in call.args if a.name is not None]
         if len(positional) > len(params):
-            self._error(f"`{name}` takes {len(params)} argument(s), got {len(call.args)}",
+            self._error("E302", f"`{name}` takes {len(params)} argument(s), got {len(call.args)}",
                         call.span, env, hint=f"`{signature}`")
             return None
         bound = {p: Binding(a.value, env) for p, a in zip(params, positional)}
         for kw in keywords:
             if kw.name not in params or kw.name in bound:
                 problem = "unknown" if kw.name not in params else "repeated"
-                self._error(f"{problem} argument `{kw.name}` for `{name}`", kw.span, env,
+                self._error("E205", f"{problem} argument `{kw.name}` for `{name}`", kw.span, env,
                             hint=did_you_mean(kw.name, params) or f"`{signature}`")
                 return None
             bound[kw.name] = Binding(kw.value, env)
@@ -557,7 +568,7 @@ class ExprBuilder:
                 bound[p] = Binding(defaults[p], Env(site=env.where(call.span)))
         missing = [p for p in params if p not in bound]
         if missing:
-            self._error(f"`{name}` takes {len(params)} argument(s), got {len(call.args)}",
+            self._error("E302", f"`{name}` takes {len(params)} argument(s), got {len(call.args)}",
                         call.span, env, hint=f"missing {', '.join(missing)}: `{signature}`")
             return None
         return bound
@@ -596,7 +607,7 @@ def _report_size(size: ExpansionSize, expr: ast.Expr, diags: Diagnostics,
         what = f"`{name}`"
     else:
         site, what = expr, "this expression"
-    diags.error(_too_large_message(what, whole_file), site.span, hint=_TOO_LARGE_HINT)
+    diags.error("E307", _too_large_message(what, whole_file), site.span, hint=_TOO_LARGE_HINT)
 
 
 def _too_large_message(what: str, whole_file: bool) -> str:
