@@ -23,6 +23,7 @@ EMIT_CHOICES = ("py", "ast", "ir", "ir-json", "plan", "plan-json")
 BACKENDS = CHOICES  # "auto" and every backend of the registry
 # verify, bench and the pytest plugin accept the same spellings (attnspec.verify.DTYPES).
 DTYPE_HELP = "float64, float32, bfloat16 (bf16), float16 (fp16)"
+VERIFY_DTYPE, BENCH_DTYPE = "float32", "bf16"  # without --dtype or [tool.attnspec] dtype
 LINKS = ("standalone", "import")  # attnspec.codegen.link.LINKS (kept light: no import here)
 
 # Ranges of the numeric options, named in --help; a value outside is a usage error (exit 2).
@@ -53,6 +54,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 1
     try:
+        args.config = _config(args)
+    except ValueError as e:  # attnspec.config.ConfigError: a bad [tool.attnspec] is a usage error
+        print(f"attnspec: error: {e}", file=sys.stderr)
+        return 2
+    try:
         return args.run(args)
     except KeyboardInterrupt:
         return 130
@@ -62,6 +68,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"attnspec: internal error ({type(e).__name__}: {e}); please report it",
               file=sys.stderr)
         return 2
+
+
+def _config(args):
+    """The `[tool.attnspec]` table nearest the first spec named (the working directory for
+    standard input or none); flags given on the command line override it (attnspec.config)."""
+    from attnspec.config import find_config
+
+    paths = getattr(args, "paths", None) or [getattr(args, "path", None)]
+    first = paths[0] if paths and paths[0] not in (None, STDIN) else None
+    return find_config(first)
 
 
 # --- option types: a bad value is argparse's usage error (exit 2) -------------------------------
@@ -121,6 +137,16 @@ def backend_list(text: str) -> str:
     return ",".join(dict.fromkeys(names))
 
 
+def dtype_name(text: str) -> str:
+    """An argparse `type` for --dtype: one of the spellings verify and bench accept."""
+    from attnspec.config import DTYPE_NAMES
+
+    if text not in DTYPE_NAMES:
+        raise argparse.ArgumentTypeError(f"unknown dtype {text!r}; use one of "
+                                         f"{', '.join(DTYPE_NAMES)}")
+    return text
+
+
 def device_name(text: str) -> str:
     """An argparse `type` for --device: a device string torch parses (cpu, cuda, cuda:1). Whether
     the device exists here is the command's check (exit 1)."""
@@ -157,10 +183,10 @@ def _parser() -> argparse.ArgumentParser:
                        "or name (unknown-name) means, and exit (as `attnspec rule CODE`)")
     check.add_argument("--json", action="store_true", help="print every file's diagnostics "
                        "as JSON on stdout")
-    check.add_argument("--output-format", choices=OUTPUT_FORMATS, default="full",
-                       help="full (default: source line, caret and hint, on stderr); concise "
-                       "(one line each) or github (workflow annotations) on stdout; json as "
-                       "--json")
+    check.add_argument("--output-format", choices=OUTPUT_FORMATS,
+                       help="full (default, or [tool.attnspec] output-format: source line, "
+                       "caret and hint, on stderr); concise (one line each) or github (workflow "
+                       "annotations) on stdout; json as --json")
     check.set_defaults(run=cmd_check)
     rule = sub.add_parser("rule", help="explain diagnostic codes (docs/diagnostics.md)")
     rule.add_argument("codes", nargs="*", metavar="CODE", help="codes (E201) or names "
@@ -171,7 +197,8 @@ def _parser() -> argparse.ArgumentParser:
     comp.add_argument("-o", "--output", help="output file (default: NAME_attn.py beside the "
                       "spec; `-` for stdout); never the spec itself, and its directory must "
                       "exist")
-    comp.add_argument("--backend", choices=BACKENDS, help="the module's default backend")
+    comp.add_argument("--backend", choices=BACKENDS, help="the module's default backend "
+                      "(default: [tool.attnspec] backend, else the spec's `backend`, else auto)")
     comp.add_argument("--link", choices=LINKS, default="standalone",
                       help="how the module reaches attnspec's runtime: standalone (default) "
                       "inlines exactly the helpers it uses and imports only torch and the "
@@ -217,7 +244,8 @@ def _verify_parser(sub) -> None:
     ver.add_argument("--backend", default="all", type=backend_list,
                      help=f"comma-separated backends ({', '.join(BACKENDS)}), or all")
     ver.add_argument("--device", default="cpu", type=device_name, help="cpu, cuda, cuda:N")
-    ver.add_argument("--dtype", default="float32", help=DTYPE_HELP)
+    ver.add_argument("--dtype", type=dtype_name, help=f"{DTYPE_HELP} (default: "
+                     f"[tool.attnspec] dtype, else {VERIFY_DTYPE})")
     ver.add_argument("--json", action="store_true", help="print results as JSON (a spec that "
                      "does not build is a failed entry)")
     ver.add_argument("--junit", metavar="FILE", help="also write JUnit XML to FILE (its "
@@ -235,7 +263,8 @@ def _bench_parser(sub) -> None:
                      "backends (auto included), or all")
     ben.add_argument("--device", default=None, type=device_name,
                      help="cpu, cuda, cuda:N (default: cuda when there is one, else cpu)")
-    ben.add_argument("--dtype", default="bf16", help=DTYPE_HELP)
+    ben.add_argument("--dtype", type=dtype_name, help=f"{DTYPE_HELP} (default: "
+                     f"[tool.attnspec] dtype, else {BENCH_DTYPE})")
     ben.add_argument("--seq", default="8192", type=ints_in(1, MAX_BENCH_SEQ),
                      help=f"comma-separated sequence lengths, each 1..{MAX_BENCH_SEQ}")
     ben.add_argument("--batch", type=int_in(1, MAX_BENCH_BATCH), default=4,
@@ -333,28 +362,35 @@ def _report(diagnostics: list[Diagnostic], source: Source | None) -> None:
 
 
 def _load(path: Path, collect: list | None = None, failures: dict | None = None,
-          tally: Counter | None = None, given: Source | None = None):
+          tally: Counter | None = None, given: Source | None = None, config=None):
     """(source, IR) or (source, None) after printing the diagnostics — or, given `collect`,
     appending them there (as JSON-ready dicts) instead of printing. Given `failures`, a path that
     does not build maps there to its first error (verify reports it as a failed entry). Given
     `tally`, each diagnostic is counted there by severity. `given`: the text, already read
-    (standard input can be read once)."""
+    (standard input can be read once). `config`: the `[tool.attnspec]` settings, whose `ignore`
+    drops warnings and whose `error` makes them errors (then the spec does not build)."""
     from attnspec.compiler import build
+    from attnspec.config import Config
 
     source = None
     tally = Counter() if tally is None else tally
+    config = config or Config()
     try:
         source = given or _read(path)
         warnings: list[Diagnostic] = []
         module = build(source, warnings)
+        warnings = config.apply(warnings)
+        if any(d.severity == "error" for d in warnings):  # a warning promoted by the config
+            raise AttnSpecError(warnings, source)
         _emit_diagnostics(warnings, source, collect)
         tally.update(d.severity for d in warnings)
         return source, module
     except AttnSpecError as e:
-        _emit_diagnostics(e.diagnostics, e.source or source, collect)
-        tally.update(d.severity for d in e.diagnostics)
+        diagnostics = config.apply(e.diagnostics)
+        _emit_diagnostics(diagnostics, e.source or source, collect)
+        tally.update(d.severity for d in diagnostics)
         if failures is not None:
-            failures[path] = _first_error(e.diagnostics)
+            failures[path] = _first_error(diagnostics)
         return source, None
 
 
@@ -407,11 +443,12 @@ def cmd_check(args) -> int:
         return 1
     if args.json:
         args.output_format = "json"
+    args.output_format = args.output_format or args.config.output_format or "full"
     failed, report, total, flagged = 0, [], Counter(), 0
     for path in files:
         diagnostics = [] if args.output_format != "full" else None
         tally: Counter = Counter()
-        _, module = _load(path, diagnostics, tally=tally)
+        _, module = _load(path, diagnostics, tally=tally, config=args.config)
         failed += module is None
         flagged += bool(tally)
         total += tally
@@ -501,7 +538,7 @@ def cmd_compile(args) -> int:
         source = _read(path)
         if args.emit == "ast":
             return _write(_ast_text(parse_source(source)), args.output or "-")
-        _, module = _load(path, given=source)
+        _, module = _load(path, given=source, config=args.config)
         if module is None:
             return 1
         output = args.output or _default_output(path, args.emit)
@@ -530,7 +567,7 @@ def _emit(module, args) -> str:
         return lowered.as_json() if args.emit == "plan-json" else lowered.describe()
     from attnspec.codegen.emit import generate
 
-    return generate(module, args.backend, args.link)
+    return generate(module, args.backend or args.config.backend, args.link)
 
 
 def _default_output(path: Path, emit: str) -> str:
@@ -604,7 +641,7 @@ def cmd_explain(args) -> int:
 
     failed, reports = 0, []
     for path in spec_files(args.paths):
-        _, module = _load(path)
+        _, module = _load(path, config=args.config)
         if module is None:
             failed += 1
         elif args.json:
@@ -620,7 +657,9 @@ def cmd_verify(args) -> int:
     from attnspec.verify import run_cli
 
     failures: dict[Path, str] = {}
-    loaded = [(p, *_load(p, failures=failures)) for p in spec_files(args.paths)]
+    args.dtype = args.dtype or args.config.dtype or VERIFY_DTYPE
+    loaded = [(p, *_load(p, failures=failures, config=args.config))
+              for p in spec_files(args.paths)]
     return run_cli(args, loaded, failures)
 
 
@@ -631,22 +670,23 @@ def cmd_bench(args) -> int:
 
     if args.device is None:  # the device that exists: timing a missing GPU helps nobody
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    args.dtype = args.dtype or args.config.dtype or BENCH_DTYPE
     path = Path(args.path)
-    return run_cli(args, path, *_load(path))
+    return run_cli(args, path, *_load(path, config=args.config))
 
 
 def cmd_mup_check(args) -> int:
     from attnspec.mup_check import run_cli
 
     path = Path(args.path)
-    return run_cli(args, path, *_load(path))
+    return run_cli(args, path, *_load(path, config=args.config))
 
 
 def cmd_show(args) -> int:
     from attnspec.show.cli import run_cli
 
     path = Path(args.path)
-    return run_cli(args, path, *_load(path))
+    return run_cli(args, path, *_load(path, config=args.config))
 
 
 if __name__ == "__main__":

@@ -208,9 +208,10 @@ def test_verify_junit_unwritable_is_a_clear_error(capsys, spec, tmp_path):
     assert code == 1 and "cannot write --junit" in err
 
 
-def test_verify_unknown_dtype_still_exit_1(capsys, spec):
+def test_verify_unknown_dtype_is_a_usage_error(capsys, spec):
+    # A bad option value, like an unknown --backend: exit 2 with the spellings accepted.
     code, _, err = run(capsys, "verify", str(spec), "--dtype", "int8")
-    assert code == 1 and "unknown dtype 'int8'" in err
+    assert code == 2 and "unknown dtype 'int8'; use one of float64" in err
 
 
 # --- compile -o ----------------------------------------------------------------------------------
@@ -457,5 +458,5 @@ def test_check_output_formats(tmp_path, capsys, fmt, expected):
 def test_help_states_defaults(capsys):
     assert main(["verify", "--help"]) == 0
     out = capsys.readouterr().out
-    assert "(default: cpu)" in out and "(default: float32)" in out
+    assert "(default: cpu)" in out and "(default: [tool.attnspec] dtype, else float32)" in out
     assert "(default: False)" not in out  # flags say nothing
