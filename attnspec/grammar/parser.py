@@ -21,6 +21,7 @@ from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput
 from attnspec.cache import cache_dir, open_trusted, write_private
 from attnspec.errors import AttnSpecError, Diagnostic, Source, Span, did_you_mean
 from attnspec.grammar import ast
+from attnspec.grammar.recovery import blank_statement
 from attnspec.ir.scope import ALL_MUP_SETTINGS, ALL_SETTINGS, KEYWORDS
 
 MAX_NESTING = 200  # brackets deeper than this are an error, long before Python's recursion limit
@@ -254,11 +255,17 @@ class _ToAst(Transformer_NonRecursive):
         return tuple(items)
 
 
+# Syntax errors reported per file at most; after an error the parser resumes at the next
+# statement (attnspec.grammar.recovery), so the count is one per broken statement.
+MAX_SYNTAX_ERRORS = 20
+
+
 def parse(text: str, source_name: str = "<spec>") -> ast.File:
-    """Parse spec text; raises `AttnSpecError` with one syntax diagnostic on bad input."""
+    """Parse spec text; raises `AttnSpecError` with every syntax diagnostic on bad input (one
+    per broken statement, at most MAX_SYNTAX_ERRORS)."""
     source = Source(source_name, text)
     try:
-        tree = _parser().parse(text)
+        tree = _parse_tree(text, source)
         deepest = _too_deep(tree)
         if deepest is not None:  # checked before building the AST: that costs more than parsing
             raise AttnSpecError([Diagnostic(
@@ -271,12 +278,49 @@ def parse(text: str, source_name: str = "<spec>") -> ast.File:
     except _TooDeep as e:
         raise _error(source, "E106", f"brackets nested deeper than {MAX_NESTING}",
                      e.token) from None
-    except UnexpectedInput as e:
-        raise AttnSpecError([_syntax_diagnostic(e, text)], source) from None
     except RecursionError:  # not expected: the LALR parser and the transformer are iterative
         raise AttnSpecError([Diagnostic("error", "expression nested too deeply",
                                          code="E106")], source) from None
     return ast.File(tuple(items), source_name)
+
+
+def _parse_tree(text: str, source: Source) -> lark.Tree:
+    """The parse tree, or AttnSpecError with the syntax errors of every broken statement: after
+    each, the statement is blanked out and the text parsed again, until it parses, the error
+    makes no progress (an error at the end of the file) or MAX_SYNTAX_ERRORS are found."""
+    found: list[Diagnostic] = []
+    current, last = text, -1
+    while True:
+        try:
+            tree = _parser().parse(current)
+        except UnexpectedInput as e:
+            found.append(_syntax_diagnostic(e, current))
+            offset = _error_offset(e)
+            if offset is None or offset <= last or len(found) >= MAX_SYNTAX_ERRORS:
+                break
+            current, last = blank_statement(current, offset), offset
+            continue
+        except _TooDeep:
+            if not found:
+                raise
+            break  # the errors before it stand; this one is reported once they are fixed
+        if not found:
+            return tree
+        break
+    raise AttnSpecError(_distinct(found), source)
+
+
+def _error_offset(e: UnexpectedInput) -> int | None:
+    """Where in the text the parser stopped, or None at the end of the file."""
+    token = getattr(e, "token", None)
+    if token is not None:
+        return None if token.type == "$END" else getattr(token, "start_pos", None)
+    return getattr(e, "pos_in_stream", None)
+
+
+def _distinct(diagnostics: list[Diagnostic]) -> list[Diagnostic]:
+    """Each diagnostic once (two broken statements can name one unclosed bracket)."""
+    return list(dict.fromkeys(diagnostics))
 
 
 # The grammar's rules and aliases that become one AST expression node each.
