@@ -18,20 +18,52 @@ from __future__ import annotations
 import json
 import os
 import stat
+import sys
 import tempfile
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import BinaryIO
 
+_POSIX = hasattr(os, "geteuid")  # owners and permission bits to check (not on Windows)
 _WARNED: set[str] = set()  # directories already refused (and warned about) in this process
 
 
+def cache_root(platform: str | None = None, environ: Mapping[str, str] | None = None,
+               home: str | None = None) -> str:
+    """Where the cache directory is: `$ATTNSPEC_CACHE_DIR`, else the platform's user cache
+    directory, as platformdirs' `user_cache_dir("attnspec")` would say (without the dependency):
+
+    - Linux and other Unix: `$XDG_CACHE_HOME/attnspec` (an absolute `$XDG_CACHE_HOME` only, as
+      the XDG spec says), else `~/.cache/attnspec`;
+    - macOS: `~/Library/Caches/attnspec`;
+    - Windows: `%LOCALAPPDATA%\\attnspec\\Cache`, else `~\\AppData\\Local\\attnspec\\Cache`.
+
+    >>> cache_root("darwin", {}, "/Users/ada")
+    '/Users/ada/Library/Caches/attnspec'
+    >>> cache_root("linux", {"XDG_CACHE_HOME": "/var/cache/ada"}, "/home/ada")
+    '/var/cache/ada/attnspec'
+    """
+    platform = platform or sys.platform  # read per call: tests set it
+    environ = os.environ if environ is None else environ
+    if environ.get("ATTNSPEC_CACHE_DIR"):
+        return environ["ATTNSPEC_CACHE_DIR"]
+    home = home or os.path.expanduser("~")
+    if platform == "win32":
+        import ntpath  # Windows paths whatever the platform running this (tests on Linux)
+
+        local = environ.get("LOCALAPPDATA") or ntpath.join(home, "AppData", "Local")
+        return ntpath.join(local, "attnspec", "Cache")
+    if platform == "darwin":
+        return os.path.join(home, "Library", "Caches", "attnspec")
+    xdg = environ.get("XDG_CACHE_HOME", "")
+    return os.path.join(xdg if os.path.isabs(xdg) else os.path.join(home, ".cache"), "attnspec")
+
+
 def cache_dir() -> str | None:
-    """`$ATTNSPEC_CACHE_DIR` (else `$XDG_CACHE_HOME/attnspec`, else `~/.cache/attnspec`),
-    created readable by this user only. None when it cannot be created, or when it exists but
-    is not this user's private directory (then one warning says why and how to fix it)."""
-    root = os.environ.get("ATTNSPEC_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "attnspec")
+    """`cache_root()`, created readable by this user only. None when it cannot be created, or
+    when it exists but is not this user's private directory (then one warning says why and how
+    to fix it)."""
+    root = cache_root()
     try:
         os.makedirs(root, mode=0o700, exist_ok=True)
     except OSError:
@@ -51,6 +83,8 @@ def directory_problem(path: str) -> str | None:
         target = os.stat(path) if stat.S_ISLNK(entry.st_mode) else entry
     except OSError as e:
         return f"it cannot be inspected ({e.strerror})"
+    if not _POSIX:  # Windows: no owners or modes in stat; %LOCALAPPDATA% is per-user by ACL
+        return None if stat.S_ISDIR(target.st_mode) else "it is not a directory"
     for st in (entry, target):
         if st.st_uid != os.geteuid():
             return f"it is owned by uid {st.st_uid}, not by you (uid {os.geteuid()})"
@@ -65,6 +99,8 @@ def file_problem(st: os.stat_result) -> str | None:
     open stays after the directory is fixed; this catches it."""
     if not stat.S_ISREG(st.st_mode):
         return "it is not a regular file"
+    if not _POSIX:
+        return None
     if st.st_uid != os.geteuid():
         return f"it is owned by uid {st.st_uid}, not by you"
     return _mode_problem(st)

@@ -31,3 +31,30 @@ def test_no_cache_when_the_directory_cannot_be_made(tmp_path, monkeypatch):
     monkeypatch.setenv("ATTNSPEC_CACHE_DIR", str(blocker / "sub"))
     assert cache_dir() is None
     assert parser._parser.__wrapped__().parse(TEXT).data == "start"
+
+
+def test_cache_root_per_platform(monkeypatch):
+    """The user cache directory of each platform (platformdirs' answer, resolved by hand)."""
+    from attnspec.cache import cache_root
+
+    monkeypatch.delenv("ATTNSPEC_CACHE_DIR", raising=False)
+    assert cache_root("darwin", {}, "/Users/ada") == "/Users/ada/Library/Caches/attnspec"
+    assert cache_root("win32", {"LOCALAPPDATA": r"C:\Users\ada\AppData\Local"}, r"C:\Users\ada") \
+        == r"C:\Users\ada\AppData\Local\attnspec\Cache"
+    assert cache_root("win32", {}, r"C:\Users\ada") == r"C:\Users\ada\AppData\Local\attnspec\Cache"
+    assert cache_root("linux", {"XDG_CACHE_HOME": "/xdg"}, "/home/ada") == "/xdg/attnspec"
+    assert cache_root("linux", {}, "/home/ada") == "/home/ada/.cache/attnspec"
+    # A relative XDG_CACHE_HOME is ignored, as the XDG spec says.
+    relative = {"XDG_CACHE_HOME": "rel"}
+    assert cache_root("linux", relative, "/home/ada") == "/home/ada/.cache/attnspec"
+    assert cache_root("darwin", {"ATTNSPEC_CACHE_DIR": "/c"}, "/Users/ada") == "/c"
+
+
+def test_cache_dir_uses_the_platform_default(tmp_path, monkeypatch):
+    monkeypatch.delenv("ATTNSPEC_CACHE_DIR", raising=False)
+    monkeypatch.setattr("sys.platform", "darwin")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert cache_dir() == str(tmp_path / "Library" / "Caches" / "attnspec")
+    monkeypatch.setattr("sys.platform", "linux")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache_dir() == str(tmp_path / "xdg" / "attnspec")
