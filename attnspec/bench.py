@@ -274,15 +274,16 @@ def bench_source(text: str, **options) -> list[Timing]:
 
 
 def format_table(rows: Sequence[Timing]) -> str:
+    """One row per timing (rich's table, as plain text)."""
+    from attnspec.console import table
+
     header = ("attention", "backend", "ran", "pass", "B", "S", "ms", "TFLOP/s", "density",
               "mask ms", "peak MiB", "note")
     body = [(r.attention, r.backend, r.ran, r.pass_, str(r.batch), str(r.q_len),
              f"{r.ms:.3f}", f"{r.tflops:.0f}" if r.tflops >= 10 else f"{r.tflops:.2f}",
              f"{r.density:.3f}", "-" if r.block_mask_ms is None else f"{r.block_mask_ms:.3f}",
              f"{r.peak_mib:.0f}", r.note) for r in rows]
-    widths = [max(len(x) for x in col) for col in zip(header, *body)]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip()
-                     for row in (header, *body))
+    return table(header, body)
 
 
 def run_cli(args, path, source, module_ir) -> int:

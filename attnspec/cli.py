@@ -147,6 +147,18 @@ def dtype_name(text: str) -> str:
     return text
 
 
+def group_sizes(text: str) -> str:
+    """An argparse `type` for show's --sizes: `GROUP=N,...` well formed (whether the groups
+    exist is the command's check, per attention)."""
+    from attnspec.show.cli import parse_sizes
+
+    try:
+        parse_sizes(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e).removeprefix("--sizes ")) from None
+    return text
+
+
 def device_name(text: str) -> str:
     """An argparse `type` for --device: a device string torch parses (cpu, cuda, cuda:1). Whether
     the device exists here is the command's check (exit 1)."""
@@ -308,7 +320,8 @@ def _show_parser(sub) -> None:
                       f"most {MAX_SHOW_LEN})")
     show.add_argument("--kv-len", type=length, help=f"key length, 1..{MAX_SHOW_LEN} "
                       f"(default: --q-len)")
-    show.add_argument("--sizes", help="sizes of `*` token groups: GROUP=N,...")
+    show.add_argument("--sizes", type=group_sizes, help="sizes of `*` token groups: "
+                      "GROUP=N,...")
     show.add_argument("--head", type=int_in(0), help="the head to show (default 0); in the "
                       "terminal it also adds a bias summary")
     show.add_argument("--batch-index", type=int_in(0, MAX_SHOW_BATCH_INDEX), default=0,

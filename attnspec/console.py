@@ -1,40 +1,48 @@
-"""Terminal output shared by the commands: colour for diagnostics and a progress bar.
+"""Terminal output shared by the commands, through rich: colour for diagnostics, tables and a
+progress bar.
 
 Colour and live progress only when the stream is a terminal; plain text otherwise (CI logs,
-pipes, files), following the NO_COLOR / FORCE_COLOR conventions (https://no-color.org). The
-live progress bar is rich's when rich is installed, else a one-line bar of our own.
+pipes, files), following the NO_COLOR / FORCE_COLOR conventions (https://no-color.org), which
+rich reads.
 
 Example:
     >>> import io
-    >>> colour_diagnostics("m.attn:1:1: error: oops", io.StringIO())  # not a terminal
-    'm.attn:1:1: error: oops'
-    >>> print(colour_diagnostics("m.attn:1:1: error: oops", force=True))
-    \x1b[1mm.attn:1:1:\x1b[0m \x1b[1;31merror:\x1b[0m oops
+    >>> colour_diagnostics("m.attn:1:1: error[E201]: oops", io.StringIO())  # not a terminal
+    'm.attn:1:1: error[E201]: oops'
+    >>> print(table(("name", "n"), [("a", "1"), ("bb", "22")]))
+    name  n
+    a     1
+    bb    22
 """
 
 from __future__ import annotations
 
-import os
+import io
 import re
 import sys
+from collections.abc import Sequence
 from typing import TextIO
 
-_RESET = "\x1b[0m"
-_STYLES = {"location": "\x1b[1m", "error": "\x1b[1;31m", "warning": "\x1b[1;33m",
-           "caret": "\x1b[1;32m", "hint": "\x1b[36m"}
-_HEAD = re.compile(r"^(?P<loc>\S+:\d+:\d+:) (?P<sev>error|warning)(?P<code>\[[EW]\d{3}\])?:")
-_CARET = re.compile(r"^(\s+)(\^+)$")
-_HINT = re.compile(r"^(\s+)(hint:)")
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+from rich.theme import Theme
+
+# Parts of a formatted diagnostic (errors.Diagnostic.format), each styled by the theme entry of
+# its group's name.
+_THEME = Theme({"location": "bold", "error": "bold red", "warning": "bold yellow",
+                "caret": "bold green", "hint": "cyan"})
+_PARTS = [re.compile(r"^(?P<location>\S+:\d+:\d+:) (?:(?P<error>error(\[\w+\])?:)|"
+                     r"(?P<warning>warning(\[\w+\])?:))"),
+          re.compile(r"^\s+(?P<caret>\^+)$"),
+          re.compile(r"^\s+(?P<hint>hint:)")]
+_WIDE = 1 << 16  # render width: rich must never wrap a diagnostic or a table row
 
 
 def use_colour(stream: TextIO | None = None) -> bool:
     """True when `stream` (default stderr) is a terminal and colour is not turned off."""
-    if os.environ.get("NO_COLOR"):
-        return False
-    if os.environ.get("FORCE_COLOR"):
-        return True
-    stream = stream or sys.stderr
-    return _isatty(stream) and os.environ.get("TERM") != "dumb"
+    console = Console(file=stream or sys.stderr)
+    return console.color_system is not None and not console.no_color
 
 
 def _isatty(stream) -> bool:
@@ -45,43 +53,56 @@ def _isatty(stream) -> bool:
 
 
 def colour_diagnostics(text: str, stream: TextIO | None = None, force: bool = False) -> str:
-    """`text` (formatted diagnostics) with ANSI colours if `stream` wants them (or `force`)."""
+    """`text` (formatted diagnostics) with colours if `stream` wants them (or `force`)."""
     if not (force or use_colour(stream)):
         return text
-    return "\n".join(_colour_line(line) for line in text.split("\n"))
+    styled = Text(text)
+    for pattern in _PARTS:
+        styled.highlight_regex(re.compile(pattern.pattern, re.MULTILINE))
+    return _render(styled, colour=True)
 
 
-def _colour_line(line: str) -> str:
-    head = _HEAD.match(line)
-    if head:
-        sev = head["sev"]
-        label = sev + (head["code"] or "")
-        return (f"{_STYLES['location']}{head['loc']}{_RESET} {_STYLES[sev]}{label}:{_RESET}"
-                + line[head.end():])
-    caret = _CARET.match(line)
-    if caret:
-        return f"{caret[1]}{_STYLES['caret']}{caret[2]}{_RESET}"
-    hint = _HINT.match(line)
-    if hint:
-        return f"{hint[1]}{_STYLES['hint']}{hint[2]}{_RESET}" + line[hint.end():]
-    return line
+def table(header: Sequence[str], rows: Sequence[Sequence[str]],
+          stream: TextIO | None = None, right: int = 0) -> str:
+    """`rows` under `header` as aligned text columns two spaces apart (trailing blanks cut), the
+    header bold when `stream` is a terminal that wants colour; the columns from index `right`
+    on (numbers) right-justified when `right` > 0."""
+    grid = Table(box=None, padding=(0, 1), pad_edge=False, show_edge=False,
+                 header_style="bold" if stream is not None and use_colour(stream) else "")
+    for index, name in enumerate(header):
+        justify = "right" if 0 < right <= index else "left"
+        grid.add_column(name, no_wrap=True, justify=justify)
+    for row in rows:
+        grid.add_row(*(str(cell) for cell in row))
+    colour = stream is not None and use_colour(stream)
+    lines = _render(grid, colour).rstrip("\n").split("\n")
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def _render(renderable, colour: bool) -> str:
+    out = io.StringIO()
+    console = Console(file=out, width=_WIDE, theme=_THEME, highlight=False,
+                      force_terminal=colour, no_color=not colour,
+                      color_system="standard" if colour else None)
+    console.print(renderable, end="", soft_wrap=True)
+    return out.getvalue()
 
 
 class Progress:
     """Progress over `total` steps on stderr: `progress(what)` marks one step done.
 
-    On a terminal: rich's live bar (or a one-line bar rewritten in place without rich);
-    elsewhere a plain line per step, so CI logs show where a long run is. Use as a context
-    manager or call `close()`; `quiet=True` prints nothing; `use_rich=False` keeps our own bar.
+    On a terminal: rich's live bar; elsewhere a plain line per step (`[####....] 2/4 what`), so
+    CI logs show where a long run is. Use as a context manager or call `close()`; `quiet=True`
+    prints nothing.
     """
 
     def __init__(self, total: int, stream: TextIO | None = None, label: str = "",
-                 quiet: bool = False, use_rich: bool = True):
+                 quiet: bool = False):
         self.total, self.done, self.label = total, 0, label
         self.stream = stream or sys.stderr
         self.quiet = quiet
         self.live = not quiet and _isatty(self.stream)
-        self._rich = _rich_bar(self.stream, total, label) if self.live and use_rich else None
+        self._rich = _rich_bar(self.stream, total, label) if self.live else None
 
     def __call__(self, what: str) -> None:
         self.done += 1
@@ -93,17 +114,14 @@ class Progress:
             return
         width = 24
         filled = width * (self.done - 1) // max(self.total, 1)
-        line = f"[{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total} {what}"
-        self.stream.write(f"\r{line[:100]:<100}" if self.live else line + "\n")
+        self.stream.write(f"[{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total} "
+                          f"{what}\n")
         self.stream.flush()
 
     def close(self) -> None:
         if self._rich is not None:
             self._rich[0].stop()
             self._rich = None
-        elif self.live:
-            self.stream.write("\r" + " " * 100 + "\r")
-            self.stream.flush()
 
     def __enter__(self) -> Progress:
         return self
@@ -113,18 +131,15 @@ class Progress:
 
 
 def _rich_bar(stream: TextIO, total: int, label: str):
-    """(rich Progress, task id), started; None when rich is not installed."""
-    try:
-        from rich.console import Console
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-        )
-    except ImportError:
-        return None
+    """(rich Progress, task id), started."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
     bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                    TimeElapsedColumn(), console=Console(file=stream), transient=True)
     task = bar.add_task(label, total=total)

@@ -308,25 +308,25 @@ def _coord_check(attn, cls, widths, steps, lr, seed, batch, seq, backend, spec_n
 # --- output ------------------------------------------------------------------------------------
 def format_table(check: CoordCheck) -> str:
     """The shapes per width, then per quantity a (parametrization, step) x width table of mean |x|
-    with the largest/smallest width ratio of each row."""
+    with the largest/smallest width ratio of each row (rich's tables, as plain text)."""
+    from attnspec.console import table
+
     w = check.widths
-    lines = [f"muP coordinate check: {check.attention} ({check.spec}), base_dim {check.base_dim}, "
-             f"Adam lr {check.lr:g}, {check.steps} steps, batch {check.batch} x seq {check.seq}, "
-             f"seed {check.seed}",
-             "width     " + "".join(f"{x:>10}" for x in w),
-             "heads     " + "".join(f"{x:>10}" for x in check.heads),
-             "head_dim  " + "".join(f"{x:>10}" for x in check.head_dims),
-             "m         " + "".join(f"{x / check.base_dim:>10.3g}" for x in w)]
+    title = (f"muP coordinate check: {check.attention} ({check.spec}), base_dim "
+             f"{check.base_dim}, Adam lr {check.lr:g}, {check.steps} steps, batch {check.batch} "
+             f"x seq {check.seq}, seed {check.seed}")
+    shapes = table(["width", *map(str, w)],
+                   [["heads", *map(str, check.heads)], ["head_dim", *map(str, check.head_dims)],
+                    ["m", *(f"{x / check.base_dim:.3g}" for x in w)]], right=1)
+    lines = [title, shapes]
     notes = {"logits": " (scale * q.k of the projections, before qk_norm/rope/bias/mask)",
              "out": " (o_proj output)", "q": " (q_proj output)", "k": " (k_proj output)"}
     for q in QUANTITIES:
+        rows = [[LABELS[p], str(step), *(f"{x:.4g}" for x in row),
+                 f"{check.ratio(p, q, step):.3g}"]
+                for p in PARAMETRIZATIONS for step, row in enumerate(check.mean_abs[p][q])]
         lines += ["", f"mean |{q}|{notes[q]}",
-                  "param step" + "".join(f"{x:>10}" for x in w) + f"{'ratio':>10}"]
-        for p in PARAMETRIZATIONS:
-            for step, row in enumerate(check.mean_abs[p][q]):
-                ratio = check.ratio(p, q, step)
-                lines.append(f"{LABELS[p]:<5} {step:>4}" + "".join(f"{x:>10.4g}" for x in row)
-                             + f"{ratio:>10.3g}")
+                  table(["param", "step", *map(str, w), "ratio"], rows, right=1)]
     lines += ["", f"ratio = mean |x| at width {w[-1]} / at width {w[0]}: about 1 under muP "
               f"(flat), growing with width under SP"]
     return "\n".join(lines)

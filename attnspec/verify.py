@@ -380,14 +380,15 @@ def _safe_check(attn, cls, backend, case, dtype, device, seed, spec_name) -> Res
 
 
 def format_table(results: list[Result]) -> str:
+    """One row per check (rich's table, as plain text) and a summary line."""
+    from attnspec.console import table
+
     header = ("spec", "attention", "backend", "case", "ratio", "result")
     rows = [(r.spec, r.attention, r.backend, r.case,
              "-" if r.refused else f"{r.worst_ratio:.3f}",
              r.status if r.ok and not r.refused else f"{r.status} {r.worst_tensor} {r.detail}"
              .replace("  ", " ").strip()) for r in results]
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
-    lines = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip()
-             for row in (header, *rows)]
+    lines = [table(header, rows)]
     failed = sum(not r.ok for r in results)
     refused = sum(r.refused for r in results)
     lines.append(f"{len(results) - failed - refused} passed, {failed} failed"
@@ -398,8 +399,11 @@ def format_table(results: list[Result]) -> str:
 def junit_xml(results: list[Result]) -> str:
     """JUnit XML (one testcase per spec x attention x backend x case, and one per spec that does
     not build) for CI dashboards."""
+    # The attributes CI tools read (Jenkins, GitLab, GitHub test reporters): the counts on the
+    # suite (`errors` is 0: a crashed check is a failure), classname and name per testcase, a
+    # <failure message=...> with the detail as text, <skipped message=...> for refusals.
     suite = ET.Element("testsuite", name="attnspec verify", tests=str(len(results)),
-                       failures=str(sum(not r.ok for r in results)),
+                       failures=str(sum(not r.ok for r in results)), errors="0",
                        skipped=str(sum(r.refused for r in results)))
     for r in results:
         built = r.backend != BUILD

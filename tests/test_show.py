@@ -245,7 +245,6 @@ def test_without_matplotlib_a_picture_is_a_clean_error(tmp_path, capsys, monkeyp
 @pytest.mark.parametrize("argv,message", [
     (["--name", "bigbird"], "no attention 'bigbird' (did you mean 'BigBird'?)"),
     (["--head", "8"], "head must be in [0, 8)"),
-    (["--sizes", "a=x"], "--sizes takes GROUP=N"),
 ])
 def test_errors(argv, message, capsys):
     code = main(["show", str(ROOT / "specs/local_strided_bigbird.attn"), "--q-len", "64",
@@ -257,6 +256,7 @@ def test_errors(argv, message, capsys):
 @pytest.mark.parametrize("argv,message", [
     (["--block", "0"], "argument --block: must be in 1..32768"),
     (["--q-len", "0"], "argument --q-len: must be in 1..32768"),
+    (["--sizes", "a=x"], "argument --sizes: takes GROUP=N"),
 ])
 def test_usage_errors(argv, message, capsys):
     code = main(["show", str(ROOT / "specs/local_strided_bigbird.attn"), *argv])
