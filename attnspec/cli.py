@@ -35,6 +35,7 @@ MAX_SEED = 2**31 - 1 - SEED_MARGIN
 MAX_SHOW_LEN = 32768
 MAX_SHOW_BATCH_INDEX = 7
 MAX_SHOW_WIDTH = 10_000
+BIAS_VIEWS = ("head", "mean", "per-head")  # show --bias
 MAX_MUP_WIDTH = 4096  # four [w, w] projections plus Adam state per width: ~1 GB at 4096
 MAX_MUP_STEPS = 10_000
 MAX_MUP_BATCH = 64
@@ -324,6 +325,10 @@ def _show_parser(sub) -> None:
                       "GROUP=N,...")
     show.add_argument("--head", type=int_in(0), help="the head to show (default 0); in the "
                       "terminal it also adds a bias summary")
+    show.add_argument("--bias", choices=BIAS_VIEWS, default="head", help="the bias panel: "
+                      "head (one head, --head), mean (the mean over heads) or per-head (a grid "
+                      "of heads, each on its own scale: ALiBi's slopes differ by 2^8 across "
+                      "heads); mean and per-head add the bias summary in the terminal too")
     show.add_argument("--batch-index", type=int_in(0, MAX_SHOW_BATCH_INDEX), default=0,
                       help=f"the batch row to show, 0..{MAX_SHOW_BATCH_INDEX}")
     show.add_argument("--block", type=length, default=128, help=f"block size of the sparsity "

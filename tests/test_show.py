@@ -304,3 +304,51 @@ def test_text_lists_every_group_name_in_full(capsys):
     out = capsys.readouterr().out
     for name in ("surface_anchors", "surface_queries", "volume_anchors", "volume_queries"):
         assert name in out.split("groups:", 1)[1]
+
+
+# --- --bias per-head | mean: ALiBi's slopes span 2^8 across heads -----------------------------
+ALIBI_SOFTCAP = ("attention A {\n heads = 4\n head_dim = 8\n mask causal\n bias alibi\n"
+                 " score = softcap(score, 5.0)\n}\n")
+
+
+def test_mean_bias_is_the_mean_of_the_heads():
+    attn = attnspec.build(ALIBI_SOFTCAP).attentions[0]
+    heads = show.bias_per_head(attn, 12, 12, cell=2)
+    assert [b.head for b in heads] == [0, 1, 2, 3]
+    mean = show.mean_bias(heads)
+    stacked = torch.stack([b.offset for b in heads])
+    kept = ~stacked[0].isnan()
+    assert torch.allclose(mean.offset[kept], stacked.mean(0)[kept])
+    assert torch.equal(mean.offset.isnan(), ~kept) and mean.gain is not None
+    assert mean.label == "mean over 4 heads" and mean.stats()["over_heads"] == 4
+
+
+def test_per_head_text_has_a_line_per_head_on_its_own_scale(tmp_path, capsys):
+    spec = tmp_path / "a.attn"
+    spec.write_text(ALIBI_SOFTCAP)
+    assert main(["show", str(spec), "--q-len", "32", "--width", "60", "--bias", "per-head"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    start = next(i for i, line in enumerate(lines) if "per head" in line)
+    rows = lines[start + 1:start + 5]
+    assert [row.split()[0] for row in rows] == ["h=0", "h=1", "h=2", "h=3"]
+    scales = [row.split()[-1] for row in rows]  # min..max per head: they differ
+    assert len(set(scales)) == 4 and all(".." in s for s in scales)
+
+
+def test_bias_views_in_json(tmp_path, capsys):
+    spec = tmp_path / "a.attn"
+    spec.write_text(ALIBI_SOFTCAP)
+    assert main(["show", str(spec), "--q-len", "16", "--json", "--bias", "per-head"]) == 0
+    (report,) = json.loads(capsys.readouterr().out)
+    assert [b["head"] for b in report["bias"]] == [0, 1, 2, 3]
+    assert main(["show", str(spec), "--q-len", "16", "--json", "--bias", "mean"]) == 0
+    (report,) = json.loads(capsys.readouterr().out)
+    assert report["bias"]["over_heads"] == 4
+
+
+def test_per_head_picture_is_a_grid_beside_the_mask(tmp_path):
+    pytest.importorskip("matplotlib")
+    attn = attnspec.build(ALIBI_SOFTCAP).attentions[0]
+    pic = show.mask_picture(attn, 16, 16, block=8)
+    fig = show.plot_mask(pic, show.bias_per_head(attn, 16, 16))
+    assert len(fig.subfigs) == 2 and len(fig.subfigs[1].axes) >= 4

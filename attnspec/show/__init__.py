@@ -36,11 +36,13 @@ from attnspec.show.pictures import (
     WindowInterpreter,
     attention_ir,
     attention_weights,
+    bias_per_head,
     bias_picture,
     cell_centres,
     cell_means,
     make_frame,
     mask_picture,
+    mean_bias,
     random_state,
     random_weights,
     show_inputs,
@@ -59,6 +61,7 @@ from attnspec.show.text import (
 
 _PLOT = ("plot_mask", "plot_weights", "save", "INSTALL_HINT")
 __all__ = ["MaskPicture", "BiasPicture", "WindowInterpreter", "mask_picture", "bias_picture",
+           "bias_per_head", "mean_bias",
            "attention_weights", "render_mask", "render_weights", "show_inputs", "show_lengths",
            "random_state", "random_weights", "text_cell", "cell_means", "run_cli",
            "make_frame", "window_mask", "cell_centres", "attention_ir", "weights_as_dict",

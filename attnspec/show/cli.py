@@ -15,9 +15,11 @@ from attnspec.ir import nodes as ir
 from attnspec.show.pictures import (
     BiasPicture,
     MaskPicture,
+    bias_per_head,
     bias_picture,
     make_frame,
     mask_picture,
+    mean_bias,
     random_state,
     random_weights,
     show_inputs,
@@ -173,7 +175,7 @@ def _show_one(attn: ir.AttentionIR, args, py_module, output: str | None) -> str 
     if output:
         _save_mask(pic, bias, output)
     if args.json:
-        return {**pic.as_dict(), **({"bias": bias.stats()} if bias is not None else {})}
+        return {**pic.as_dict(), **({"bias": _bias_stats(bias)} if bias is not None else {})}
     if output:
         return ""
     return render_mask(pic, bias, ascii=args.ascii or wants_ascii(),
@@ -182,18 +184,27 @@ def _show_one(attn: ir.AttentionIR, args, py_module, output: str | None) -> str 
 
 def _mask_and_bias(attn: ir.AttentionIR, args, lengths: tuple[int, int],
                    tile: tuple[int, int], inputs: Mapping[str, Tensor],
-                   sizes: Mapping[str, int], plotting: bool
-                   ) -> tuple[MaskPicture, BiasPicture | None]:
-    """The mask picture and, with `--head` or for a picture of a spec with a score pipeline,
-    the bias picture (params random, seeded by `--seed`)."""
+                   sizes: Mapping[str, int], plotting: bool):
+    """The mask picture and, with `--head`, `--bias mean|per-head` or for a picture of a spec
+    with a score pipeline, the bias: one head's picture, their mean, or a list per head (params
+    random, seeded by `--seed`)."""
     head = args.head if args.head is not None else 0
-    common = {"cell": tile, "batch_index": args.batch_index, "head": head, "inputs": inputs,
+    common = {"cell": tile, "batch_index": args.batch_index, "inputs": inputs,
               "sizes": sizes or None}
-    pic = mask_picture(attn, *lengths, block=args.block, **common)
+    pic = mask_picture(attn, *lengths, block=args.block, head=head, **common)
+    view = getattr(args, "bias", "head")
+    want_bias = args.head is not None or view != "head" or (plotting and attn.pipeline)
+    if not want_bias:
+        return pic, None
     state = random_state(attn, args.seed)
-    want_bias = args.head is not None or (plotting and attn.pipeline)
-    bias = bias_picture(attn, *lengths, state=state, **common) if want_bias else None
-    return pic, bias
+    if view == "head":
+        return pic, bias_picture(attn, *lengths, state=state, head=head, **common)
+    heads = bias_per_head(attn, *lengths, state=state, **common)
+    return pic, mean_bias(heads) if view == "mean" else heads
+
+
+def _bias_stats(bias: BiasPicture | list[BiasPicture]) -> dict | list[dict]:
+    return bias.stats() if isinstance(bias, BiasPicture) else [b.stats() for b in bias]
 
 
 def _show_weights(attn: ir.AttentionIR, weights: Tensor, args,

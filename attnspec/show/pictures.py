@@ -28,7 +28,7 @@ from __future__ import annotations
 import inspect
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache, partial
 
 import torch
@@ -40,7 +40,8 @@ from attnspec.ir import nodes as ir
 from attnspec.ir.consts import eval_const, resolve_settings
 
 __all__ = ["MaskPicture", "BiasPicture", "WindowInterpreter", "make_frame", "window_mask",
-           "mask_picture", "cell_centres", "bias_picture", "show_lengths", "show_inputs",
+           "mask_picture", "cell_centres", "bias_picture", "bias_per_head", "mean_bias",
+           "show_lengths", "show_inputs",
            "random_state", "attention_weights", "attention_ir", "random_weights", "cell_means",
            "weights_as_dict", "CHUNK", "MAX_EDGE_ENTRIES", "MAX_WEIGHT_ENTRIES", "DEFAULT_LEN",
            "DEFAULT_WEIGHTS_LEN", "OPEN_GROUP"]
@@ -122,10 +123,18 @@ class BiasPicture:
     offset: Tensor  # float64 [rows, cols]
     gain: Tensor | None
     steps: int  # pipeline steps (0: nothing added)
+    # Heads averaged into this picture (`mean_bias`); 0 for one head's picture.
+    over_heads: int = 0
+
+    @property
+    def label(self) -> str:
+        """`head 3`, or `mean over 8 heads`."""
+        return f"mean over {self.over_heads} heads" if self.over_heads else f"head {self.head}"
 
     def stats(self) -> dict:
         """min / max / mean of `offset` (and `gain`) over the kept sampled entries."""
-        out = {"head": self.head, "steps": self.steps, "offset": _stats(self.offset)}
+        head = {"over_heads": self.over_heads} if self.over_heads else {"head": self.head}
+        out = {**head, "steps": self.steps, "offset": _stats(self.offset)}
         if self.gain is not None:
             out["gain"] = _stats(self.gain)
         return out
@@ -317,6 +326,33 @@ def bias_picture(attn: ir.AttentionIR, q_len: int, kv_len: int, *,
     if gain is not None:
         gain = torch.where(kept, gain, nan)
     return BiasPicture(attn.name, head, qs, ks, offset, gain, len(attn.pipeline))
+
+
+def bias_per_head(attn: ir.AttentionIR, q_len: int, kv_len: int, **options) -> list[BiasPicture]:
+    """`bias_picture` of every head (ALiBi's slopes differ by 2^8 between the first and the last
+    head: one head's colour scale hides the others). `options` as for `bias_picture`, less
+    `head`."""
+    heads = resolve_settings(attn, options.get("overrides"))["heads"]
+    return [bias_picture(attn, q_len, kv_len, head=h, **options) for h in range(heads)]
+
+
+def mean_bias(pictures: Sequence[BiasPicture]) -> BiasPicture:
+    """The mean over heads of `pictures` (of one attention and cell): an entry masked in every
+    head stays NaN, one kept in some heads is their mean.
+
+    >>> import attnspec
+    >>> attn = attnspec.build("attention A {\\n heads = 2\\n head_dim = 8\\n mask causal\\n"
+    ...                       " bias alibi\\n}").attentions[0]
+    >>> mean = mean_bias(bias_per_head(attn, 3, 3))
+    >>> mean.label, mean.offset[2].tolist()
+    ('mean over 2 heads', [-0.06640625, -0.033203125, 0.0])
+    """
+    first = pictures[0]
+    gain = None
+    if first.gain is not None:
+        gain = torch.nanmean(torch.stack([p.gain for p in pictures]), 0)
+    offset = torch.nanmean(torch.stack([p.offset for p in pictures]), 0)
+    return replace(first, head=-1, offset=offset, gain=gain, over_heads=len(pictures))
 
 
 def _gain(out: Tensor, score: Tensor) -> Tensor:

@@ -75,21 +75,44 @@ def save(fig, path: str | Path) -> Path:
 
 
 # --- the mask ----------------------------------------------------------------------------------
-def plot_mask(pic: MaskPicture, bias: BiasPicture | None = None, title: str | None = None):
+def plot_mask(pic: MaskPicture, bias: BiasPicture | Sequence[BiasPicture] | None = None,
+              title: str | None = None):
     """A figure with the mask (dark = kept; grey = a tile partly kept), its blocks tinted by
     class with a legend of counts, token-group boundaries as lines with the names on the top
     and right axes, and — given `bias` — the bias at q·k = 0 and, for `score = ...` steps, the
-    gain, with masked entries blank."""
+    gain, with masked entries blank. Given one bias picture per head (`bias_per_head`): a grid
+    of them beside the mask, each with its own colour scale."""
+    if bias is not None and not isinstance(bias, BiasPicture):
+        return _plot_mask_and_heads(pic, list(bias), title)
     panels = 1 + (bias is not None and bias.steps > 0) + (bias is not None and
                                                          bias.gain is not None)
     fig = _figure(PANEL[0] * panels, PANEL[1])
     axes = fig.subplots(1, panels, squeeze=False)[0]
     _draw_mask(axes[0], pic, title)
     if panels > 1:
-        _draw_values(fig, axes[1], bias.offset, pic, f"bias at q·k = 0 (head {bias.head})")
+        _draw_values(fig, axes[1], bias.offset, pic, f"bias at q·k = 0 ({bias.label})")
     if panels > 2:
         _draw_values(fig, axes[2], bias.gain, pic,
-                     f"gain d score / d(scale·q·k) at 0 (head {bias.head})")
+                     f"gain d score / d(scale·q·k) at 0 ({bias.label})")
+    return fig
+
+
+def _plot_mask_and_heads(pic: MaskPicture, biases: list[BiasPicture], title: str | None):
+    """The mask panel, and beside it a grid of the heads' bias panels (square-ish)."""
+    if not biases or not biases[0].steps:
+        return plot_mask(pic, None, title)
+    ncols = math.ceil(math.sqrt(len(biases)))
+    nrows = math.ceil(len(biases) / ncols)
+    grid_width = HEAD_PANEL * ncols
+    fig = _figure(PANEL[0] + grid_width, max(PANEL[1], HEAD_PANEL * nrows))
+    left, right = fig.subfigures(1, 2, width_ratios=(PANEL[0], grid_width))
+    _draw_mask(left.subplots(), pic, title)
+    axes = right.subplots(nrows, ncols, squeeze=False).ravel()
+    for ax, bias in zip(axes, biases):
+        _draw_values(right, ax, bias.offset, pic, f"head {bias.head}", names=False)
+    for ax in axes[len(biases):]:
+        ax.set_axis_off()
+    right.suptitle("bias at q·k = 0 per head (each on its own scale)", fontsize="medium")
     return fig
 
 
@@ -123,13 +146,13 @@ def _draw_mask(ax, pic: MaskPicture, title: str | None) -> None:
                  f"{pic.q_len} x {pic.kv_len}, density {pic.density:.1%}", fontsize="medium")
 
 
-def _frame_axes(ax, pic: MaskPicture) -> None:
-    """Limits in positions, axis labels, group boundaries and names."""
+def _frame_axes(ax, pic: MaskPicture, names: bool = True) -> None:
+    """Limits in positions, axis labels, group boundaries and (with `names`) their names."""
     ax.set_xlim(0, pic.kv_len)
     ax.set_ylim(pic.q_len, 0)
     ax.set_xlabel("key position")
     ax.set_ylabel("query position")
-    _draw_groups(ax, pic.groups)
+    _draw_groups(ax, pic.groups, names)
 
 
 def _draw_groups(ax, groups: Mapping[str, tuple[int, int]], names: bool = True) -> None:
@@ -149,7 +172,8 @@ def _draw_groups(ax, groups: Mapping[str, tuple[int, int]], names: bool = True) 
                      va="center")
 
 
-def _draw_values(fig, ax, values: Tensor, pic: MaskPicture, title: str) -> None:
+def _draw_values(fig, ax, values: Tensor, pic: MaskPicture, title: str,
+                 names: bool = True) -> None:
     from matplotlib import colormaps
 
     cmap = colormaps["viridis"].with_extremes(bad="white")  # masked entries: blank
@@ -159,7 +183,7 @@ def _draw_values(fig, ax, values: Tensor, pic: MaskPicture, title: str) -> None:
         lo, hi = lo - 0.5, hi + 0.5  # a constant: keep the colour bar readable
     image = ax.imshow(values.numpy(), cmap=cmap, vmin=lo, vmax=hi, interpolation="nearest",
                       extent=(0, pic.kv_len, pic.q_len, 0), aspect="auto")
-    _frame_axes(ax, pic)
+    _frame_axes(ax, pic, names)
     fig.colorbar(image, ax=ax, location="bottom", shrink=0.8)
     ax.set_title(title, fontsize="medium")
 

@@ -153,12 +153,13 @@ def _cells_text(grid: _Grid, chars: list[list[str]], labels: list[str], seps: st
     return lines
 
 
-def render_mask(pic: MaskPicture, bias: BiasPicture | None = None, *, ascii: bool = False,
-                title: str | None = None) -> str:
+def render_mask(pic: MaskPicture, bias: BiasPicture | Sequence[BiasPicture] | None = None, *,
+                ascii: bool = False, title: str | None = None) -> str:
     """The mask as text: one character per tile of `pic.q_cell` queries × `pic.k_cell` keys
     (all / some / none kept), token-group boundaries as lines with the names on the axes, the
-    block-sparsity counts and, given `bias`, a compact bias summary. Choose the tile with
-    `text_cell` to fit a terminal width."""
+    block-sparsity counts and, given `bias`, a compact bias summary (given one picture per head,
+    a line per head, each on its own scale). Choose the tile with `text_cell` to fit a terminal
+    width."""
     full, part, empty, *seps = _CHARS["ascii" if ascii else "unicode"]
     grid = _grid(pic)
     area = pic.cell_areas
@@ -172,8 +173,10 @@ def render_mask(pic: MaskPicture, bias: BiasPicture | None = None, *, ascii: boo
     lines += _group_lines(pic.groups)
     lines.append(f"legend: {full} all kept  {part} some kept  {empty} none kept")
     lines += _blocks_lines(pic)
-    if bias is not None:
+    if isinstance(bias, BiasPicture):
         lines += _bias_lines(bias, grid, ascii, seps[0])
+    elif bias:
+        lines += _per_head_lines(bias, grid, ascii, seps[0])
     return "\n".join(lines) + "\n"
 
 
@@ -189,17 +192,45 @@ def _bias_lines(bias: BiasPicture, grid: _Grid, ascii: bool, vbar: str) -> list[
     """Statistics of the offset (and gain) and the offset of the middle sampled query across
     the keys, aligned with the picture's columns."""
     if not bias.steps:
-        return [f"bias (head {bias.head}): none, the attention has no bias or score steps"]
+        return [f"bias ({bias.label}): none, the attention has no bias or score steps"]
     stats = bias.stats()
     row = len(bias.qs) // 2
-    spark = _spark(bias.offset[row], ascii)
-    spark = "".join((vbar if c in grid.col_seps else "") + ch for c, ch in enumerate(spark))
-    lines = [f"bias at q.k = 0 (head {bias.head}; one sample per char, kept entries):",
+    lines = [f"bias at q.k = 0 ({bias.label}; one sample per char, kept entries):",
              f"  {_fmt_stats(stats['offset'])}",
-             f"{'q=' + str(int(bias.qs[row])):>{grid.margin}} {spark}".rstrip()]
+             f"{'q=' + str(int(bias.qs[row])):>{grid.margin}} "
+             f"{_spark_row(bias.offset[row], grid, ascii, vbar)}".rstrip()]
     if bias.gain is not None:
         lines += ["gain d score / d(scale*q.k) at 0:", f"  {_fmt_stats(stats['gain'])}"]
     return lines
+
+
+def _per_head_lines(biases: Sequence[BiasPicture], grid: _Grid, ascii: bool,
+                    vbar: str) -> list[str]:
+    """One line per head: the offset of the middle sampled query across the keys, each head on
+    its own scale (its min and max after it), so no head's range hides another's."""
+    first = biases[0]
+    if not first.steps:
+        return ["bias (every head): none, the attention has no bias or score steps"]
+    row = len(first.qs) // 2
+    lines = [f"bias at q.k = 0 per head, query q={int(first.qs[row])} (one sample per char; "
+             f"each head on its own scale, min..max after it):"]
+    for bias in biases:
+        stats = _stats_of(bias.offset[row])
+        scale = f"  {stats[0]:.3g}..{stats[1]:.3g}" if stats else ""
+        lines.append(f"{'h=' + str(bias.head):>{grid.margin}} "
+                     f"{_spark_row(bias.offset[row], grid, ascii, vbar)}{scale}".rstrip())
+    return lines
+
+
+def _stats_of(values: Tensor) -> tuple[float, float] | None:
+    kept = values[~values.isnan()]
+    return (float(kept.min()), float(kept.max())) if kept.numel() else None
+
+
+def _spark_row(values: Tensor, grid: _Grid, ascii: bool, vbar: str) -> str:
+    """`_spark` of `values` with the picture's group separators, aligned with its columns."""
+    spark = _spark(values, ascii)
+    return "".join((vbar if c in grid.col_seps else "") + ch for c, ch in enumerate(spark))
 
 
 def _fmt_stats(stats: dict | None) -> str:
