@@ -122,10 +122,14 @@ KEYS = {
 
 
 def parse_config(text: str, path: str = FILE_NAME) -> Config | None:
-    """The `[tool.attnspec]` table of pyproject text, or None when it has none."""
+    """The `[tool.attnspec]` table of pyproject text, or None when it has none. Invalid TOML is
+    an error only in a file that mentions `tool.attnspec`: another project's broken
+    pyproject.toml above the spec is none of attnspec's business."""
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
+        if "attnspec" not in text:
+            return None
         raise ConfigError(f"{path}: not valid TOML: {e}") from None
     table = data.get("tool", {}).get("attnspec")
     if table is None:

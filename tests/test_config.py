@@ -94,3 +94,9 @@ def test_the_dtype_default_comes_from_the_table(tmp_path, monkeypatch):
 def test_an_unknown_dtype_flag_is_a_usage_error(capsys):
     assert main(["verify", "x.attn", "--dtype", "half"]) == 2
     assert "unknown dtype 'half'; use one of float64, float32" in capsys.readouterr().err
+
+
+def test_invalid_toml_is_an_error_only_where_it_concerns_attnspec():
+    assert parse_config("[project\nname = 1", "pyproject.toml") is None
+    with pytest.raises(ConfigError, match="pyproject.toml: not valid TOML"):
+        parse_config("[tool.attnspec]\nbackend = ", "pyproject.toml")
