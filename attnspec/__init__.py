@@ -29,7 +29,8 @@ from pathlib import Path
 from attnspec.errors import AttnSpecError, UnsupportedBackendError
 
 __version__ = "0.1.0"
-__all__ = ["AttnSpecError", "UnsupportedBackendError", "build", "compile", "load", "__version__"]
+__all__ = ["AttnSpecError", "UnsupportedBackendError", "build", "compile", "load", "cp_plan",
+           "cp_reduce_param_grads", "__version__"]
 
 
 def build(path_or_text: str | Path):
@@ -72,6 +73,38 @@ def load(path_or_text: str | Path, backend: str | None = None,
         # by name (again on every load, in case it was removed from sys.modules).
         sys.modules[module.__name__] = module
     return module
+
+
+def cp_plan(group_or_mesh, seq_len: int, balance="head_tail", documents=None):
+    """A context-parallel plan: which positions of a `seq_len` sequence each rank of
+    `group_or_mesh` (a ProcessGroup, a 1-D DeviceMesh, or None: the default group) holds.
+    Pass it as `cp=plan` to any generated module; `plan.shard(t, dim)` / `plan.unshard(t,
+    dim)` cut and rejoin sequences. `balance`: "head_tail", "none", "documents" (with
+    `documents` ids [S]) or W position lists; a generated class's CP_BALANCE suits its mask.
+    The same function is in every generated module (docs/parallel.md).
+
+    Example (on every rank of a torch.distributed job)::
+
+        plan = attnspec.cp_plan(mesh["cp"], 8192, balance=Attention.CP_BALANCE)
+        out_local = attention(plan.shard(q, 2), plan.shard(k, 2), plan.shard(v, 2), cp=plan)
+    """
+    from attnspec.runtime.cp import cp_plan as make
+
+    return make(group_or_mesh, seq_len, balance, documents)
+
+
+def cp_reduce_param_grads(module, plan) -> None:
+    """Sum every parameter gradient of `module` over the plan's group, in place: under context
+    parallelism each rank holds only its rows' part (docs/parallel.md).
+
+    Example (after backward, when no FSDP/DDP wrapper over the cp ranks does it)::
+
+        loss.backward()
+        attnspec.cp_reduce_param_grads(model, plan)
+    """
+    from attnspec.runtime.cp import cp_reduce_param_grads as reduce
+
+    reduce(module, plan)
 
 
 # Modules `load` made, by the full digest of their code (a name carries only part of it).

@@ -30,12 +30,14 @@ def explain_data(attn: ir.AttentionIR | LoweredAttention, source_name: str = "<s
     return {"attention": lowered.attn.name, "mode": lowered.attn.mode,
             "facts": lowered.analysis.describe(), "backends": report,
             "auto": {"cpu": lowered.auto_cpu, "cuda": backend_of(order[0]),
-                     "cuda_order": [{"backend": b, "why": REASONS[b]} for b in order]}}
+                     "cuda_order": [{"backend": b, "why": REASONS[b]} for b in order]},
+            "context_parallel": lowered.as_json(source_name)["context_parallel"]}
 
 
 def explain_attention(attn: ir.AttentionIR | LoweredAttention,
                       source_name: str = "<spec>") -> str:
-    data = explain_data(attn, source_name)
+    lowered = attn if isinstance(attn, LoweredAttention) else lower_attention(attn)
+    data = explain_data(lowered, source_name)
     lines = [f"attention {data['attention']} ({data['mode']} mode)"]
     lines += [f"  {line}" for line in data["facts"]]
     for name, report in data["backends"].items():
@@ -50,7 +52,7 @@ def explain_attention(attn: ir.AttentionIR | LoweredAttention,
     order = [step["backend"] for step in auto["cuda_order"]]
     lines.append(f"  auto on CUDA tries: {' -> '.join(order)} (first that can run the call)")
     lines += [f"    {step['backend']}: {step['why']}" for step in auto["cuda_order"]]
-    return "\n".join(lines)
+    return "\n".join(lines + lowered.describe_cp(source_name))
 
 
 def explain_module(module: ir.ModuleIR) -> str:

@@ -59,7 +59,9 @@ class Backend:
     """One backend's declared facts and its three stages.
 
     `supports(attn, analysis) -> list[Reason]` (empty: it can run the spec),
-    `lower(attn, analysis) -> Plan`, and `emit(attention_emitter, plan, analysis) -> dict`, the
+    `cp_supports(attn, analysis) -> list[Reason]` (empty: it can also run it under context
+    parallelism, docs/parallel.md), `lower(attn, analysis) -> Plan`, and
+    `emit(attention_emitter, plan, analysis) -> dict`, the
     context of its method template `template` (a path under `attnspec/`, holding the macros
     `method(a, p)` and, where `auto` can choose it, `auto_step(a, p)`).
     """
@@ -69,6 +71,7 @@ class Backend:
     devices: tuple[str, ...]
     backward_devices: tuple[str, ...]
     supports: Callable
+    cp_supports: Callable
     lower: Callable
     emit: Callable
     template: str
@@ -76,9 +79,10 @@ class Backend:
     @classmethod
     def of_room(cls, lowering, emit) -> Backend:
         """The backend whose room holds `lowering` (NAME, SUMMARY, DEVICES, BACKWARD_DEVICES,
-        supports, lower), `emit` (emit) and `method.py.jinja` beside them."""
+        supports, cp_supports, lower), `emit` (emit) and `method.py.jinja` beside them."""
         return cls(name=lowering.NAME, summary=lowering.SUMMARY, devices=lowering.DEVICES,
                    backward_devices=lowering.BACKWARD_DEVICES, supports=lowering.supports,
+                   cp_supports=lowering.cp_supports,
                    lower=lowering.lower, emit=emit.emit,
                    template=f"backends/{lowering.NAME}/method.py.jinja")
 

@@ -76,6 +76,19 @@ def order(available: Mapping[str, Plan], device: str) -> tuple[str, ...]:
     return (*first, SDPA_DENSE if sdpa_plan is not None else EAGER)
 
 
+def cp_order(available: Mapping[str, Plan], device: str) -> tuple[str, ...]:
+    """What `backend="auto"` tries under context parallelism, best first, among the backends
+    that run the spec under it (`available`). Each rank attends its rows to all S keys: on CUDA
+    flex first (its BlockMask skips masked tiles; SDPA would need a dense [rows, S] mask for
+    any mask, is_causal included), then SDPA; on CPU as without it (SDPA, or the edge list for
+    graphs). Not measured on GPUs yet (a separate issue): this is the memory argument."""
+    if device == "cuda":
+        preferred = (FLEX, SDPA, EDGES, EAGER)
+    else:
+        preferred = (EDGES, SDPA, EAGER) if EDGES in available else (SDPA, EAGER)
+    return tuple(name for name in preferred if name in available)
+
+
 def first_backend(choices: tuple[str, ...]) -> str:
     """The backend of the first choice ("sdpa-small" -> "sdpa")."""
     return backend_of(choices[0])

@@ -277,6 +277,7 @@ class _AttentionEmitter:
             "absolute": a.absolute_position.kind if a.absolute_position else "",
             "context_doc": ("k and v come from context [B, Sk, context_dim] (required)."
                             if a.cross else "k and v come from x, or from context [B, Sk, dim]."),
+            "edge_inputs": [i.name for i in a.inputs if i.dtype == "edges"],
             "mask": mask, "score": score, **inputs, **self._backends(),
         }
 
@@ -295,7 +296,23 @@ class _AttentionEmitter:
             "default_backend": repr(self.default_backend),
             "default_backend_name": self.default_backend,
             "pass_attend": "".join(f"{n}={n}, " for n in self._argument_names()),
+            **self._cp(),
             "key_valid": self.key_valid(),
+        }
+
+    def _cp(self) -> dict:
+        """Context parallelism's class attributes and the backends `_attend_cp` dispatches to
+        (eager last, without a test: it is always among them when any is)."""
+        lowered = self.lowered
+        refused = {name: tuple(r.format(self.source_name) for r in why)
+                   for name, why in lowered.cp_refusals.items() if why and name in lowered.plans}
+        return {
+            "cp_backends": tuple_literal(list(lowered.cp_backends)),
+            "cp_dispatch": [n for n in lowered.cp_backends if n != REFERENCE],
+            "cp_auto_cpu": repr(lowered.cp_auto_cpu),
+            "cp_auto_cuda": tuple_literal(list(lowered.cp_auto_cuda)),
+            "cp_unsupported": _dict_literal(refused),
+            "cp_balance": repr(lowered.cp_balance),
         }
 
     def key_valid(self) -> str:
@@ -435,7 +452,7 @@ class _AttentionEmitter:
             lines.append(self._input_line(i))
         # The arguments forward() takes, named when an unexpected keyword is given.
         positional = ["x", "context"] if self.layer else ["q", "k", "v"]
-        keywords = tuple_literal(positional + [n.strip(", ") for n in params] + ["sizes"])
+        keywords = tuple_literal(positional + [n.strip(", ") for n in params] + ["sizes", "cp"])
         return {"kwargs": "".join(kwargs), "pass_kwargs": "".join(passes),
                 "attend_params": "".join(params), "input_lines": lines, "keywords": keywords}
 
@@ -467,21 +484,28 @@ class _AttentionEmitter:
         style = "interleaved pairs" if rope.interleaved else "rotate-half"
         if rope.freqs is not None:
             where = f"angles from `{_name(rope.freqs)}`"
-            lines = [f"q_angles = k_angles = {rope.freqs}[:, None].to(dtype)"]
+            plain = [f"q_angles = k_angles = {rope.freqs}[:, None].to(dtype)"]
+            lines = [f"k_angles = {rope.freqs}[:, None].to(dtype)",
+                     "q_angles = _at_rows(k_angles, q_pos, 2)"]
         elif rope.positions is not None:
             where = f"positions from `{_name(rope.positions)}`"
-            lines = [f"q_angles = k_angles = _rope_angles({rope.positions}, {base}, {dims}, dtype)"]
+            angles = f"_rope_angles({rope.positions}, {base}, {dims}, dtype)"
+            plain = [f"q_angles = k_angles = {angles}"]
+            lines = [f"k_angles = {angles}", "q_angles = _at_rows(k_angles, q_pos, 2)"]
         else:
             where = "positions 0, 1, 2, ..."
-            lines = [f"q_angles = _rope_angles(torch.arange(Sq, device=q.device), {base}, {dims}, "
-                     "dtype)",
-                     f"k_angles = _rope_angles(torch.arange(Sk, device=q.device), {base}, {dims}, "
-                     "dtype)"]
-        lines += [f"q = _rope(q, q_angles, {dims}, {inter})",
+            keys = (f"k_angles = _rope_angles(torch.arange(Sk, device=q.device), {base}, {dims}, "
+                    "dtype)")
+            plain = [f"q_angles = _rope_angles(torch.arange(Sq, device=q.device), {base}, "
+                     f"{dims}, dtype)", keys]
+            lines = [f"q_angles = _rope_angles(_at_rows(torch.arange(Sq, device=q.device), q_pos), "
+                     f"{base}, {dims}, dtype)", keys]
+        rotate = [f"q = _rope(q, q_angles, {dims}, {inter})",
                   f"k = _rope(k, k_angles, {dims}, {inter})"]
+        lines, plain = lines + rotate, plain + rotate
         comment = f"RoPE ({style}, base {base}), first {dims.replace('self.', '')} " \
                   f"channels, {where}."
-        return {"dims": dims, "lines": lines, "comment": comment}
+        return {"dims": dims, "lines": lines, "plain_lines": plain, "comment": comment}
 
     # mask and score ---------------------------------------------------------------------------
     def _mask(self) -> dict:

@@ -76,7 +76,7 @@ RESERVED = frozenset(
     apply zero_grad extra_repr add_module register_buffer register_parameter register_module
     load_state_dict named_parameters named_buffers named_children named_modules requires_grad_
     get_parameter get_buffer get_submodule share_memory dump_patches call_super_init
-    q_proj k_proj v_proj o_proj mup_param_groups settings score inputs
+    q_proj k_proj v_proj o_proj mup_param_groups settings score inputs cp
     """.split()
 ) | frozenset(ALL_SETTINGS) | frozenset(ALL_MUP_SETTINGS) | frozenset(
     name for name in _RUNTIME_NAMES if not name.startswith("_"))
@@ -108,7 +108,9 @@ GENERATED_LOCALS = frozenset(
     # the flex/auto methods and functions that inputs are passed to (tests/test_codegen_safety.py
     # finds every local of the functions an input reaches and checks that it is listed here)
     "captured choice enable_gqa fast kernel kernel_options kv_idx q_idx score_mod "
-    "score_dtype".split())
+    "score_dtype "
+    # context parallelism: the plan, this rank's rows and the choices `_attend_cp` tries
+    "cp q_pos rows n_rows length choices".split())
 # Module-level names: SPEC_SOURCE, and every name the runtime binds at top level (a standalone
 # module inlines those it reaches, an import-linked one imports them), read from the runtime's
 # source (`runtime_names`: ast, no torch).
@@ -129,6 +131,7 @@ def backend_rooms() -> tuple[str, ...]:
 GENERATED_CLASS_NAMES = frozenset(
     "SETTINGS GROUPS BACKENDS AUTO AUTO_CPU AUTO_CUDA UNSUPPORTED PATTERNS backend forward "
     "_attend _attend_auto _auto_cuda last_backend _mask _score _mup_init "
+    "CP_BACKENDS CP_AUTO_CPU CP_AUTO_CUDA CP_UNSUPPORTED CP_BALANCE cp_plan _attend_cp "
     "mup_param_groups q_proj k_proj v_proj o_proj "
     # nn.Module habits: re-initialisation and the validated backend property's state
     "reset_parameters _init_params _backend _refused_backends".split()) | frozenset(

@@ -15,4 +15,5 @@ Example:
     'errors'
 """
 
-MODULES = ("errors", "checks", "groups", "edges", "positions", "core", "sdpa", "flex", "flash")
+MODULES = ("errors", "checks", "groups", "edges", "positions", "core", "sdpa", "flex", "flash",
+           "cp")

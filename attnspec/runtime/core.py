@@ -16,13 +16,21 @@ def _compute_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
 
 
-def _index_grids(B: int, H: int, Sq: int, Sk: int,
-                 device: torch.device | str) -> tuple[torch.Tensor, ...]:
-    """Broadcastable int64 index tensors b [B,1,1,1], h [1,H,1,1], q [1,1,Sq,1], k [1,1,1,Sk]."""
+def _index_grids(B: int, H: int, Sq: int, Sk: int, device: torch.device | str,
+                 q_pos: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+    """Broadcastable int64 index tensors b [B,1,1,1], h [1,H,1,1], q [1,1,Sq,1], k [1,1,1,Sk].
+    Under context parallelism q is this rank's rows' global positions `q_pos` instead."""
+    rows = torch.arange(Sq, device=device) if q_pos is None else q_pos
     return (torch.arange(B, device=device).view(B, 1, 1, 1),
             torch.arange(H, device=device).view(1, H, 1, 1),
-            torch.arange(Sq, device=device).view(1, 1, Sq, 1),
+            rows.view(1, 1, -1, 1),
             torch.arange(Sk, device=device).view(1, 1, 1, Sk))
+
+
+def _at_rows(x: torch.Tensor, rows: torch.Tensor | None, dim: int = 0) -> torch.Tensor:
+    """x's entries at the positions `rows` along `dim`; x itself when `rows` is None (no
+    context parallelism: the rows are all positions, in order)."""
+    return x if rows is None else x.index_select(dim, rows)
 
 
 def _softmax_rows(score: torch.Tensor, sink: torch.Tensor | None = None) -> torch.Tensor:

@@ -23,6 +23,11 @@ def supports(attn: ir.AttentionIR, analysis) -> list[Reason]:
     return []
 
 
+def cp_supports(attn: ir.AttentionIR, analysis) -> list[Reason]:
+    # Dense [B, H, local rows, S] tensors with the rows' global positions: every spec.
+    return []
+
+
 def lower(attn: ir.AttentionIR, analysis) -> EagerPlan:
     return EagerPlan(NAME, "dense", (
         "mask and score materialised as dense [B, H, Sq, Sk] tensors (the reference semantics)",

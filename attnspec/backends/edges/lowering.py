@@ -53,6 +53,11 @@ def supports(attn: ir.AttentionIR, analysis: Analysis) -> list[Reason]:
     return []
 
 
+def cp_supports(attn: ir.AttentionIR, analysis: Analysis) -> list[Reason]:
+    # Edges are sharded by query: each rank keeps the edges whose query is one of its rows.
+    return []
+
+
 def lower(attn: ir.AttentionIR, analysis: Analysis) -> EdgesPlan:
     graph = edge_conjunct(analysis)
     notes = [f"{graph}.edge -> edge list sorted by query (duplicates: last wins), O(E) memory, "

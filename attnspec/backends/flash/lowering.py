@@ -66,6 +66,14 @@ def supports(attn: ir.AttentionIR, analysis: Analysis) -> list[Reason]:
     return (_mask_reasons(analysis) + _score_reasons(analysis) + _head_dim_reasons(attn))
 
 
+def cp_supports(attn: ir.AttentionIR, analysis: Analysis) -> list[Reason]:
+    """Why flash-attn cannot run `attn` under context parallelism: its causal and window
+    masks hold for rows 0..Sq-1 against keys 0..Sk-1, not for a rank's rows at other global
+    positions; that needs one varlen call per contiguous chunk of rows (not built yet)."""
+    return [Reason("the flash backend has no context parallelism yet (it needs one varlen call "
+                   "per contiguous chunk of this rank's rows); use flex or sdpa", attn.span)]
+
+
 def _mask_reasons(analysis: Analysis) -> list[Reason]:
     reasons = [Reason(f"flash-attn expresses windows, documents and key padding only, not "
                       f"this mask ({item.describe()})", getattr(item, "span", None))

@@ -60,8 +60,8 @@ def _mask_mod_signature(gen: FlexExprGenerator) -> dict:
     """The factory's parameters and the call's arguments: only what the mask reads."""
     sizes = [name for name in _MASK_SIZES if name in gen.uses]
     captured = list(gen.captured)
-    return {"mask_parameters": ", ".join(sizes + captured),
-            "mask_arguments": ", ".join([_MASK_SIZES[n] for n in sizes] + captured)}
+    return {"mask_parameters": ", ".join(sizes + captured + ["q_pos"]),
+            "mask_arguments": ", ".join([_MASK_SIZES[n] for n in sizes] + captured + ["q_pos"])}
 
 
 def _fallback(lowered) -> str:
@@ -155,18 +155,22 @@ def _block_lines(emitter, analysis, kind: str) -> tuple[list[str], dict | None]:
     module-level builder of its tensors (compiled on CUDA, see `_structured_block_mask`)."""
     if kind == "none":
         return ["block_mask = None"], None
+    batch = "B" if analysis.reads_batch else "None"
+    heads = "self.heads" if analysis.reads_head else "None"
+    general = f"_general_block_mask(mask_mod, {batch}, {heads}, q.shape[2], Sk, q.device)"
     if kind == "general":
-        batch = "B" if analysis.reads_batch else "None"
-        heads = "self.heads" if analysis.reads_head else "None"
-        return [f"block_mask = _general_block_mask(mask_mod, {batch}, {heads}, Sq, Sk, "
-                "q.device)"], None
+        return [f"block_mask = {general}"], None
     arguments: list[str] = []
     classes = [_block_class(emitter, item, _BuilderArgument(arguments)) for item in analysis.mask]
     per_batch = any(not isinstance(item, Band) for item in analysis.mask)
     call = (f"block_mask = _structured_block_mask(_block_lists_{emitter.attn.name}, mask_mod, "
             f"{'B' if per_batch else '1'}, Sq, Sk, q.device, {tuple_text(arguments)})")
     builder = {"params": "".join(f", a{n}" for n in range(len(arguments))), "classes": classes}
-    return [call], builder
+    # The builders tile rows 0..Sq-1; a rank's rows under context parallelism are other global
+    # positions: create_block_mask over the mask_mod (which maps rows to positions) then.
+    lines = ["if q_pos is None:", "    " + call, "else:  # context parallelism",
+             f"    block_mask = {general}"]
+    return lines, builder
 
 
 def _block_class(emitter, item, arg) -> str:

@@ -41,6 +41,13 @@ def supports(attn: ir.AttentionIR, analysis: Analysis) -> list[Reason]:
     return []
 
 
+def cp_supports(attn: ir.AttentionIR, analysis: Analysis) -> list[Reason]:
+    # mask_mod and score_mod map the local query index to its global position (torch's own
+    # flex CP maps only mask_mod: a score_mod reading positions is wrong there); the BlockMask
+    # comes from create_block_mask over the mapped mask_mod.
+    return []
+
+
 def block_mask_kind(analysis: Analysis) -> str:
     """"none", "structured" (every conjunct recognised) or "general" (create_block_mask)."""
     if not analysis.mask:

@@ -48,6 +48,12 @@ def supports(attn: ir.AttentionIR, analysis) -> list[Reason]:
     return reasons
 
 
+def cp_supports(attn: ir.AttentionIR, analysis) -> list[Reason]:
+    # Under context parallelism every plan but `full` runs with a dense mask of this rank's rows
+    # at their global positions (is_causal and the per-pattern slices assume rows 0..Sq-1).
+    return []
+
+
 def lower(attn: ir.AttentionIR, analysis) -> SdpaPlan:
     has_bias = bool(attn.pipeline)
     if not attn.masks and not attn.patterns and not has_bias:
