@@ -63,18 +63,27 @@ CASES = (
 )
 
 
-# flex runs uncompiled on the CPU, and each new spec costs it a trace of ~1-2 s: the 2-rank run
-# covers a mask reading an input (documents), position scores (ALiBi), a learned table read in
-# score_mod (T5, layer mode) and edge tables (graph); the 3-rank run leaves flex out.
-FLEX_CASES = ("documents", "alibi", "t5_layer", "graph")
+# flex runs uncompiled on the CPU, and each new spec costs it a dynamo trace of ~2-3 s: the
+# 2-rank run covers position scores with a causal mask (ALiBi, the score_mod torch's own flex CP
+# gets wrong) and edge tables in mask_mod and score_mod with learned tables (graph); the
+# BlockMask under CP is checked at token level in-process. The 3-rank run (uneven shards,
+# 6 head-tail chunks) runs eager everywhere, and the backends' own CP paths: SDPA's dense mask
+# in place of is_causal and of per-pattern slices, the edge list cut by query.
+FLEX_CASES = ("alibi", "graph")
+THREE_RANKS = {"causal": ("sdpa",), "token_groups_rope": ("sdpa",), "graph": ("edges",)}
 WORLDS = (2, 3)
 
 
 def runs(world: int) -> list[tuple[Case, str, str]]:
     """(case, backend, balance) of every run a `world`-rank group makes."""
     return [(case, backend, balance) for case in CASES for backend in case.backends
-            for balance in case.balances
-            if backend != "flex" or (world == 2 and case.name in FLEX_CASES)]
+            for balance in case.balances if _runs(world, case.name, backend)]
+
+
+def _runs(world: int, name: str, backend: str) -> bool:
+    if world == 2:
+        return backend != "flex" or name in FLEX_CASES
+    return backend == "eager" or backend in THREE_RANKS.get(name, ())
 
 
 @cache

@@ -1,8 +1,8 @@
 """Context parallelism (issue 16, docs/parallel.md) on the CPU: 2 and 3 gloo processes, each
-running every case of cp_cases.py with its shards (tests/cp_worker.py, spawned once per group
-size for the whole module), against the one-process eager module in float64: outputs, the
-gradients of q/k/v (or x) and the sum over ranks of every param gradient, to 1e-10. Then the
-refusals, which need no group."""
+running the cases of cp_cases.py with its shards (tests/cp_worker.py: 3 processes spawned once
+for the whole module; 2 of them also form the 2-rank group), against the one-process eager
+module in float64: outputs, the gradients of q/k/v (or x) and the sum over ranks of every
+param gradient, to 1e-10. Then the refusals, which need no group."""
 
 from __future__ import annotations
 
@@ -28,31 +28,26 @@ RUNS = [(world, case.name, backend, balance) for world in cp_cases.WORLDS
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory) -> dict[int, list[dict]]:
-    """Every rank's saved results, per group size; both groups run at once."""
+    """Every rank's saved results, per group size: one spawn of 3 ranks, whose ranks 0 and 1
+    also run the 2-rank cases on a subgroup."""
     tmp = tmp_path_factory.mktemp("cp")
     env = {**os.environ, "PYTHONPATH": str(HERE.parent), "OMP_NUM_THREADS": "1"}
-    procs = {}
-    for world in cp_cases.WORLDS:
-        init = tmp / f"init{world}"
-        procs[world] = [subprocess.Popen(
-            [sys.executable, str(HERE / "cp_worker.py"), str(r), str(world), str(init),
-             str(tmp / f"out{world}_{r}")], env=env, stderr=subprocess.PIPE, text=True)
-            for r in range(world)]
-    found = {}
-    for world, ranks in procs.items():
-        for p in ranks:
-            try:
-                _, err = p.communicate(timeout=300)
-            except subprocess.TimeoutExpired:
-                for q in ranks:
-                    q.kill()
-                pytest.fail(f"the {world}-rank group hung")
-            assert p.returncode == 0, err[-3000:]
-        found[world] = [torch.load(tmp / f"out{world}_{r}", weights_only=False)
-                        for r in range(world)]
-        for r in found[world]:
-            assert "error" not in r, r.get("error")
-    return found
+    ranks = [subprocess.Popen([sys.executable, str(HERE / "cp_worker.py"), str(r),
+                               str(tmp / "init"), str(tmp / f"out{r}")],
+                              env=env, stderr=subprocess.PIPE, text=True)
+             for r in range(max(cp_cases.WORLDS))]
+    for p in ranks:
+        try:
+            _, err = p.communicate(timeout=300)
+        except subprocess.TimeoutExpired:
+            for q in ranks:
+                q.kill()
+            pytest.fail("the gloo group hung")
+        assert p.returncode == 0, err[-3000:]
+    saved = [torch.load(tmp / f"out{r}", weights_only=False) for r in range(len(ranks))]
+    for r in saved:
+        assert "error" not in r, r.get("error")
+    return {world: [r[world] for r in saved[:world]] for world in cp_cases.WORLDS}
 
 
 @cache
@@ -125,7 +120,7 @@ def _kernel_inputs(module, S, rows=None):
 
 
 def test_flash_refused_with_reason():
-    module = cp_cases.load(cp_cases.CAUSAL).Causal(backend="flash")
+    module = cp_cases.load("causal_lm.attn").CausalLM(backend="flash")
     plan = _plan(10)
     with pytest.raises(UnsupportedBackendError, match="flash.*context parallelism.*varlen"):
         module(*_kernel_inputs(module, 10, plan.local_len), cp=plan)
