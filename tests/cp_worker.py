@@ -49,7 +49,7 @@ def checks(group) -> dict:
     case = cp_cases.CASES[0]
     module = cp_cases.build(case, "eager")
     seq, _, _ = cp_cases.inputs(case, module)
-    plan = module.cp_plan(group, case.seq)  # the generated class's own (standalone) cp_plan
+    plan = module.context_parallel_plan(group, case.seq)  # its class's (inlined) cp_plan
     found["class_plan"] = (plan.balance, plan.world_size, plan.local_len)
     try:  # k and v given whole instead of this rank's shards
         module(plan.shard(seq["q"], 2), seq["k"], seq["v"], cp=plan)

@@ -49,9 +49,10 @@ FILE = "s.attn"
 # Identifiers made from checked spec names: temporaries, per-attention functions, flex aliases.
 PER_SPEC = r"_t\d+|_(flex|mask_mod|block_lists)_[A-Za-z]\w*|_[pes]\d*_\w+|a\d+"
 # What generated modules may import (difflib: on an error path of the token-group checks).
-SAFE_IMPORTS = {"torch", "math", "collections", "importlib.util", "warnings", "difflib"}
+SAFE_IMPORTS = {"torch", "math", "collections", "importlib.util", "warnings", "difflib",
+                "torch.distributed"}
 SAFE_FROM = {"attnspec.runtime.errors", "collections.abc", "flash_attn", "flash_attn.cute",
-             "torch.nn.attention.flex_attention"}
+             "torch.nn.attention.flex_attention", "torch.distributed"}
 # Calls that would run or reach code: never a call target (torch.compile compiles our own code).
 BANNED_CALLS = {"eval", "exec", "compile", "__import__", "getattr", "setattr", "delattr", "open",
                 "globals", "locals", "vars", "input", "breakpoint", "system", "popen",

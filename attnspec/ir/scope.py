@@ -131,7 +131,8 @@ def backend_rooms() -> tuple[str, ...]:
 GENERATED_CLASS_NAMES = frozenset(
     "SETTINGS GROUPS BACKENDS AUTO AUTO_CPU AUTO_CUDA UNSUPPORTED PATTERNS backend forward "
     "_attend _attend_auto _auto_cuda last_backend _mask _score _mup_init "
-    "CP_BACKENDS CP_AUTO_CPU CP_AUTO_CUDA CP_UNSUPPORTED CP_BALANCE cp_plan _attend_cp "
+    "CP_BACKENDS CP_AUTO_CPU CP_AUTO_CUDA CP_UNSUPPORTED CP_BALANCE context_parallel_plan "
+    "_attend_cp "
     "mup_param_groups q_proj k_proj v_proj o_proj "
     # nn.Module habits: re-initialisation and the validated backend property's state
     "reset_parameters _init_params _backend _refused_backends".split()) | frozenset(

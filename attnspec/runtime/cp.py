@@ -64,7 +64,8 @@ class CPPlan:
         cp_reduce_param_grads(module, self)
 
 
-def cp_plan(group_or_mesh, seq_len: int, balance="head_tail", documents=None) -> CPPlan:
+def cp_plan(group_or_mesh: object, seq_len: int, balance: object = "head_tail",
+            documents: torch.Tensor | None = None) -> CPPlan:
     """A context-parallel plan: how a sequence of `seq_len` positions is sharded over the ranks
     of `group_or_mesh` (a ProcessGroup, a 1-D DeviceMesh such as `mesh["cp"]`, or None for the
     default group). Call it on every rank with the same arguments.
@@ -92,7 +93,7 @@ def cp_plan(group_or_mesh, seq_len: int, balance="head_tail", documents=None) ->
                   _cp_assignment(seq_len, world, balance, documents))
 
 
-def _cp_group(group_or_mesh):
+def _cp_group(group_or_mesh: object) -> object:
     """The ProcessGroup of a group, a 1-D DeviceMesh, or None (the default group)."""
     import torch.distributed as dist
 
@@ -107,13 +108,14 @@ def _cp_group(group_or_mesh):
 
 
 def _cp_length(seq_len: object) -> int:
+    """`seq_len`, checked: a positive int."""
     if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len <= 0:
         raise ValueError(f"cp_plan: seq_len must be a positive integer, got {seq_len!r}")
     return seq_len
 
 
-def _cp_assignment(seq_len: int, world: int, balance="head_tail",
-                   documents=None) -> tuple[torch.Tensor, ...]:
+def _cp_assignment(seq_len: int, world: int, balance: object = "head_tail",
+                   documents: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
     """Every rank's global positions (a partition of range(seq_len)) under `balance`."""
     if not isinstance(balance, str):
         return _cp_custom(seq_len, world, balance)
@@ -139,7 +141,7 @@ def _cp_head_tail(positions: torch.Tensor, world: int) -> tuple[torch.Tensor, ..
     return tuple(torch.cat((chunks[r], chunks[2 * world - 1 - r])) for r in range(world))
 
 
-def _cp_document_runs(documents, seq_len: int) -> list[int]:
+def _cp_document_runs(documents: object, seq_len: int) -> list[int]:
     """The lengths of the runs of equal ids in `documents` ([S] or [1, S])."""
     if not isinstance(documents, torch.Tensor) or documents.dim() not in (1, 2) or \
             documents.shape[-1] != seq_len or documents.numel() != seq_len:
@@ -151,7 +153,7 @@ def _cp_document_runs(documents, seq_len: int) -> list[int]:
     return counts.tolist()
 
 
-def _cp_custom(seq_len: int, world: int, shards) -> tuple[torch.Tensor, ...]:
+def _cp_custom(seq_len: int, world: int, shards: object) -> tuple[torch.Tensor, ...]:
     """User-given shards, checked to be W lists that partition range(seq_len)."""
     shards = tuple(torch.as_tensor(s, dtype=torch.long).reshape(-1) for s in shards)
     joined = torch.cat(shards) if shards else torch.zeros(0, dtype=torch.long)
@@ -179,6 +181,7 @@ def _cp_index(plan: CPPlan, what: str, device: torch.device) -> torch.Tensor:
 
 def _cp_check_length(plan: CPPlan, tensor: object, dim: int, length: int, name: str,
                      what: str) -> None:
+    """A ValueError naming `name` unless `tensor` has `length` positions along `dim`."""
     if not isinstance(tensor, torch.Tensor) or tensor.dim() <= dim or tensor.shape[dim] != length:
         shape = tuple(tensor.shape) if isinstance(tensor, torch.Tensor) else type(tensor).__name__
         raise ValueError(f"{name}: expected {length} positions ({what}) in dim {dim}, got "
@@ -208,8 +211,10 @@ def _cp_gather(plan: CPPlan, tensor: torch.Tensor, dim: int, name: str) -> torch
         tensor = torch.cat((tensor, tensor.new_zeros(pad)), dim=dim)
     # `all_gather_single_autograd` in torch >= 2.10; the older name before. Both gather along
     # dim 0 best (other dims go through a chunk-and-cat): the sequence dim is moved there.
-    gather = getattr(collectives, "all_gather_single_autograd", None) or \
-        collectives.all_gather_tensor_autograd
+    try:
+        gather = collectives.all_gather_single_autograd
+    except AttributeError:
+        gather = collectives.all_gather_tensor_autograd
     gathered = gather(tensor.movedim(dim, 0).contiguous(), 0, plan.group)
     index = _cp_index(plan, "gather", tensor.device)
     return gathered.index_select(0, index).movedim(0, dim)
@@ -234,13 +239,14 @@ def _cp_choices(owner: str, backend: str, cuda: bool, auto_cpu: str | None,
     return (backend,)
 
 
-def _cp_table_rows(tables, q_pos: torch.Tensor):
+def _cp_table_rows(tables: tuple, q_pos: torch.Tensor) -> tuple:
     """This rank's rows `q_pos` of an `edges` input's dense [S, S] tables (eager and SDPA
     broadcast them against [rows, S] grids)."""
     return type(tables)(*(t.index_select(0, q_pos) for t in tables))
 
 
-def _cp_edge_rows(edges, q_pos: torch.Tensor, seq_len: int):
+def _cp_edge_rows(edges: tuple, q_pos: torch.Tensor,
+                  seq_len: int) -> tuple[tuple, torch.Tensor]:
     """An edge list (sorted by query) cut to the edges whose query is one of this rank's rows
     `q_pos`, and each kept edge's row in q: (edges, rows)."""
     row_of = torch.full((seq_len,), -1, dtype=torch.long, device=q_pos.device)
