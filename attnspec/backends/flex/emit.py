@@ -60,7 +60,8 @@ def _mask_mod_signature(gen: FlexExprGenerator) -> dict:
     """The factory's parameters and the call's arguments: only what the mask reads."""
     sizes = [name for name in _MASK_SIZES if name in gen.uses]
     captured = list(gen.captured)
-    return {"mask_parameters": ", ".join(sizes + captured + ["q_pos"]),
+    # q_pos: this rank's rows' global positions under context parallelism, else None.
+    return {"mask_parameters": ", ".join(sizes + captured + ["q_pos=None"]),
             "mask_arguments": ", ".join([_MASK_SIZES[n] for n in sizes] + captured + ["q_pos"])}
 
 
