@@ -25,8 +25,8 @@ from attnspec.codegen.emit import GENERATED_NAMES, generate
 from attnspec.codegen.layout import reflow
 from attnspec.errors import UnsupportedBackendError
 from attnspec.ir import nodes as ir
-from attnspec.runtime.source import top_level_names
 from attnspec.ir.build import build_text
+from attnspec.runtime.source import top_level_names
 
 ROOT = Path(__file__).resolve().parent.parent
 # Names made from checked spec names: temporaries, flex functions, captured params and edges.
