@@ -48,7 +48,8 @@ def test_default_is_standalone(capsys, spec):
     assert code == 0
     assert "def _softmax_rows(" in out  # inlined
     assert from_imports(out) <= {"attnspec.runtime.errors", "collections.abc",
-                                 "torch.nn.attention.flex_attention"}
+                                 "torch.nn.attention.flex_attention",
+                                 "torch.distributed"}  # context parallelism, lazily
     assert out == run(capsys, "compile", str(spec), "--link", "standalone", "-o", "-")[1]
 
 
