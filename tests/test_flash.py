@@ -33,17 +33,19 @@ rt = load_runtime("flash")
 
 
 # --- a model of flash-attn ---------------------------------------------------------------------
-def flash_model(q, k, v, cu_q, cu_k, scale, window, softcap=0.0, alibi=None, sink=None):
+def flash_model(q, k, v, cu_q, cu_k, scale, window, softcap=0.0, alibi=None, sink=None,
+                used=None):
     """flash-attn varlen, one sequence at a time in float32: windows aligned bottom-right per
     sequence, softcap then ALiBi (-slope * |i + sk - sq - j|), sink in the denominator, rows
-    with no key 0."""
+    with no key 0. `used` (seqused_k): sequence i reads keys cu_k[i] : cu_k[i] + used[i]."""
     left, right = window
     H, Hk = q.shape[1], k.shape[1]
     pieces = []
     for i in range(cu_q.numel() - 1):
         qs = q[cu_q[i]:cu_q[i + 1]].float()
-        ks = k[cu_k[i]:cu_k[i + 1]].float().repeat_interleave(H // Hk, dim=1)
-        vs = v[cu_k[i]:cu_k[i + 1]].float().repeat_interleave(H // Hk, dim=1)
+        end = cu_k[i + 1] if used is None else cu_k[i] + used[i]
+        ks = k[cu_k[i]:end].float().repeat_interleave(H // Hk, dim=1)
+        vs = v[cu_k[i]:end].float().repeat_interleave(H // Hk, dim=1)
         sq, sk = qs.shape[0], ks.shape[0]
         s = torch.einsum("qhd,khd->hqk", qs, ks) * scale
         if softcap:
@@ -81,12 +83,15 @@ def _check_call(q, k, v, cu_q, cu_k, max_q, max_k):
 
 
 def fake_fa4(q, k, v, *, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, softmax_scale,
-             causal, window_size, learnable_sink, softcap):
+             causal, window_size, learnable_sink, softcap, seqused_k=None):
     """flash_attn.cute.flash_attn_varlen_func's signature (the keywords the runtime uses)."""
     _check_call(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)
+    if seqused_k is not None:
+        assert seqused_k.dtype == torch.int32 and seqused_k.shape == (cu_seqlens_k.numel() - 1,)
+        assert bool((seqused_k <= cu_seqlens_k[1:] - cu_seqlens_k[:-1]).all())
     window = (window_size[0], 0) if causal else window_size
     out = flash_model(q, k, v, cu_seqlens_q, cu_seqlens_k, softmax_scale, window, softcap,
-                      sink=learnable_sink)
+                      sink=learnable_sink, used=seqused_k)
     return out, None
 
 
@@ -141,7 +146,7 @@ def kernel_spec(body, heads=4, kv_heads=2, head_dim=32, extra=""):
 # --- recognition -------------------------------------------------------------------------------
 FLASH_ATTENTIONS = {
     "AlibiCausal6", "AlibiCausal8", "SlidingWindowSinks", "CausalLM", "CrossAttention",
-    "DecodeWithCache", "KeyPaddingEager", "KeyPaddingLengths", "Local", "MupCausalLayer",
+    "DecodeWithCache", "KeyPaddingEager", "AnchorAttention", "KeyPaddingLengths", "Local", "MupCausalLayer",
     "PackedDocuments", "RopeCausal", "RopeQKNormGQA", "SlidingWindowMistral", "Gemma2Local",
     "Gemma2Global",
 }
@@ -159,10 +164,8 @@ def test_shipped_specs_that_flash_runs():
 @pytest.mark.parametrize("body, extra, expected", [
     ("mask prefix_lm(8)", "", "not this mask (prefix"),
     ("mask strided(4)", "", "not this mask (other"),
-    ("input doc: int[batch, seq]\n input valid: bool[batch, seq]\n mask causal\n"
-     " mask key_valid(valid)", "", "a band cannot be combined with key padding"),
     ("input n: int[batch]\n mask sliding_window(8) & key_len(n)", "",
-     "a band cannot be combined with key padding"),
+     "key lengths keep a prefix of the keys (right padding)"),
     ("mask causal\n bias alibi\n score = softcap(score, 30.0)", "",
      "flash-attn adds ALiBi after the softcap"),
     ("mask causal\n score = score * 2.0", "", "nothing else in the score pipeline (gate"),
@@ -191,7 +194,9 @@ def test_supported_combinations_have_no_reasons():
                  "input doc: int[batch, seq]\n input valid: bool[batch, seq]\n"
                  " mask same(doc) & key_valid(valid)",
                  "mask causal\n score = softcap(score, 20.0)\n bias alibi",
-                 "mask sliding_window(5)\n bias alibi"]:
+                 "mask sliding_window(5)\n bias alibi",
+                 "input doc: int[batch, seq]\n input valid: bool[batch, seq]\n mask causal\n"
+                 " mask key_valid(valid)"]:
         attn = build_text(kernel_spec(body), "ok.attn").attentions[0]
         assert backends.reasons(attn)["flash"] == [], body
 

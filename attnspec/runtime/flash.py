@@ -63,11 +63,15 @@ class _FlashLibrary:
         return out[0] if isinstance(out, tuple) else out
 
     def varlen_call(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_q: torch.Tensor,
-                    cu_k: torch.Tensor, max_q: int, max_k: int, **options: object) -> torch.Tensor:
-        """q [total_q, H, D], k/v [total_k, Hk, *], int32 cu_seqlens, int longest lengths."""
+                    cu_k: torch.Tensor, max_q: int, max_k: int, seqused_k: torch.Tensor | None = None,
+                    **options: object) -> torch.Tensor:
+        """q [total_q, H, D], k/v [total_k, Hk, *], int32 cu_seqlens, int longest lengths (upper
+        bounds: flash-attn sizes its grid by them); `seqused_k` (flash-attn 4 only): int32
+        keys used per sequence, from the sequence's start."""
         if self.version == 4:
+            used = {} if seqused_k is None else {"seqused_k": seqused_k}
             out = self.varlen(q, k, v, cu_seqlens_q=cu_q, cu_seqlens_k=cu_k, max_seqlen_q=max_q,
-                              max_seqlen_k=max_k, **self.options(**options))
+                              max_seqlen_k=max_k, **used, **self.options(**options))
         else:
             out = self.varlen(q, k, v, cu_q, cu_k, max_q, max_k, **self.options(**options))
         return out[0] if isinstance(out, tuple) else out
@@ -240,6 +244,29 @@ def _flash_keep_keys(key_valid: torch.Tensor,
     return flat.nonzero().flatten(), cu, longest
 
 
+def _flash_check_left_padded(owner: str, key_valid: torch.Tensor, cu_k: torch.Tensor) -> None:
+    """A band meets unpadded keys exactly when no valid key is followed by an invalid one in the
+    same sequence (left padding): flash-attn aligns the window at the end of the keys it is
+    given, which is then where the band's alignment puts it. One host sync (the answer).
+
+    >>> cu = torch.tensor([0, 3, 6], dtype=torch.int32)
+    >>> _flash_check_left_padded("T", torch.tensor([[0, 1, 1, 0, 0, 1]]).bool(), cu)
+    >>> _flash_check_left_padded("T", torch.tensor([[1, 0, 1, 1, 1, 1]]).bool(), cu)
+    Traceback (most recent call last):
+    ...
+    attnspec.runtime.errors.UnsupportedInputError: T: backend 'flash' runs a band (causal, windows) with key padding only when each sequence's valid keys come last (left padding); a valid key is followed by a padded one here. Use 'flex' or 'sdpa' for other padding
+    """
+    flat = key_valid.flatten()
+    starts = torch.zeros(flat.numel() + 1, dtype=torch.bool, device=flat.device)
+    starts[cu_k.long()] = True
+    drops = flat[:-1] & ~flat[1:] & ~starts[1:-1]
+    if bool(drops.any()):
+        raise UnsupportedInputError(
+            f"{owner}: backend 'flash' runs a band (causal, windows) with key padding only when "
+            "each sequence's valid keys come last (left padding); a valid key is followed by a "
+            "padded one here. Use 'flex' or 'sdpa' for other padding")
+
+
 def _flash_pack(x: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
     """[B, H, S, D] -> [B*S, H, D] (rows `keep` only, when given)."""
     packed = x.transpose(1, 2).reshape(-1, x.shape[1], x.shape[3])
@@ -289,6 +316,8 @@ def _flash_attend(owner: str, library: _FlashLibrary, q: torch.Tensor, k: torch.
     cu_k, max_k = (cu_q, max_q) if documents is not None else _flash_runs(None, B, Sk, q.device)
     keep = None
     if key_valid is not None:
+        if band is not None:
+            _flash_check_left_padded(owner, key_valid, cu_k)
         keep, cu_k, max_k = _flash_keep_keys(key_valid, cu_k)
     if max_k == 0:  # no key anywhere: every row is 0 (a product over zero keys keeps autograd)
         out = q @ k[:, :1, :0].transpose(-2, -1) @ v[:, :1, :0]
@@ -299,3 +328,146 @@ def _flash_attend(owner: str, library: _FlashLibrary, q: torch.Tensor, k: torch.
         empty = _flash_empty_rows(cu_q, cu_k, out.shape[0], window[1])
         out = out.masked_fill(empty.view(-1, 1, 1), 0.0)
     return out.view(B, Sq, H, Dv).transpose(1, 2)
+
+
+# --- token groups: every pattern in one varlen call -------------------------------------------
+# Layouts of token-group calls: (device, B, Sk, group ranges, patterns) -> _FlashSegments. They
+# are functions of Python ints only (no tensor contents), so a hit is always sound.
+_FLASH_SEGMENTS = {}
+
+
+class _FlashSegments:
+    """The varlen layout of token-group patterns over a batch: segment i of row b holds the
+    query run `q_runs[i]` and the keys `keys` gathered for it. Queries stay in place (every
+    group is a query in exactly one pattern, so the runs tile the sequence in order); keys are
+    gathered per segment, `key_index` [B * Lk] into k packed as [B * Sk, ...]."""
+
+    def __init__(self, q_runs: list[tuple[int, int]], k_runs: list[list[tuple[int, int]]],
+                 B: int, Sq: int, Sk: int, device: torch.device):
+        lengths_k = [sum(b - a for a, b in runs) for runs in k_runs]
+        per_row = torch.tensor([i for runs in k_runs for a, b in runs for i in range(a, b)],
+                               dtype=torch.int64).view(1, -1)
+        rows = torch.arange(B, dtype=torch.int64).view(-1, 1)
+        self.key_index = (per_row + rows * Sk).flatten().to(device)
+        starts_q = [b_ * Sq + a for b_ in range(B) for a, _ in q_runs] + [B * Sq]
+        total_k = sum(lengths_k)
+        starts_k = [b_ * total_k + s for b_ in range(B)
+                    for s in _cumulative(lengths_k)[:-1]] + [B * total_k]
+        self.cu_q = torch.tensor(starts_q, dtype=torch.int32, device=device)
+        self.cu_k = torch.tensor(starts_k, dtype=torch.int32, device=device)
+        self.max_q = max(b - a for a, b in q_runs)
+        self.max_k = max(lengths_k)
+        count = len(q_runs) * B
+        sizes_k = torch.tensor(lengths_k * B, dtype=torch.int64)
+        # Per gathered key: its segment (to sort valid keys first within each segment).
+        self.key_segment = torch.repeat_interleave(torch.arange(count), sizes_k).to(device)
+        sizes_q = torch.tensor([b - a for a, b in q_runs] * B, dtype=torch.int64)
+        # Per packed query row: its segment (rows of segments without keys are set to 0).
+        self.query_segment = torch.repeat_interleave(torch.arange(count), sizes_q).to(device)
+        self.empty = 0 in lengths_k
+        self.count = count
+
+
+def _cumulative(lengths: list[int]) -> list[int]:
+    out = [0]
+    for n in lengths:
+        out.append(out[-1] + n)
+    return out
+
+
+def _flash_segments(groups: dict[str, range], patterns: tuple, B: int, Sq: int, Sk: int,
+                    device: torch.device) -> _FlashSegments:
+    """The layout of these group sizes, built once per (device, B, sizes): every later call
+    with the same sizes reuses its tensors (no host-to-device copy, no sync)."""
+    key = (device, B, Sq, Sk, tuple((n, r.start, r.stop) for n, r in groups.items()), patterns)
+    found = _FLASH_SEGMENTS.get(key)
+    if found is None:
+        q_runs, k_runs = _flash_segment_runs(groups, patterns)
+        found = _FlashSegments(q_runs, k_runs, B, Sq, Sk, device)
+        _FLASH_SEGMENTS[key] = found
+        while len(_FLASH_SEGMENTS) > 64:
+            del _FLASH_SEGMENTS[next(iter(_FLASH_SEGMENTS))]  # the oldest
+    return found
+
+
+def _flash_segment_runs(groups: dict[str, range],
+                        patterns: tuple) -> tuple[list[tuple[int, int]], list[list[tuple[int, int]]]]:
+    """Segments in query order: (query run, key runs) where a query run is a stretch of
+    adjacent groups of one pattern and the key runs are that pattern's key groups, adjacent
+    ones merged. Empty query runs are left out (they have no rows).
+
+    >>> g = {"a": range(0, 2), "b": range(2, 5), "c": range(5, 6)}
+    >>> _flash_segment_runs(g, ((("a", "c"), ("a",)), (("b",), ("a", "b"))))
+    ([(0, 2), (2, 5), (5, 6)], [[(0, 2)], [(0, 5)], [(0, 2)]])
+    """
+    owner = {g: n for n, (queries, _) in enumerate(patterns) for g in queries}
+    q_runs, k_runs, last = [], [], None
+    for name, positions in sorted(groups.items(), key=lambda item: item[1].start):
+        if not len(positions):
+            continue
+        if q_runs and last == owner[name] and q_runs[-1][1] == positions.start:
+            q_runs[-1] = (q_runs[-1][0], positions.stop)
+            continue
+        last = owner[name]
+        q_runs.append((positions.start, positions.stop))
+        k_runs.append(_merged_runs([groups[k] for k in patterns[last][1]]))
+    return q_runs, k_runs
+
+
+def _merged_runs(ranges: list[range]) -> list[tuple[int, int]]:
+    """Non-empty ranges in order as (start, stop) runs, adjacent ones merged."""
+    runs = []
+    for r in sorted((r for r in ranges if len(r)), key=lambda r: r.start):
+        if runs and runs[-1][1] == r.start:
+            runs[-1] = (runs[-1][0], r.stop)
+        else:
+            runs.append((r.start, r.stop))
+    return runs
+
+
+def _flash_groups(owner: str, library: _FlashLibrary, q: torch.Tensor, k: torch.Tensor,
+                  v: torch.Tensor, groups: dict[str, range], patterns: tuple, *, scale: float,
+                  key_valid: torch.Tensor | None = None, softcap: float | None = None,
+                  sink: torch.Tensor | None = None) -> torch.Tensor:
+    """Token-group patterns through ONE flash-attn varlen call: q [B, H, S, D], k/v
+    [B, Hk, S, *] -> [B, H, S, Dv]. Each segment is a run of query groups (in place) attending
+    its pattern's key groups, gathered contiguous. `key_valid` [B, S] bool: each segment's valid
+    keys are sorted first (a stable sort on the device) and `seqused_k` counts them, so padding
+    costs no sync and no dense mask (flash-attn 4: seqused_k; flash-attn 2 has none and refuses).
+    """
+    _flash_check(owner, library, q, k, v, None, sink)
+    B, H, Sq = q.shape[:3]
+    Sk, Dv = k.shape[2], v.shape[3]
+    layout = _flash_segments(groups, patterns, B, Sq, Sk, q.device)
+    if layout.max_k == 0:  # no pattern has a key: every row is 0 (autograd kept)
+        out = q @ k[:, :1, :0].transpose(-2, -1) @ v[:, :1, :0]
+        return out if sink is None else out + 0 * sink.sum()
+    index, used = layout.key_index, None
+    if key_valid is not None:
+        if library.version != 4:
+            raise UnsupportedInputError(f"{owner}: backend 'flash' ({library.name}) runs key "
+                                        "padding with token groups through seqused_k, which "
+                                        "flash-attn 4 has and flash-attn 2 does not")
+        index, used = _flash_valid_first(layout, key_valid.flatten().index_select(0, index),
+                                         index)
+    options = dict(scale=scale, window=(None, None), softcap=softcap or 0.0, alibi_slopes=None,
+                   sink=sink)
+    out = library.varlen_call(_flash_pack(q), _flash_pack(k, index), _flash_pack(v, index),
+                              layout.cu_q, layout.cu_k, layout.max_q, layout.max_k,
+                              seqused_k=used, **options)
+    if used is not None or layout.empty:  # rows of segments without keys are exactly 0
+        lengths = used if used is not None else layout.cu_k[1:] - layout.cu_k[:-1]
+        empty = (lengths == 0).index_select(0, layout.query_segment)
+        out = out.masked_fill(empty.view(-1, 1, 1), 0.0)
+    return out.view(B, Sq, H, Dv).transpose(1, 2)
+
+
+def _flash_valid_first(layout: _FlashSegments, valid: torch.Tensor,
+                       index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The gather index with each segment's valid keys first, in order, and int32 seqused_k
+    (valid keys per segment). Patterns have no positions inside a segment, so reordering keys
+    changes nothing but which of them the kernel reads. On the device, no sync."""
+    order = torch.sort(layout.key_segment * 2 + (~valid).long(), stable=True).indices
+    used = torch.zeros(layout.count, dtype=torch.int32, device=valid.device)
+    used = used.index_add(0, layout.key_segment, valid.to(torch.int32))
+    return index.index_select(0, order), used

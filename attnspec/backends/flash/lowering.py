@@ -8,6 +8,8 @@ flash-attn expresses exactly this structure, and this module accepts exactly it:
 | a band `lo <= k - q - shift <= hi` (causal, windows) | `causal=True` / `window_size=(l, r)` |
 | `same(doc)` (documents) | one varlen sequence per run of equal ids (`cu_seqlens`) |
 | key padding / key lengths | keys unpadded per sequence, outputs padded back |
+| a band with key padding | the same, when each row's valid keys are a suffix (left padding) |
+| token-group patterns | one varlen call over (query run -> gathered keys) segments |
 | `softcap(score, c)` first in the pipeline | `softcap=c` |
 | `bias alibi` last in the pipeline | `alibi_slopes=` (flash-attn 2 only) |
 | `sinks = true` | `learnable_sink=` (flash-attn 4 only) |
@@ -16,7 +18,11 @@ flash-attn expresses exactly this structure, and this module accepts exactly it:
 flash-attn aligns every window at the bottom-right corner of each varlen sequence
 (`k <= q + seqlen_k - seqlen_q + right`). A band written top-left is shifted at call time by
 `kv_len - q_len`; when that makes `left` or `right` negative the call is refused. Because the
-alignment follows each sequence's own key count, a band cannot be combined with unpadded keys.
+alignment follows each sequence's own key count, a band meets unpadded keys exactly only when
+every invalid key comes before every valid one (left padding): then the unpadded local index of
+key `j` is `j - (kv_len - n)` and the bottom-right window over `n` keys is the band over
+`kv_len` keys. Key padding is checked for that at call time; key lengths (`k < n[b]`, valid
+keys a prefix) are right padding and are refused with a band.
 Library-dependent limits (fp16/bf16, head dims, ALiBi on flash-attn 4, sinks on flash-attn 2,
 CUDA only, document ids out of order) are checked at call time and raise
 `UnsupportedInputError`; see `attnspec/runtime/flash.py`.
@@ -36,6 +42,7 @@ from attnspec.lower.analysis import (
     KeyLength,
     KeyPadding,
     Segment,
+    Patterns,
     Softcap,
 )
 
@@ -44,7 +51,7 @@ SUMMARY = "flash-attn 4 (else 2): dense and varlen calls for windows, documents,
 # flash-attn kernels are CUDA only (sm80+ for flash-attn 2, sm90+ for flash-attn 4).
 DEVICES = ("cuda",)
 BACKWARD_DEVICES = DEVICES
-EXPRESSIBLE = (Band, Segment, KeyLength, KeyPadding)
+EXPRESSIBLE = (Band, Segment, KeyLength, KeyPadding, Patterns)
 MAX_HEAD_DIM = 256  # flash-attn 2 and flash-attn 4 on Hopper
 HEAD_DIM_MULTIPLE = 8  # flash-attn 4 needs 16-byte aligned rows in fp16/bf16
 MIN_HEAD_DIM = 16  # flash-attn 4: wrong dq at head_dim 8 (H100, differential fuzz)
@@ -55,8 +62,10 @@ BACKWARD_MIN_HEAD_DIM = 32
 
 @dataclass(frozen=True)
 class FlashPlan(Plan):
-    """`batched` (one `flash_attn_func` call) or `varlen` (`flash_attn_varlen_func` over
-    documents and/or unpadded keys). `documents` names the ids input of `same(...)`."""
+    """`batched` (one `flash_attn_func` call), `varlen` (`flash_attn_varlen_func` over
+    documents and/or unpadded keys) or `groups` (one `flash_attn_varlen_func` call whose
+    sequences are the token-group patterns' (query run -> key groups) segments, listed in
+    `notes`). `documents` names the ids input of `same(...)`."""
 
     documents: str | None = None
 
@@ -81,15 +90,31 @@ def _mask_reasons(analysis: Analysis) -> list[Reason]:
     if len(analysis.segments) > 1:
         reasons.append(Reason("flash-attn takes one document split (cu_seqlens); this spec "
                               "has several `same(...)` conjuncts", analysis.segments[1].span))
-    keys = analysis.key_padding + analysis.key_lengths
     band = analysis.band
-    if band is not None and keys:
+    if band is not None and analysis.key_lengths:
         reasons.append(Reason(
-            "flash-attn aligns windows and causal masks at the end of each sequence's own keys, "
-            "so a band cannot be combined with key padding or key lengths (unpadded keys move "
-            "the alignment)", keys[0].span))
+            "flash-attn aligns windows and causal masks at the end of each sequence's own keys; "
+            "key lengths keep a prefix of the keys (right padding), which moves that alignment "
+            "(key padding whose valid keys are a suffix, `key_valid`, runs)",
+            analysis.key_lengths[0].span))
     if band is not None:
         reasons += _band_reasons(band)
+    if analysis.patterns is not None:
+        reasons += _pattern_reasons(analysis)
+    return reasons
+
+
+def _pattern_reasons(analysis: Analysis) -> list[Reason]:
+    """Token groups run as segments of gathered keys: every other mask item must survive the
+    gather. Key padding does (each segment keeps its valid keys); positions do not."""
+    span = None  # patterns have no one statement; the item that clashes gives the span
+    reasons = []
+    for item in analysis.mask:
+        if isinstance(item, (Band, Segment)):
+            reasons.append(Reason(
+                f"flash-attn runs token-group patterns as segments of gathered keys, where key "
+                f"positions are not those of the sequence; it cannot add {item.describe()}",
+                getattr(item, "span", span)))
     return reasons
 
 
@@ -118,7 +143,11 @@ def _score_reasons(analysis: Analysis) -> list[Reason]:
         steps = steps[1:]
     if steps and _is_alibi(steps[-1]):
         alibi = steps.pop()
-        if analysis.key_padding or analysis.key_lengths:
+        if analysis.patterns is not None:
+            reasons.append(Reason("flash-attn's ALiBi measures |q - k| within each segment; "
+                                  "token-group segments gather keys, which moves it",
+                                  alibi.span))
+        elif analysis.key_padding or analysis.key_lengths:
             reasons.append(Reason("flash-attn's ALiBi measures |q - k| within each sequence; "
                                   "unpadded keys would move it", alibi.span))
     for step in steps:
@@ -144,12 +173,26 @@ def _head_dim_reasons(attn: ir.AttentionIR) -> list[Reason]:
 def lower(attn: ir.AttentionIR, analysis: Analysis) -> FlashPlan:
     """The plan: what each recognised piece becomes in the flash-attn call."""
     keys = analysis.key_padding + analysis.key_lengths
-    kind = "varlen" if analysis.segments or keys else "batched"
+    if analysis.patterns is not None:
+        kind = "groups"
+    else:
+        kind = "varlen" if analysis.segments or keys else "batched"
     notes = [{
         "batched": "one flash_attn_func call on [B, S, heads, dim] views, no copies",
         "varlen": "one flash_attn_varlen_func call: layout [total, heads, dim] (a copy when "
                   "B > 1), int32 cu_seqlens",
+        "groups": "one flash_attn_varlen_func call for every token-group pattern: each "
+                  "segment is a run of query groups (in place: the runs tile the sequence) "
+                  "and its pattern's key groups, gathered into one contiguous key tensor "
+                  "(one index_select of k and v); cu_seqlens built from the group sizes on "
+                  "the host, no device-to-host sync",
     }[kind] + " (flash-attn 4 on sm90+, else flash-attn 2)"]
+    segments = _segment_texts(analysis.patterns) if analysis.patterns is not None else ()
+    notes += [f"segment {text}" for text in segments]
+    if kind == "groups" and keys:
+        notes.append("key padding in segments -> each segment's valid keys sorted first "
+                     "(on the device), seqused_k = their count: exact (no band), no dense mask")
+        keys = ()
     if analysis.segments:
         name = analysis.segments[0].input
         notes.append(f"same({name}) -> one varlen sequence per run of equal ids; `{name}` must "
@@ -160,6 +203,10 @@ def lower(attn: ir.AttentionIR, analysis: Analysis) -> FlashPlan:
                      "with no key give 0 (" + "; ".join(k.describe() for k in keys) + ")")
     if analysis.band is not None:
         notes.append(_band_note(analysis.band))
+        if analysis.key_padding:
+            notes.append("band with key padding: exact when every row's valid keys are a "
+                         "suffix (left padding), checked at call time (one host sync with the "
+                         "unpadding); other padding raises UnsupportedInputError")
     if analysis.softcap is not None:
         notes.append("softcap -> softcap=")
     if any(_is_alibi(b) for b in analysis.biases):
@@ -172,6 +219,42 @@ def lower(attn: ir.AttentionIR, analysis: Analysis) -> FlashPlan:
     notes += _backward_notes(attn)
     documents = analysis.segments[0].input if analysis.segments else None
     return FlashPlan(NAME, kind, tuple(notes), documents=documents)
+
+
+def _segment_texts(patterns: Patterns) -> tuple[str, ...]:
+    """One line per segment of a batch row: a run of adjacent query groups of one pattern ->
+    that pattern's key groups (adjacent groups read as one run, `a..b`).
+
+    Why gather keys rather than one segment per key run merged through the log-sum-exp: one
+    varlen call cannot hold the same queries twice (their dq would race), so a merge needs one
+    call per key run plus a combine kernel and its backward; the gather is one copy of the keys
+    a pattern reads (1/8 of k and v for the suite's Anchor) and keeps a single kernel launch.
+    """
+    owner = {g: n for n, (queries, _) in enumerate(patterns.rules) for g in queries}
+    order = [name for name, _ in patterns.groups]
+    runs: list[list[str]] = []
+    for name in order:
+        if runs and owner[runs[-1][-1]] == owner[name]:
+            runs[-1].append(name)
+        else:
+            runs.append([name])
+    return tuple(f"q {_run_text(run)} -> k "
+                 f"{', '.join(_run_text(r) for r in _key_runs(order, patterns.rules[owner[run[0]]][1]))}"
+                 for run in runs)
+
+
+def _key_runs(order: list[str], keys: tuple[str, ...]) -> list[list[str]]:
+    runs: list[list[str]] = []
+    for name in (g for g in order if g in keys):
+        if runs and order.index(runs[-1][-1]) + 1 == order.index(name):
+            runs[-1].append(name)
+        else:
+            runs.append([name])
+    return runs
+
+
+def _run_text(run: list[str]) -> str:
+    return run[0] if len(run) == 1 else f"{run[0]}..{run[-1]}"
 
 
 def _backward_notes(attn: ir.AttentionIR) -> list[str]:
