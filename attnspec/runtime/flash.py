@@ -20,6 +20,7 @@ from collections.abc import Callable
 import torch
 
 from .errors import UnsupportedInputError
+from .packed import _packed_runs
 
 _FLASH_DTYPES = (torch.float16, torch.bfloat16)
 # flash-attn 4 gave wrong dq at head_dim 8 on the H100 (differential fuzzing, 2026-11-23)
@@ -185,17 +186,6 @@ def _flash_remembered(ids: torch.Tensor, what: str, compute: Callable[[], object
     return value
 
 
-def _flash_check_documents(owner: str, name: str, ids: torch.Tensor) -> None:
-    """Varlen sequences are contiguous runs: each document's ids must form one run per row,
-    which non-decreasing ids guarantee (one comparison per position)."""
-    if ids.shape[-1] > 1 and _flash_remembered(
-            ids, "decreasing", lambda: bool((ids[:, 1:] < ids[:, :-1]).any())):
-        raise UnsupportedInputError(
-            f"{owner}: backend 'flash' needs the document ids `{name}` non-decreasing along "
-            "each row (every document one contiguous run); they decrease somewhere. Sort the "
-            "packing, or use backend='flex', which runs any ids")
-
-
 def _flash_window(owner: str, lo: int | None, hi: int | None, bottom_right: bool, Sq: int,
                   Sk: int) -> tuple[int | None, int | None]:
     """flash-attn's (left, right) for the band `lo <= k - q - shift <= hi` (None = unbounded),
@@ -217,20 +207,58 @@ def _flash_window(owner: str, lo: int | None, hi: int | None, bottom_right: bool
 def _flash_runs(ids: torch.Tensor | None, B: int, S: int,
                 device: torch.device) -> tuple[torch.Tensor, int]:
     """int32 cu_seqlens [n + 1] and the longest length of the sequences: one per run of equal
-    `ids` in each row, or one per row when `ids` is None."""
+    `ids` in each row, or one per row when `ids` is None. Ids of a packed call come with them
+    (no sync); others are derived on the device with one sync, remembered per ids tensor."""
     if ids is None:
         return torch.arange(0, (B + 1) * S, S, dtype=torch.int32, device=device), S
-    return _flash_remembered(ids, "runs", lambda: _flash_id_runs(ids, B, S, device))
+    packed = _packed_runs(ids)
+    return packed if packed is not None else _flash_id_facts(ids, B, S, device)[0]
 
 
-def _flash_id_runs(ids: torch.Tensor, B: int, S: int,
-                   device: torch.device) -> tuple[torch.Tensor, int]:
-    """`_flash_runs` of an ids tensor (two device-to-host syncs: the count and the longest)."""
+def _flash_check_documents(owner: str, name: str, ids: torch.Tensor) -> None:
+    """Varlen sequences are contiguous runs: each document's ids must form one run per row,
+    which non-decreasing ids guarantee (found with the runs: one lookup, one sync)."""
+    if _packed_runs(ids) is None and _flash_id_facts(ids, *ids.shape, ids.device)[1]:
+        raise UnsupportedInputError(
+            f"{owner}: backend 'flash' needs the document ids `{name}` non-decreasing along "
+            "each row (every document one contiguous run); they decrease somewhere. Sort the "
+            "packing, or use backend='flex', which runs any ids")
+
+
+def _flash_document_runs(owner: str, name: str, ids: torch.Tensor, B: int, S: int,
+                         device: torch.device) -> tuple[torch.Tensor, int]:
+    """`_flash_runs` of document ids after `_flash_check_documents`, with one lookup."""
+    packed = _packed_runs(ids)
+    if packed is not None:
+        return packed
+    _flash_check_documents(owner, name, ids)
+    return _flash_id_facts(ids, B, S, device)[0]
+
+
+def _flash_id_facts(ids: torch.Tensor, B: int, S: int,
+                    device: torch.device) -> tuple[tuple[torch.Tensor, int], bool]:
+    """((cu_seqlens, longest), whether the ids decrease somewhere), remembered per ids tensor
+    (`_flash_remembered`: a hit costs the one sync of its check)."""
+    return _flash_remembered(ids, "runs", lambda: _flash_id_runs(ids, B, S, device, True))
+
+
+def _flash_id_runs(ids: torch.Tensor, B: int, S: int, device: torch.device,
+                   with_order: bool = False):
+    """(cu_seqlens, longest) of an ids tensor, and with `with_order` whether they decrease
+    somewhere: computed on the device, then the run count, the longest run and the order flag
+    come to the host in one transfer (the one sync: the run count sizes cu_seqlens and the
+    kernel's grid)."""
     starts = torch.ones(B, S, dtype=torch.bool, device=device)
     starts[:, 1:] = ids[:, 1:] != ids[:, :-1]
-    first = starts.flatten().nonzero().flatten()
-    cu = torch.cat([first, first.new_full((1,), B * S)]).to(torch.int32)
-    return cu, int((cu[1:] - cu[:-1]).max())
+    starts = starts.flatten()
+    position = torch.arange(B * S, device=device)
+    run_start = torch.cummax(torch.where(starts, position, 0), 0).values
+    decreasing = (ids[:, 1:] < ids[:, :-1]).any()
+    stats = torch.stack([starts.sum(), (position - run_start + 1).max(), decreasing.long()])
+    count, longest, decreasing = stats.tolist()
+    first = torch.nonzero_static(starts, size=count).flatten()
+    runs = (torch.cat([first, first.new_full((1,), B * S)]).to(torch.int32), longest)
+    return (runs, bool(decreasing)) if with_order else runs
 
 
 def _flash_keep_keys(key_valid: torch.Tensor,
@@ -291,6 +319,7 @@ def _flash_empty_rows(cu_q: torch.Tensor, cu_k: torch.Tensor, total_q: int,
 
 def _flash_attend(owner: str, library: _FlashLibrary, q: torch.Tensor, k: torch.Tensor,
                   v: torch.Tensor, *, scale: float, documents: torch.Tensor | None = None,
+                  document_name: str = "documents",
                   key_valid: torch.Tensor | None = None, band: tuple | None = None,
                   softcap: float | None = None, alibi_slopes: torch.Tensor | None = None,
                   sink: torch.Tensor | None = None) -> torch.Tensor:
@@ -312,8 +341,12 @@ def _flash_attend(owner: str, library: _FlashLibrary, q: torch.Tensor, k: torch.
             above = torch.arange(Sq, device=q.device) < Sq - Sk - window[1]
             out = out.masked_fill(above.view(1, -1, 1, 1), 0.0)
         return out.transpose(1, 2)
-    cu_q, max_q = _flash_runs(documents, B, Sq, q.device)
-    cu_k, max_k = (cu_q, max_q) if documents is not None else _flash_runs(None, B, Sk, q.device)
+    if documents is not None:
+        cu_q, max_q = _flash_document_runs(owner, document_name, documents, B, Sq, q.device)
+        cu_k, max_k = cu_q, max_q
+    else:
+        cu_q, max_q = _flash_runs(None, B, Sq, q.device)
+        cu_k, max_k = _flash_runs(None, B, Sk, q.device)
     keep = None
     if key_valid is not None:
         if band is not None:
