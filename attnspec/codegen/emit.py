@@ -452,9 +452,22 @@ class _AttentionEmitter:
             lines.append(self._input_line(i))
         # The arguments forward() takes, named when an unexpected keyword is given.
         positional = ["x", "context"] if self.layer else ["q", "k", "v"]
-        keywords = tuple_literal(positional + [n.strip(", ") for n in params] + ["sizes", "cp"])
+        packed = self._packed_input()
+        extra = ["cu_seqlens", "max_seqlen"] if packed else []
+        keywords = tuple_literal(positional + [n.strip(", ") for n in params] + extra +
+                                 ["sizes", "cp"])
         return {"kwargs": "".join(kwargs), "pass_kwargs": "".join(passes),
-                "attend_params": "".join(params), "input_lines": lines, "keywords": keywords}
+                "attend_params": "".join(params), "input_lines": lines, "keywords": keywords,
+                "packed": packed,
+                "packed_kwargs": "".join(f"{n}=None, " for n in extra)}
+
+    def _packed_input(self) -> str:
+        """The ids input of the one `same(ids)` conjunct when the spec offers the packed form
+        (tokens [total, ...] plus cu_seqlens): self-attention, one document split; else ""."""
+        segments = self.lowered.analysis.segments
+        if len(segments) != 1 or self.attn.cross:
+            return ""
+        return segments[0].input
 
     def _input_line(self, i: ir.InputDecl) -> str:
         if i.dtype == "edges":

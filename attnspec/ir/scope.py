@@ -77,6 +77,7 @@ RESERVED = frozenset(
     load_state_dict named_parameters named_buffers named_children named_modules requires_grad_
     get_parameter get_buffer get_submodule share_memory dump_patches call_super_init
     q_proj k_proj v_proj o_proj mup_param_groups settings score inputs cp
+    cu_seqlens max_seqlen
     """.split()
 ) | frozenset(ALL_SETTINGS) | frozenset(ALL_MUP_SETTINGS) | frozenset(
     name for name in _RUNTIME_NAMES if not name.startswith("_"))
@@ -104,7 +105,7 @@ def identifier_problem(name: str) -> str | None:
 GENERATED_LOCALS = frozenset(
     "self q k v x context sizes B S Sq Sk dtype b h qi ki score mask shape probs out groups "
     "q_len kv_len q_angles k_angles allowed options bias gqa args classes block_mask mask_mod "
-    "lse library slopes unexpected "
+    "lse library slopes unexpected total "
     # the flex/auto methods and functions that inputs are passed to (tests/test_codegen_safety.py
     # finds every local of the functions an input reaches and checks that it is listed here)
     "captured choice enable_gqa fast kernel kernel_options kv_idx q_idx score_mod "

@@ -64,8 +64,8 @@ class _FlashLibrary:
         return out[0] if isinstance(out, tuple) else out
 
     def varlen_call(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_q: torch.Tensor,
-                    cu_k: torch.Tensor, max_q: int, max_k: int, seqused_k: torch.Tensor | None = None,
-                    **options: object) -> torch.Tensor:
+                    cu_k: torch.Tensor, max_q: int, max_k: int,
+                    seqused_k: torch.Tensor | None = None, **options: object) -> torch.Tensor:
         """q [total_q, H, D], k/v [total_k, Hk, *], int32 cu_seqlens, int longest lengths (upper
         bounds: flash-attn sizes its grid by them); `seqused_k` (flash-attn 4 only): int32
         keys used per sequence, from the sequence's start."""
@@ -282,7 +282,7 @@ def _flash_check_left_padded(owner: str, key_valid: torch.Tensor, cu_k: torch.Te
     >>> _flash_check_left_padded("T", torch.tensor([[1, 0, 1, 1, 1, 1]]).bool(), cu)
     Traceback (most recent call last):
     ...
-    attnspec.runtime.errors.UnsupportedInputError: T: backend 'flash' runs a band (causal, windows) with key padding only when each sequence's valid keys come last (left padding); a valid key is followed by a padded one here. Use 'flex' or 'sdpa' for other padding
+    attnspec.runtime.errors.UnsupportedInputError: T: backend 'flash' runs a band ...
     """
     flat = key_valid.flatten()
     starts = torch.zeros(flat.numel() + 1, dtype=torch.bool, device=flat.device)
@@ -423,8 +423,7 @@ def _flash_segments(groups: dict[str, range], patterns: tuple, B: int, Sq: int, 
     return found
 
 
-def _flash_segment_runs(groups: dict[str, range],
-                        patterns: tuple) -> tuple[list[tuple[int, int]], list[list[tuple[int, int]]]]:
+def _flash_segment_runs(groups: dict[str, range], patterns: tuple) -> tuple[list, list]:
     """Segments in query order: (query run, key runs) where a query run is a stretch of
     adjacent groups of one pattern and the key runs are that pattern's key groups, adjacent
     ones merged. Empty query runs are left out (they have no rows).

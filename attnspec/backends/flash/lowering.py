@@ -41,8 +41,8 @@ from attnspec.lower.analysis import (
     Bias,
     KeyLength,
     KeyPadding,
-    Segment,
     Patterns,
+    Segment,
     Softcap,
 )
 
@@ -238,9 +238,11 @@ def _segment_texts(patterns: Patterns) -> tuple[str, ...]:
             runs[-1].append(name)
         else:
             runs.append([name])
-    return tuple(f"q {_run_text(run)} -> k "
-                 f"{', '.join(_run_text(r) for r in _key_runs(order, patterns.rules[owner[run[0]]][1]))}"
-                 for run in runs)
+    texts = []
+    for run in runs:
+        keys = _key_runs(order, patterns.rules[owner[run[0]]][1])
+        texts.append(f"q {_run_text(run)} -> k {', '.join(_run_text(r) for r in keys)}")
+    return tuple(texts)
 
 
 def _key_runs(order: list[str], keys: tuple[str, ...]) -> list[list[str]]:
