@@ -70,7 +70,7 @@ settings shape sigmoid sink size sizes sorted sqrt src stack start std stop str 
 tensor tensors to training transpose type types uniform_ unknown v v_proj value values view w
 weight weight_decay where x zero zero_ zeros named projection unexpected new_zeros fromkeys
 reset_parameters _init_params extra_repr _backend property setter proj fill_ copy_ empty
-_refused_backends __dict__ refused
+_refused_backends __dict__ refused _forward_packed cu_seqlens max_seqlen total
 """.split())
 
 # Float settings with a valid range: (low, high), None = unbounded.
