@@ -16,12 +16,12 @@ Example:
     ([0, 2, 2, 5], torch.int32, 3)
 """
 
-import weakref
-
 import torch
 
-# id(ids) -> (weak reference to ids, int32 cu_seqlens, longest length): see the module docstring.
+# id(ids) -> (ids, int32 cu_seqlens, longest length), newest last: see the module docstring.
+# Holding ids keeps its id from being reused while the entry lives.
 _PACKED_RUNS = {}
+_PACKED_KEPT = 16
 _CU_SEQLENS_DTYPES = (torch.int32, torch.int64)
 
 
@@ -35,16 +35,16 @@ def _packed_documents(cu_seqlens: object, max_seqlen: object, total: int,
     longest = _check_max_seqlen(cu, max_seqlen, total)
     positions = torch.arange(total, dtype=cu.dtype, device=device)
     ids = (torch.searchsorted(cu, positions, right=True) - 1).view(1, total)
-    key = id(ids)
-    reference = weakref.ref(ids, lambda _: _PACKED_RUNS.pop(key, None))
-    _PACKED_RUNS[key] = (reference, cu.to(torch.int32), longest)
+    _PACKED_RUNS[id(ids)] = (ids, cu.to(torch.int32), longest)
+    while len(_PACKED_RUNS) > _PACKED_KEPT:
+        del _PACKED_RUNS[next(iter(_PACKED_RUNS))]  # the oldest: its call has returned
     return ids
 
 
 def _packed_runs(ids: torch.Tensor) -> tuple[torch.Tensor, int] | None:
     """(int32 cu_seqlens, longest length) of ids made by `_packed_documents`, else None."""
     found = _PACKED_RUNS.get(id(ids))
-    if found is None or found[0]() is not ids:
+    if found is None or found[0] is not ids:
         return None
     return found[1], found[2]
 
