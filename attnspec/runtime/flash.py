@@ -500,6 +500,7 @@ def _flash_valid_first(layout: _FlashSegments, valid: torch.Tensor,
     (valid keys per segment). Patterns have no positions inside a segment, so reordering keys
     changes nothing but which of them the kernel reads. On the device, no sync."""
     order = torch.sort(layout.key_segment * 2 + (~valid).long(), stable=True).indices
-    used = torch.zeros(layout.count, dtype=torch.int32, device=valid.device)
-    used = used.index_add(0, layout.key_segment, valid.to(torch.int32))
+    # Valid keys per segment from a running count read at the segment bounds (gathers only).
+    before = torch.nn.functional.pad(valid.to(torch.int32).cumsum(0, dtype=torch.int32), (1, 0))
+    used = before[layout.cu_k[1:].long()] - before[layout.cu_k[:-1].long()]
     return index.index_select(0, order), used
