@@ -289,7 +289,8 @@ def loop_contestants():
         counts = to_device(lengths, torch.int64)
         doc = torch.repeat_interleave(torch.arange(len(lengths), device=DEV), counts,
                                       output_size=DOC_S)
-        return layer(*(t.transpose(0, 1)[None] for t in (q, k, v)), doc=doc[None])
+        out = layer(*(t.transpose(0, 1)[None] for t in (q, k, v)), doc=doc[None])
+        return out[0].transpose(0, 1)  # [total, H, D], as the packed contestants return
 
     def auto_packed(q, k, v, lengths):
         cu = torch.nn.functional.pad(to_device(lengths, torch.int32).cumsum(0, dtype=torch.int32),

@@ -218,21 +218,24 @@ def _flash_runs(ids: torch.Tensor | None, B: int, S: int,
 def _flash_check_documents(owner: str, name: str, ids: torch.Tensor) -> None:
     """Varlen sequences are contiguous runs: each document's ids must form one run per row,
     which non-decreasing ids guarantee (found with the runs: one lookup, one sync)."""
-    if _packed_runs(ids) is None and _flash_id_facts(ids, *ids.shape, ids.device)[1]:
-        raise UnsupportedInputError(
-            f"{owner}: backend 'flash' needs the document ids `{name}` non-decreasing along "
-            "each row (every document one contiguous run); they decrease somewhere. Sort the "
-            "packing, or use backend='flex', which runs any ids")
+    if _packed_runs(ids) is None:
+        _flash_document_runs(owner, name, ids, *ids.shape, ids.device)
 
 
 def _flash_document_runs(owner: str, name: str, ids: torch.Tensor, B: int, S: int,
                          device: torch.device) -> tuple[torch.Tensor, int]:
-    """`_flash_runs` of document ids after `_flash_check_documents`, with one lookup."""
+    """`_flash_runs` of document ids, refused (naming the input) where they decrease: one
+    lookup of the remembered facts (a hit costs its one sync), none for a packed call."""
     packed = _packed_runs(ids)
     if packed is not None:
         return packed
-    _flash_check_documents(owner, name, ids)
-    return _flash_id_facts(ids, B, S, device)[0]
+    runs, decreasing = _flash_id_facts(ids, B, S, device)
+    if decreasing:
+        raise UnsupportedInputError(
+            f"{owner}: backend 'flash' needs the document ids `{name}` non-decreasing along "
+            "each row (every document one contiguous run); they decrease somewhere. Sort the "
+            "packing, or use backend='flex', which runs any ids")
+    return runs
 
 
 def _flash_id_facts(ids: torch.Tensor, B: int, S: int,
