@@ -49,6 +49,9 @@ class Case:
     # Constructor overrides of this case (e.g. `(("head_dim", 16),)`): the module and the
     # interpreter both run with them, so one spec is checked at other head dims or widths.
     overrides: tuple[tuple[str, float], ...] = ()
+    # The ids input a packed call replaces: the module gets `[total, ...]` tensors and
+    # `cu_seqlens` of those ids (batch 1), the interpreter the ids form.
+    packed: str | None = None
 
 
 @dataclass
@@ -80,10 +83,21 @@ def cases_for(attn: ir.AttentionIR, device: str = "cpu") -> list[Case]:
     different = _allows_different_lengths(attn)
     if different:
         cases.append(Case("Sq=19,Sk=45", 2, 19, 45))
+    packed = _packed_input(attn)
+    if packed is not None:
+        cases.append(Case("packed S=37", 1, 37, 37, packed=packed))
     if str(device).startswith("cuda"):
         cases += [Case("S=77", 2, 77, 77), Case("S=300", 2, 300, 300)]
         cases += [Case("Sq=45,Sk=19", 2, 45, 19)] if different else []
     return cases
+
+
+def _packed_input(attn: ir.AttentionIR) -> str | None:
+    """The ids input of a spec that takes the packed form (one `same(ids)`, self-attention)."""
+    from attnspec.lower.analysis import analyze
+
+    segments = analyze(attn).segments
+    return segments[0].input if len(segments) == 1 and not attn.cross else None
 
 
 def _group_total(attn: ir.AttentionIR) -> int | None:
@@ -201,13 +215,13 @@ def check_case(attn: ir.AttentionIR, module_cls, backend: str, case: Case, dtype
         grad_out = None  # forward only (flex on CPU)
     return check_inputs(attn, module, args, inputs, sizes, dtype, grad_out,
                         Result(spec_name, attn.name, backend, case.name, True, 0.0, ""),
-                        overrides)
+                        overrides, case.packed)
 
 
 def check_inputs(attn: ir.AttentionIR, module, args: tuple, inputs: dict, sizes: dict | None,
                  dtype: torch.dtype, grad_out: torch.Tensor | None = None,
                  result: Result | None = None,
-                 overrides: dict | None = None) -> Result:
+                 overrides: dict | None = None, packed: str | None = None) -> Result:
     """One module instance (on its device, in `dtype`) on the given inputs against the
     interpreter: outputs, and gradients of `(out * grad_out).sum()` when `grad_out` is given.
     Rows the reference makes exactly 0 (nothing to attend) must be exactly 0 (contract §9.4).
@@ -222,7 +236,7 @@ def check_inputs(attn: ir.AttentionIR, module, args: tuple, inputs: dict, sizes:
     result = result or Result("", attn.name, getattr(module, "backend", ""), "inputs", True,
                               0.0, "")
     runs = {name: _run(attn, module, name, args, inputs, sizes, run_dtype, grad_out,
-                       overrides)
+                       overrides, packed if name == "module" else None)
             for name, run_dtype in (("module", dtype), ("ref", torch.float64),
                                     ("eager_t", dtype))}
     return _compare(runs, dtype, result)
@@ -255,7 +269,8 @@ def default_backends(cls, device: str) -> list[str]:
     return names + ["auto"] if str(device).startswith("cuda") else names
 
 
-def _run(attn, module, which: str, args, inputs, sizes, dtype, grad_out, overrides=None):
+def _run(attn, module, which: str, args, inputs, sizes, dtype, grad_out, overrides=None,
+         packed=None):
     """One forward and (with `grad_out`) backward: the module, or the interpreter in `dtype`."""
     grad = grad_out is not None
     leaves = [a.detach().to(dtype).requires_grad_(grad) for a in args]
@@ -263,9 +278,9 @@ def _run(attn, module, which: str, args, inputs, sizes, dtype, grad_out, overrid
              for k, v in module.state_dict().items()}
     if not grad:
         with torch.no_grad():
-            out = _forward(attn, module, which, leaves, state, inputs, sizes, overrides)
+            out = _forward(attn, module, which, leaves, state, inputs, sizes, overrides, packed)
         return out, {}
-    out = _forward(attn, module, which, leaves, state, inputs, sizes, overrides)
+    out = _forward(attn, module, which, leaves, state, inputs, sizes, overrides, packed)
     named = dict(module.named_parameters()) if which == "module" else \
         {k: v for k, v in state.items() if v.requires_grad}
     out.backward(grad_out.to(device=out.device, dtype=out.dtype))
@@ -275,13 +290,29 @@ def _run(attn, module, which: str, args, inputs, sizes, dtype, grad_out, overrid
     return out.detach(), grads
 
 
-def _forward(attn, module, which: str, leaves, state, inputs, sizes, overrides):
+def _forward(attn, module, which: str, leaves, state, inputs, sizes, overrides, packed=None):
     dtype = leaves[0].dtype
     call_inputs = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in inputs.items()}
+    if packed is not None:
+        return _packed_forward(attn, module, leaves, call_inputs, packed)
     if which == "module":
         return module(*leaves, **call_inputs, **({"sizes": sizes} if sizes else {}))
     return eager.run(attn, state, *leaves, inputs=call_inputs, sizes=sizes or None,
                      overrides=overrides)
+
+
+def _packed_forward(attn, module, leaves, inputs: dict, name: str) -> torch.Tensor:
+    """The module's packed call on a batch-1 case, returned in the ids form's layout: tensors
+    `[total, ...]`, `cu_seqlens` from the runs of the ids (int32, as a data loader has them)."""
+    ids = inputs.pop(name)[0]
+    starts = torch.ones_like(ids, dtype=torch.bool)
+    starts[1:] = ids[1:] != ids[:-1]
+    bounds = torch.cat([starts.nonzero().flatten(), ids.new_tensor([ids.numel()])])
+    cu = bounds.to(torch.int32)
+    if attn.mode == "kernel":
+        out = module(*(t[0].transpose(0, 1) for t in leaves), cu_seqlens=cu, **inputs)
+        return out.transpose(0, 1)[None]
+    return module(leaves[0][0], cu_seqlens=cu, **inputs)[None]
 
 
 def _compare(runs: dict, dtype: torch.dtype, result: Result) -> Result:
