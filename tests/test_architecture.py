@@ -52,6 +52,11 @@ def test_plans_by_structure():
                  flash="batched")
     assert_plans("mask sliding_window(8)\n bias alibi\n score = softcap(score, 30.0)",
                  flash=REFUSED, flex="structured")
+    groups = " tokens {\n  a: 4\n  b: *\n }\n pattern a -> a\n pattern b -> a, b"
+    assert_plans(groups, sdpa="patterns", flex="general", flash="groups")
+    assert_plans(groups + "\n mask key_valid(valid)", VALID, sdpa="dense", flash="groups")
+    assert_plans(groups + "\n mask causal", flash=REFUSED)
+    assert_plans("mask causal & key_valid(valid)", VALID, flash="varlen")
 
 
 def test_every_backend_has_its_own_room():

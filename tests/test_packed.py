@@ -121,6 +121,20 @@ def test_packed_tensors_are_checked_naming_the_input():
         mod.T()(q, k[:-1], v, cu_seqlens=CU)
 
 
+def test_verify_checks_the_packed_form_on_every_backend(monkeypatch):
+    from attnspec import verify
+
+    module_ir, mod = compiled(DOCS)
+    attn = module_ir.attentions[0]
+    assert verify.cases_for(attn)[-1].packed == "doc"
+    with_fake(monkeypatch, mod, 4)
+    case = verify.cases_for(attn)[-1]
+    for backend in ("eager", "sdpa", "flash"):
+        dtype = torch.bfloat16 if backend == "flash" else torch.float32
+        result = verify.check_case(attn, mod.T, backend, case, dtype, "cpu", seed=2)
+        assert result.ok and not result.refused, (backend, result.detail)
+
+
 def test_specs_without_one_document_split_have_no_packed_form():
     _, mod = compiled(kernel_spec("mask causal"))
     with pytest.raises(ValueError, match="cu_seqlens"):
