@@ -9,14 +9,19 @@ without host syncs. One device call (~5-8 minutes with first compiles), table pr
    attnspec sdpa (one SDPA call per pattern, as MixedAttention), compiled flex with
    create_block_mask (Triton and FLASH kernels), SDPA with a dense mask, flash-attn 4 called
    directly on hand-gathered segments. Effective TFLOP/s count attendable pairs only.
-3. The packed training loop: 20 steps, S=32,768 tokens, new document lengths every step,
+3. The suite's Documents pattern (B=1, S=32768) forward and forward+backward: auto with ids,
+   auto with cu_seqlens + max_seqlen, flash-attn 4 direct.
+4. The packed training loop: 20 steps, S=32,768 tokens, new document lengths every step,
    forward+backward, everything the mask needs built inside the step: attnspec auto with ids,
    attnspec auto with cu_seqlens + max_seqlen (packed form), flash-attn 4 direct. Device-to-host
    syncs counted with torch.cuda.set_sync_debug_mode("warn") (steps 2..20), recompiles with
    dynamo's counters.
 
-Run on the GPU machine after staging flash-attn 4 (as benchmarks/gpu_suite.sh says):
-    SITE=/tmp/fa4site PYTHONPATH=$PWD python3 benchmarks/gpu_tokengroups.py
+Run on the GPU machine after staging flash-attn 4 (as benchmarks/gpu_suite.sh says: here
+`bash ../shared/gpu/fa4-wheels.sh` and .wheels/ with lark and pydantic; there, command 1
+carrying .fa4a: `bash .fa4a/stage.sh`; command 2 carrying .fa4b and .wheels):
+    bash .fa4b/install.sh && python3 -m pip install -q --no-index --find-links .wheels lark \
+        pydantic && SITE=/tmp/fa4site PYTHONPATH=$PWD python3 benchmarks/gpu_tokengroups.py
 Writes $OUT/tokengroups.json (raw rows). A CPU dry run of the code paths:
     SUITE_DEVICE=cpu SUITE_S=512 SUITE_DOC_S=1024 REPS=1 python3 benchmarks/gpu_tokengroups.py
 """
@@ -267,6 +272,33 @@ def token_groups(name):
     suite.sdpa_contestants(pattern)
 
 
+def documents():
+    """The suite's Documents pattern (B=1, S=32768): auto with ids, auto packed, flash-attn 4
+    direct, back to back as the suite times them (issue 15: forward >= 0.97x direct)."""
+    log("== Documents (ids form, packed form, flash-attn 4 direct)")
+    pattern = suite.Pattern("Documents")
+    doc = pattern.inputs["doc"]
+    attn = next(a for a in suite.SPEC_IR.attentions if a.name == "Documents")
+    pattern.density = attnspec.eager.mask_density(attn, 1, DOC_S, DOC_S, pattern.inputs,
+                                                  device=DEV)
+    counts = torch.bincount(doc[0])
+    cu = torch.nn.functional.pad(counts.cumsum(0), (1, 0)).to(torch.int32)
+    longest = int(counts.max())
+    layer = suite.SPEC.Documents().to(DEV)
+
+    def ids_form(grad):
+        return layer(*pattern.views(grad), doc=doc)
+
+    def packed_form(grad):
+        q, k, v = (t.detach().requires_grad_(grad)[0] for t in pattern.storage)
+        return layer(q, k, v, cu_seqlens=cu, max_seqlen=longest)[None].transpose(1, 2)
+    for label, fn in (("attnspec auto, ids", ids_form), ("attnspec auto, packed", packed_form)):
+        with torch.no_grad():
+            fn(False)
+        suite.record(pattern, label, fn, ran=getattr(layer, "last_backend", "auto"))
+    suite.fa4_contestant(pattern)
+
+
 # --- 3. the packed training loop ---------------------------------------------------------------
 def document_lengths(rng, total):
     lengths = []
@@ -363,6 +395,8 @@ def main():
     for name in ("Anchor", "Mixed"):
         token_groups(name)
         save()
+    documents()
+    save()
     training_loop()
     save()
     summary()
@@ -370,13 +404,13 @@ def main():
 
 def summary():
     log("\n== summary (ms fwd / fwd+bwd, effective TFLOP/s fwd / fwd+bwd)")
-    for name in ("Anchor", "Mixed"):
+    for name in ("Anchor", "Mixed", "Documents"):
         rows = [r for r in suite.ROWS if r["pattern"] == name]
         for contestant in dict.fromkeys(r["contestant"] for r in rows):
             got = {r["pass_"]: r for r in rows if r["contestant"] == contestant}
             cells = [(f"{got[p]['ms']:.3f}", f"{got[p]['tflops']:.0f}") if got.get(p) and
                      got[p]["ms"] else ("-", "-") for p in ("fwd", "fwd+bwd")]
-            log(f"{name:7} {contestant:22} {cells[0][0]:>7} / {cells[1][0]:>7} ms  "
+            log(f"{name:9} {contestant:22} {cells[0][0]:>7} / {cells[1][0]:>7} ms  "
                 f"{cells[0][1]:>4} / {cells[1][1]:>4} TF/s  {got.get('fwd', {}).get('ran', '')}")
     for row in RESULT["loop"]:
         log(f"loop    {row['contestant']:22} {row['ms_mean']:7.3f} ms/step  syncs after step 1: "
