@@ -521,9 +521,9 @@ def test_backends():
     assert mod.CausalLM.AUTO_CPU == "sdpa" and mod.CausalLM.AUTO_CUDA == ("flash", "sdpa")
     assert mod.CausalLM(backend="eager").backend == "eager"
     assert mod.CausalLM(backend="flash").backend == "flash"
-    anchor = attnspec.load(ROOT / "specs/anchor.attn").AnchorAttention
+    graph = attnspec.load(ROOT / "specs/graph.attn").GraphAttention
     with pytest.raises(attnspec.UnsupportedBackendError, match="backend 'flash' cannot run"):
-        anchor(backend="flash")
+        graph(backend="flash")
     with pytest.raises(ValueError, match="unknown backend 'fast'"):
         mod.CausalLM(backend="fast")
 

@@ -107,15 +107,11 @@ def _mask_reasons(analysis: Analysis) -> list[Reason]:
 def _pattern_reasons(analysis: Analysis) -> list[Reason]:
     """Token groups run as segments of gathered keys: every other mask item must survive the
     gather. Key padding does (each segment keeps its valid keys); positions do not."""
-    span = None  # patterns have no one statement; the item that clashes gives the span
-    reasons = []
-    for item in analysis.mask:
-        if isinstance(item, (Band, Segment)):
-            reasons.append(Reason(
-                f"flash-attn runs token-group patterns as segments of gathered keys, where key "
-                f"positions are not those of the sequence; it cannot add {item.describe()}",
-                getattr(item, "span", span)))
-    return reasons
+    # Patterns have no one statement: the item that clashes gives the span.
+    return [Reason(f"flash-attn runs token-group patterns as segments of gathered keys, where "
+                   f"key positions are not those of the sequence; it cannot add "
+                   f"{item.describe()}", item.span)
+            for item in analysis.mask if isinstance(item, (Band, Segment))]
 
 
 def _band_reasons(band: Band) -> list[Reason]:
@@ -170,29 +166,57 @@ def _head_dim_reasons(attn: ir.AttentionIR) -> list[Reason]:
     return reasons
 
 
+# What each plan kind is, for `attnspec explain` (the first note of the plan).
+KIND_NOTES = {
+    "batched": "one flash_attn_func call on [B, S, heads, dim] views, no copies",
+    "varlen": "one flash_attn_varlen_func call: layout [total, heads, dim] (a copy when "
+              "B > 1), int32 cu_seqlens",
+    "groups": "one flash_attn_varlen_func call for every token-group pattern: each "
+              "segment is a run of query groups (in place: the runs tile the sequence) "
+              "and its pattern's key groups, gathered into one contiguous key tensor "
+              "(one index_select of k and v); cu_seqlens built from the group sizes on "
+              "the host, no device-to-host sync",
+}
+
+
 def lower(attn: ir.AttentionIR, analysis: Analysis) -> FlashPlan:
     """The plan: what each recognised piece becomes in the flash-attn call."""
-    keys = analysis.key_padding + analysis.key_lengths
+    kind = _kind(analysis)
+    notes = [KIND_NOTES[kind] + " (flash-attn 4 on sm90+, else flash-attn 2)"]
+    notes += _groups_notes(analysis) if kind == "groups" else _sequence_notes(analysis)
+    if analysis.softcap is not None:
+        notes.append("softcap -> softcap=")
+    if any(_is_alibi(b) for b in analysis.biases):
+        notes.append("alibi -> alibi_slopes= (flash-attn 2; flash-attn 4 has no ALiBi argument "
+                     "and refuses the call)")
+    if attn.sinks:
+        notes.append("sinks -> learnable_sink= (flash-attn 4; flash-attn 2 refuses the call)")
+    notes.append("fp16/bf16 only: float32 inputs are refused (cast them, or use another "
+                 "backend); CUDA only")
+    notes += _backward_notes(attn)
+    documents = analysis.segments[0].input if analysis.segments else None
+    return FlashPlan(NAME, kind, tuple(notes), documents=documents)
+
+
+def _kind(analysis: Analysis) -> str:
     if analysis.patterns is not None:
-        kind = "groups"
-    else:
-        kind = "varlen" if analysis.segments or keys else "batched"
-    notes = [{
-        "batched": "one flash_attn_func call on [B, S, heads, dim] views, no copies",
-        "varlen": "one flash_attn_varlen_func call: layout [total, heads, dim] (a copy when "
-                  "B > 1), int32 cu_seqlens",
-        "groups": "one flash_attn_varlen_func call for every token-group pattern: each "
-                  "segment is a run of query groups (in place: the runs tile the sequence) "
-                  "and its pattern's key groups, gathered into one contiguous key tensor "
-                  "(one index_select of k and v); cu_seqlens built from the group sizes on "
-                  "the host, no device-to-host sync",
-    }[kind] + " (flash-attn 4 on sm90+, else flash-attn 2)"]
-    segments = _segment_texts(analysis.patterns) if analysis.patterns is not None else ()
-    notes += [f"segment {text}" for text in segments]
-    if kind == "groups" and keys:
+        return "groups"
+    keys = analysis.key_padding + analysis.key_lengths
+    return "varlen" if analysis.segments or keys else "batched"
+
+
+def _groups_notes(analysis: Analysis) -> list[str]:
+    notes = [f"segment {text}" for text in _segment_texts(analysis.patterns)]
+    if analysis.key_padding or analysis.key_lengths:
         notes.append("key padding in segments -> each segment's valid keys sorted first "
                      "(on the device), seqused_k = their count: exact (no band), no dense mask")
-        keys = ()
+    return notes
+
+
+def _sequence_notes(analysis: Analysis) -> list[str]:
+    """Documents, unpadded keys and the band of a `batched` or `varlen` plan."""
+    notes = []
+    keys = analysis.key_padding + analysis.key_lengths
     if analysis.segments:
         name = analysis.segments[0].input
         notes.append(f"same({name}) -> one varlen sequence per run of equal ids; `{name}` must "
@@ -207,18 +231,7 @@ def lower(attn: ir.AttentionIR, analysis: Analysis) -> FlashPlan:
             notes.append("band with key padding: exact when every row's valid keys are a "
                          "suffix (left padding), checked at call time (one host sync with the "
                          "unpadding); other padding raises UnsupportedInputError")
-    if analysis.softcap is not None:
-        notes.append("softcap -> softcap=")
-    if any(_is_alibi(b) for b in analysis.biases):
-        notes.append("alibi -> alibi_slopes= (flash-attn 2; flash-attn 4 has no ALiBi argument "
-                     "and refuses the call)")
-    if attn.sinks:
-        notes.append("sinks -> learnable_sink= (flash-attn 4; flash-attn 2 refuses the call)")
-    notes.append("fp16/bf16 only: float32 inputs are refused (cast them, or use another "
-                 "backend); CUDA only")
-    notes += _backward_notes(attn)
-    documents = analysis.segments[0].input if analysis.segments else None
-    return FlashPlan(NAME, kind, tuple(notes), documents=documents)
+    return notes
 
 
 def _segment_texts(patterns: Patterns) -> tuple[str, ...]:
