@@ -146,7 +146,7 @@ INPUT_CASES = {  # label: (input changes, what the message says)
                    "one on meta"),
     "typo": ({"vaild": torch.ones(2, 6, dtype=torch.bool)},
              "K: unexpected input(s) 'vaild' (did you mean 'valid'?); this attention takes q, k, "
-             "v, doc, valid, sizes"),
+             "v, doc, valid, cu_seqlens, max_seqlen, sizes"),
     "unknown": ({"mask": 1}, "K: unexpected input(s) 'mask'"),
     "sizes without groups": ({"sizes": {"a": 1}}, "sizes: this attention has no token groups"),
 }

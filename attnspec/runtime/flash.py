@@ -246,7 +246,7 @@ def _flash_id_facts(ids: torch.Tensor, B: int, S: int,
 
 
 def _flash_id_runs(ids: torch.Tensor, B: int, S: int, device: torch.device,
-                   with_order: bool = False):
+                   with_order: bool = False) -> tuple:
     """(cu_seqlens, longest) of an ids tensor, and with `with_order` whether they decrease
     somewhere: computed on the device, then the run count, the longest run and the order flag
     come to the host in one transfer (the one sync: the run count sizes cu_seqlens and the
@@ -405,6 +405,7 @@ class _FlashSegments:
 
 
 def _cumulative(lengths: list[int]) -> list[int]:
+    """Offsets of consecutive lengths, from 0 to their sum: [2, 3] -> [0, 2, 5]."""
     out = [0]
     for n in lengths:
         out.append(out[-1] + n)

@@ -90,4 +90,5 @@ def _check_max_seqlen(cu: torch.Tensor, max_seqlen: object, total: int) -> int:
 
 
 def _short(values: list[int]) -> str:
+    """The first offsets of a long cu_seqlens, for an error message."""
     return str(values) if len(values) <= 8 else f"[{', '.join(map(str, values[:8]))}, ...]"
