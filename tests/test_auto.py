@@ -30,7 +30,7 @@ def spec_attention(path, name):
     ("packed_documents.attn", "PackedDocuments", ("flash", "sdpa-small", "flex"), ("sdpa",)),
     ("alibi.attn", "AlibiCausal8", ("flash", "sdpa-small", "flex"), ("sdpa",)),
     ("prefix_lm.attn", "PrefixLMConstant", ("sdpa-small", "flex"), ("sdpa",)),
-    ("anchor.attn", "AnchorAttention", ("flash", "flex", "sdpa"), ("sdpa",)),
+    ("anchor.attn", "AnchorAttention", ("flex", "sdpa"), ("sdpa",)),  # flash groups: GPU first
     ("graph.attn", "GraphAttention", ("flex-small", "edges"), ("edges",)),
     ("sliding_window.attn", "SlidingWindowGQA", ("flex",), ("eager",)),
     ("attention_sinks.attn", "SlidingWindowSinks", ("flash", "flex"), ("eager",)),

@@ -122,10 +122,14 @@ def test_groups_refusals_name_the_clash(extra, reason):
     assert any(reason in r.message for r in backends.reasons(attn)["flash"])
 
 
-def test_auto_runs_token_groups_on_flash_first_on_cuda():
+def test_auto_keeps_flash_groups_until_the_gpu_matrix_has_run_them():
+    """No kernel path is picked by auto where it was not verified on the GPU: the groups plan
+    says why, and `backend="flash"` still runs it."""
     attn = build_text(ANCHOR, "t.attn").attentions[0]
-    assert backends.auto_order(attn, "cuda")[0] == "flash"
+    assert backends.auto_order(attn, "cuda") == ("flex", "sdpa")
     assert backends.auto(attn, "cpu") == "sdpa"
+    plan = backends.plans(attn)["flash"]
+    assert plan.kind == "groups" and "GPU matrix" in " ".join(plan.notes)
 
 
 def test_explain_and_plan_list_the_segments():

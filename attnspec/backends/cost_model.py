@@ -5,10 +5,11 @@ fastest kernel wherever it expresses the spec (causal, windows, documents); SDPA
 (cuDNN on Hopper) match it for plain causal/full attention and need no BlockMask; flex runs
 everything else, on its FLASH kernel (flash-attn 4's CuTe DSL) where that can run the call, else
 on Triton; a dense-mask SDPA call beats flex's fixed costs only for small sizes (Sq·Sk <= 2^20:
-0.21 vs 0.27 ms at 1024², 0.08 vs 0.26 ms at 256²); token-group patterns go to flash's `groups`
-plan first (every pattern in one varlen call of dense (query run -> gathered keys) segments, the
-kernel's dense speed; issue 15, benchmarks/gpu_tokengroups.py), then flex (one call instead of
-SDPA's one per pattern).
+0.21 vs 0.27 ms at 1024², 0.08 vs 0.26 ms at 256²); token-group patterns go to flex first (one
+call instead of SDPA's one per pattern). flash's `groups` plan (every pattern in one varlen
+call of dense (query run -> gathered keys) segments; issue 15, benchmarks/gpu_tokengroups.py)
+and its band with left padding join `auto` once they have passed the GPU matrix (a plan's
+`unverified` says why not yet).
 
 A choice is a backend name, or a backend name and a condition after a dash ("sdpa-small":
 SDPA only when Sq·Sk <= 2^20; "sdpa-dense": SDPA with its dense mask).
@@ -64,7 +65,7 @@ def order(available: Mapping[str, Plan], device: str) -> tuple[str, ...]:
     native = sdpa_plan is not None and sdpa_plan.native
     # flash first wherever it has a plan: its call-time checks (dtype, library, head dims, the
     # backward's head-dim floor, left padding under a band) step aside to the next choice.
-    first = [FLASH] if FLASH in available else []
+    first = [FLASH] if FLASH in available and not available[FLASH].unverified else []
     if native and sdpa_plan.kind == "patterns" and FLEX in available:
         # Token groups: one flex call beats SDPA's call per pattern for training (suite:
         # 3.28 vs 3.96 ms fwd+bwd at 8k; forward 0.95 vs 0.88 ms).

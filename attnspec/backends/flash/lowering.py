@@ -68,6 +68,9 @@ class FlashPlan(Plan):
     `notes`). `documents` names the ids input of `same(...)`."""
 
     documents: str | None = None
+    # Why `auto` does not pick this plan yet: a flash path that has not run on the GPU matrix
+    # (it runs on request, `backend="flash"`); "" once it has.
+    unverified: str = ""
 
 
 def supports(attn: ir.AttentionIR, analysis: Analysis) -> list[Reason]:
@@ -194,8 +197,23 @@ def lower(attn: ir.AttentionIR, analysis: Analysis) -> FlashPlan:
     notes.append("fp16/bf16 only: float32 inputs are refused (cast them, or use another "
                  "backend); CUDA only")
     notes += _backward_notes(attn)
+    unverified = _unverified(kind, analysis)
+    if unverified:
+        notes.append(f"auto does not pick flash here until the GPU matrix has run {unverified} "
+                     "(backend='flash' runs it on request)")
     documents = analysis.segments[0].input if analysis.segments else None
-    return FlashPlan(NAME, kind, tuple(notes), documents=documents)
+    return FlashPlan(NAME, kind, tuple(notes), documents=documents, unverified=unverified)
+
+
+def _unverified(kind: str, analysis: Analysis) -> str:
+    """The flash paths built without a GPU (issue 15): kept out of `auto` until the GPU
+    verification matrix has checked them on flash-attn 4 (no kernel is picked where it was
+    not verified)."""
+    if kind == "groups":
+        return "token groups as one varlen call"
+    if analysis.band is not None and analysis.key_padding:
+        return "a band with left-padded keys (seqused_k)"
+    return ""
 
 
 def _kind(analysis: Analysis) -> str:
