@@ -103,7 +103,7 @@ def test_cli_explain(capsys):
 
     assert main(["explain", str(ROOT / "specs/anchor.attn")]) == 0
     out = capsys.readouterr().out
-    assert "sdpa: supported (patterns)" in out and "auto -> sdpa on CPU, flash on CUDA" in out
+    assert "sdpa: supported (patterns)" in out and "auto -> sdpa on CPU, flex on CUDA" in out
 
 
 def test_cli_verify_json_and_junit(tmp_path, capsys):
