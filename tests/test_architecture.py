@@ -189,3 +189,41 @@ def test_flash_usable_check_accepts_captured_numbers(monkeypatch):
     q = SimpleNamespace(is_cuda=True, dtype=torch.bfloat16, device="cuda")
     assert flex._flex_flash_usable(q, (8, torch.ones(2))) in (True, False)
     assert flex._flex_flash_usable(q, (8, torch.ones(2, requires_grad=True))) is False
+
+
+@pytest.fixture
+def deterministic_mode():
+    before = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    yield
+    torch.use_deterministic_algorithms(before)
+
+
+@pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
+def test_flex_refuses_training_tables_in_deterministic_mode(deterministic_mode):
+    """flex's backward adds learned tables' gradients with atomics (run-to-run order varies):
+    under torch.use_deterministic_algorithms(True) such calls are refused in every dtype, so
+    `auto` steps to the next backend; inference and frozen tables still run."""
+    from attnspec.errors import UnsupportedInputError
+
+    layer = attnspec.load(TABLE_SPEC).S(backend="flex")
+    q = torch.randn(1, 2, 40, 16)
+    with pytest.raises(UnsupportedInputError, match="use_deterministic_algorithms"):
+        layer(q, q, q)
+    with torch.no_grad():
+        assert layer(q, q, q).shape == q.shape
+    layer.slopes.requires_grad_(False)
+    assert layer(q, q, q).shape == q.shape
+
+
+def test_flash_passes_the_deterministic_mode_to_flash_attn(deterministic_mode):
+    """flash-attn's backward is deterministic only when asked: the runtime passes
+    torch.are_deterministic_algorithms_enabled() to both versions' calls."""
+    from attnspec.runtime.flash import _FlashLibrary
+
+    for version in (4, 2):
+        options = _FlashLibrary(version, None, None).options(0.5, (None, 0), 0.0, None, None)
+        assert options["deterministic"] is True
+    torch.use_deterministic_algorithms(False)
+    assert _FlashLibrary(4, None, None).options(0.5, (None, 0), 0.0, None, None)[
+        "deterministic"] is False

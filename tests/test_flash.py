@@ -84,9 +84,10 @@ def _check_call(q, k, v, cu_q, cu_k, max_q, max_k):
 
 
 def fake_fa4(q, k, v, *, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, softmax_scale,
-             causal, window_size, learnable_sink, softcap, seqused_k=None):
+             causal, window_size, learnable_sink, softcap, seqused_k=None, deterministic=False):
     """flash_attn.cute.flash_attn_varlen_func's signature (the keywords the runtime uses)."""
     _check_call(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)
+    assert deterministic is torch.are_deterministic_algorithms_enabled()
     if seqused_k is not None:
         assert seqused_k.dtype == torch.int32 and seqused_k.shape == (cu_seqlens_k.numel() - 1,)
         assert bool((seqused_k <= cu_seqlens_k[1:] - cu_seqlens_k[:-1]).all())
@@ -98,9 +99,10 @@ def fake_fa4(q, k, v, *, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
 
 def fake_fa2(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p=0.0,
              softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0,
-             alibi_slopes=None):
+             alibi_slopes=None, deterministic=False):
     """flash_attn.flash_attn_varlen_func's signature: -1 is an unbounded window side."""
     _check_call(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)
+    assert deterministic is torch.are_deterministic_algorithms_enabled()
     assert dropout_p == 0.0
     left, right = (None if w < 0 else w for w in window_size)
     window = (left, 0) if causal else (left, right)

@@ -50,12 +50,16 @@ class _FlashLibrary:
                 alibi_slopes: torch.Tensor | None, sink: torch.Tensor | None) -> dict:
         """Keyword arguments of either function; `window` is (left, right), None = unbounded."""
         causal = window[0] is None and window[1] == 0
+        # flash-attn's backward adds dq (and with GQA dk/dv) from several blocks with atomics;
+        # under torch.use_deterministic_algorithms(True) it takes its deterministic path.
+        deterministic = torch.are_deterministic_algorithms_enabled()
         if self.version == 4:
             return dict(softmax_scale=scale, causal=causal, softcap=softcap, learnable_sink=sink,
-                        window_size=(None, None) if causal else window)
+                        window_size=(None, None) if causal else window,
+                        deterministic=deterministic)
         sides = (-1, -1) if causal else tuple(-1 if w is None else w for w in window)
         return dict(dropout_p=0.0, softmax_scale=scale, causal=causal, window_size=sides,
-                    softcap=softcap, alibi_slopes=alibi_slopes)
+                    softcap=softcap, alibi_slopes=alibi_slopes, deterministic=deterministic)
 
     def dense_call(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                    **options: object) -> torch.Tensor:

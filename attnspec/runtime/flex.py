@@ -465,12 +465,20 @@ def _block_mask_of(lists: tuple[torch.Tensor, ...], mask_mod: Callable | None, q
 
 
 def _flex_check_table_gradients(owner: str, q: torch.Tensor, tables: dict) -> None:
-    """Refuse a half-precision call that would train learned tables through flex's backward
-    (`tables`: name -> param); frozen tables, float32 inputs and inference run."""
-    if q.dtype not in (torch.float16, torch.bfloat16) or not torch.is_grad_enabled():
+    """Refuse a call that would train learned tables through flex's backward (`tables`: name ->
+    param) in half precision, or at all under `torch.use_deterministic_algorithms(True)`: the
+    backward adds each pair's table gradient with atomics, in an order that varies between
+    runs. Frozen tables, float32 inputs (outside deterministic mode) and inference run."""
+    if not torch.is_grad_enabled():
         return
     training = sorted(name for name, table in tables.items() if table.requires_grad)
-    if training:
+    if training and torch.are_deterministic_algorithms_enabled():
+        raise UnsupportedInputError(
+            f"{owner}: flex's backward sums the gradients of learned tables "
+            f"({', '.join(training)}) with atomic adds, whose order varies between runs, and "
+            "torch.use_deterministic_algorithms(True) is on; freeze the tables, or use "
+            "backend='sdpa'/'eager' (auto does)")
+    if training and q.dtype in (torch.float16, torch.bfloat16):
         raise UnsupportedInputError(
             f"{owner}: flex's backward rounds score gradients to {q.dtype} before summing them "
             f"into learned tables ({', '.join(training)}): measured beyond the verification "
