@@ -30,7 +30,17 @@ from attnspec.errors import AttnSpecError, UnsupportedBackendError
 
 __version__ = "0.1.0"
 __all__ = ["AttnSpecError", "UnsupportedBackendError", "build", "compile", "load", "cp_plan",
-           "cp_reduce_param_grads", "__version__"]
+           "cp_reduce_param_grads", "kv_cache_append", "__version__"]
+
+
+def __getattr__(name: str):
+    # `attnspec.kv_cache_append` imports torch, so only on first use: `attnspec compile` must
+    # not import torch.
+    if name == "kv_cache_append":
+        from attnspec.runtime.kv_cache import kv_cache_append
+
+        return kv_cache_append
+    raise AttributeError(f"module 'attnspec' has no attribute {name!r}")
 
 
 def build(path_or_text: str | Path):

@@ -115,6 +115,9 @@ class Frame:
     inputs: Mapping[str, Tensor] = field(default_factory=dict)
     params: Mapping[str, Tensor] = field(default_factory=dict)
     edges: Mapping[str, Mapping[str, Tensor]] = field(default_factory=dict)
+    # Decoding (a kv_cache): each query's position [B, Sq] and each row's key count [B].
+    q_positions: Tensor | None = None
+    key_count: Tensor | None = None
 
     @property
     def heads(self) -> int:
@@ -142,7 +145,8 @@ class ExprInterpreter:
         self.grids = {
             "b": torch.arange(frame.batch, device=dev).view(-1, 1, 1, 1),
             "h": torch.arange(frame.heads, device=dev).view(1, -1, 1, 1),
-            "q": torch.arange(frame.q_len, device=dev).view(1, 1, -1, 1),
+            "q": torch.arange(frame.q_len, device=dev).view(1, 1, -1, 1)
+            if frame.q_positions is None else frame.q_positions[:, None, :, None],
             "k": torch.arange(frame.kv_len, device=dev).view(1, 1, 1, -1),
         }
 
@@ -493,6 +497,8 @@ def _combined_mask(interp: ExprInterpreter) -> Tensor | None:
     parts = [interp.run(m) for m in attn.masks]
     if attn.patterns:
         parts.append(_pattern_predicate(interp))
+    if interp.frame.key_count is not None:  # decoding: a row's keys end after its last query
+        parts.append(interp.grids["k"] < interp.frame.key_count.view(-1, 1, 1, 1))
     return reduce(torch.logical_and, parts) if parts else None
 
 
@@ -620,6 +626,8 @@ def _rope_angles(frame: Frame, rope: ir.Rope, length: int, half: int, dims: int)
         _check_shape(f"input `{rope.positions}` (rope positions)", pos, ("batch", "seq"),
                      (frame.batch, length))
         pos = pos.to(frame.dtype)
+    elif frame.q_positions is not None:  # decoding: the new tokens' own positions
+        pos = frame.q_positions.to(frame.dtype)
     else:
         pos = torch.arange(length, device=frame.device, dtype=frame.dtype)[None]
     i = torch.arange(half, device=frame.device, dtype=frame.dtype)
@@ -653,12 +661,9 @@ def _apply_rope(frame: Frame, q: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
 
 
 # --- the attention core ------------------------------------------------------------------------
-def _attend(frame: Frame, q: Tensor, k: Tensor, v: Tensor, training: bool,
-            storage: torch.dtype) -> Tensor:
-    """q [B, H, Sq, D], k [B, KVH, Sk, D], v [B, KVH, Sk, Dv] in the compute dtype; `storage`
-    is the caller's dtype."""
-    attn, settings = frame.attn, frame.settings
-    k, v = _zero_excluded_keys(frame, k, v)
+def _transform_qk(frame: Frame, q: Tensor, k: Tensor, storage: torch.dtype):
+    """qk_norm, then RoPE, of q and k (in the compute dtype)."""
+    attn = frame.attn
     if attn.qk_norm == "rms":
         q = _rms_norm(q, frame.params["q_norm_weight"])
         k = _rms_norm(k, frame.params["k_norm_weight"])
@@ -668,6 +673,17 @@ def _attend(frame: Frame, q: Tensor, k: Tensor, v: Tensor, training: bool,
         # Transformed q and k are stored in the caller's dtype, as a kernel receives them: the
         # reference in half precision rounds where any real implementation must.
         q, k = q.to(storage).to(frame.dtype), k.to(storage).to(frame.dtype)
+    return q, k
+
+
+def _attend(frame: Frame, q: Tensor, k: Tensor, v: Tensor, training: bool,
+            storage: torch.dtype, transform: bool = True) -> Tensor:
+    """q [B, H, Sq, D], k [B, KVH, Sk, D], v [B, KVH, Sk, Dv] in the compute dtype; `storage`
+    is the caller's dtype. `transform=False`: q and k are already normed and rotated."""
+    attn, settings = frame.attn, frame.settings
+    k, v = _zero_excluded_keys(frame, k, v)
+    if transform:
+        q, k = _transform_qk(frame, q, k, storage)
     group = int(settings["heads"]) // int(settings["kv_heads"])  # head h reads kv head h // group
     k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
     score = score_pipeline(frame, float(settings["scale"]) * (q @ k.transpose(-1, -2)))
@@ -700,9 +716,97 @@ def _run_kernel(attn, settings, state, args, inputs, sizes, training) -> Tensor:
     kv_len = k.shape[2]
     _check_shape("v", v, ("B", "kv_heads", "Sk", "value_dim"),
                  (batch, kv_heads, kv_len, value_dim))
+    if attn.kv_cache is not None:
+        return _run_decode(attn, settings, state, q, k, v, dict(inputs or {}), sizes, training)
     frame = _make_frame(attn, settings, dtype, q.device, batch, q_len, kv_len, state, inputs,
                         sizes)
     out = _attend(frame, q.to(dtype), k.to(dtype), v.to(dtype), training, out_dtype)
+    return out.to(out_dtype)
+
+
+# --- decoding with a kv_cache ------------------------------------------------------------------
+def _cache_tensor(what: str, value, kind: str, labels: Sequence[str],
+                  sizes: Sequence[int | None]) -> Tensor:
+    want = f"{kind}{_shape_text(labels, sizes)}"
+    if value is None:
+        raise ValueError(f"missing input `{what}`: expected {want}")
+    t = torch.as_tensor(value)
+    if not _DTYPE_OK[kind](t):
+        raise ValueError(f"input `{what}` must be {want}, got dtype {t.dtype}")
+    _check_shape(f"input `{what}`", t, labels, sizes)
+    return t
+
+
+def _cache_inputs(attn: ir.AttentionIR, settings, inputs: Mapping[str, Tensor], batch: int,
+                  q_len: int) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    """(cache_k, cache_v, cache_len, pages), checked: lengths leave room for the q_len new
+    tokens and every page a row uses exists."""
+    cache = attn.kv_cache
+    names = cache.argument_names()
+    kv_heads, head_dim = int(settings["kv_heads"]), int(settings["head_dim"])
+    first = ("num_pages", "page_size") if cache.paged else ("B", "capacity")
+    sizes = (None, None) if cache.paged else (batch, None)
+    ck = _cache_tensor(names[0], inputs.get(names[0]), "float", first + ("kv_heads", "head_dim"),
+                       sizes + (kv_heads, head_dim))
+    cv = _cache_tensor(names[1], inputs.get(names[1]), "float", first + ("kv_heads", "value_dim"),
+                       tuple(ck.shape[:2]) + (kv_heads, int(settings["value_dim"])))
+    lengths = _cache_tensor(names[2], inputs.get(names[2]), "int", ("B",), (batch,))
+    pages = None
+    capacity = ck.shape[1]
+    if cache.paged:
+        pages = _cache_tensor(names[3], inputs.get(names[3]), "int", ("B", "max_pages"),
+                              (batch, None)).to(torch.int64)
+        capacity = ck.shape[1] * pages.shape[1]
+    lengths = lengths.to(device=ck.device, dtype=torch.int64)
+    if batch and (lengths.min() < 0 or lengths.max() + q_len > capacity):
+        raise ValueError(f"input `{names[2]}` must lie in [0, {capacity - q_len}] (capacity "
+                         f"{capacity} less {q_len} new tokens)")
+    return ck, cv, lengths, pages
+
+
+def _cache_slot(cache_k: Tensor, pages: Tensor | None, row: int, position: int,
+                what: str) -> tuple[int, int]:
+    """Where position `position` of row `row` lives: (first, second) index into the cache."""
+    if pages is None:
+        return row, position
+    page_size = cache_k.shape[1]
+    page = int(pages[row, position // page_size])
+    if not 0 <= page < cache_k.shape[0]:
+        raise ValueError(f"input `{what}` [B, max_pages]: row {row} uses page {page}, outside "
+                         f"[0, {cache_k.shape[0]})")
+    return page, position % page_size
+
+
+def _run_decode(attn, settings, state, q, k, v, inputs, sizes, training) -> Tensor:
+    """Decoding: q, k, v hold the Sq new tokens of every row. They sit at positions
+    `len[b] + i`; the transformed new keys and the values are written into the cache there (in
+    place), then the queries attend the row's keys 0 .. len[b] + Sq - 1, read from the cache."""
+    dtype, out_dtype = _compute_dtype(q, "q")
+    batch, q_len = q.shape[0], q.shape[2]
+    if k.shape[2] != q_len:
+        raise ValueError(f"k must hold the {q_len} new tokens of q (a kv_cache attention): "
+                         f"expected k [B, kv_heads, Sq={q_len}, head_dim], got {tuple(k.shape)}")
+    names = attn.kv_cache.argument_names()
+    ck, cv, lengths, pages = _cache_inputs(attn, settings, inputs, batch, q_len)
+    kv_len = int(lengths.max()) + q_len if batch else q_len
+    other = {n: t for n, t in inputs.items() if n not in names}
+    frame = _make_frame(attn, settings, dtype, q.device, batch, q_len, kv_len, state, other,
+                        sizes)
+    frame.q_positions = lengths.view(-1, 1) + torch.arange(q_len, device=q.device)
+    frame.key_count = lengths + q_len
+    q, k = _transform_qk(frame, q.to(dtype), k.to(dtype), q.dtype)
+    keys = torch.zeros(batch, kv_len, k.shape[1], k.shape[3], dtype=dtype, device=q.device)
+    values = torch.zeros(batch, kv_len, v.shape[1], v.shape[3], dtype=dtype, device=q.device)
+    for row in range(batch):
+        count = int(lengths[row])
+        for position in range(count + q_len):
+            slot = _cache_slot(ck, pages, row, position, names[-1])
+            if position >= count:  # a new token: written into the cache first
+                ck[slot] = k[row, :, position - count].to(ck.dtype)
+                cv[slot] = v[row, :, position - count].to(cv.dtype)
+            keys[row, position], values[row, position] = ck[slot], cv[slot]
+    out = _attend(frame, q, keys.transpose(1, 2), values.transpose(1, 2), training, q.dtype,
+                  transform=False)
     return out.to(out_dtype)
 
 
@@ -744,6 +848,8 @@ def _run_layer(attn, settings, state, args, inputs, sizes, training) -> Tensor:
         raise ValueError(f"{attn.name} is a layer-mode attention: pass (x,) or (x, context), "
                          f"got {len(args)} tensor(s)")
     x, context = args[0], (args[1] if len(args) == 2 else None)
+    if attn.kv_cache is not None:
+        return _run_layer_decode(attn, settings, state, x, context, inputs, sizes, training)
     dtype, out_dtype = _compute_dtype(x, "x")
     dim, heads, kv_heads = (int(settings[n]) for n in ("dim", "heads", "kv_heads"))
     head_dim, value_dim = int(settings["head_dim"]), int(settings["value_dim"])
@@ -780,6 +886,30 @@ def _run_layer(attn, settings, state, args, inputs, sizes, training) -> Tensor:
     out = _linear(state, "o_proj", heads * value_dim, dim, attn.out_bias, out,
                   ("dim", "heads*value_dim"))
     return out.to(out_dtype)
+
+
+def _run_layer_decode(attn, settings, state, x, context, inputs, sizes, training) -> Tensor:
+    """Decoding in layer mode: q, k, v of the new tokens projected from x (in x's dtype), the
+    kernel-mode decode step, then the output projection."""
+    if context is not None:
+        raise ValueError("a decoding attention attends its own cache: pass x only")
+    _compute_dtype(x, "x")
+    dim, heads, kv_heads = (int(settings[n]) for n in ("dim", "heads", "kv_heads"))
+    head_dim, value_dim = int(settings["head_dim"]), int(settings["value_dim"])
+    _check_shape("x", x, ("B", "S", "dim"), (None, None, dim))
+    batch, length = x.shape[0], x.shape[1]
+    qkv = attn.qkv_bias
+    q = _linear(state, "q_proj", dim, heads * head_dim, qkv, x, ("heads*head_dim", "dim"))
+    k = _linear(state, "k_proj", dim, kv_heads * head_dim, qkv, x, ("kv_heads*head_dim", "dim"))
+    v = _linear(state, "v_proj", dim, kv_heads * value_dim, qkv, x,
+                ("kv_heads*value_dim", "dim"))
+    q = q.view(batch, length, heads, head_dim).transpose(1, 2)
+    k = k.view(batch, length, kv_heads, head_dim).transpose(1, 2)
+    v = v.view(batch, length, kv_heads, value_dim).transpose(1, 2)
+    out = _run_decode(attn, settings, state, q, k, v, dict(inputs or {}), sizes, training)
+    out = out.transpose(1, 2).reshape(batch, length, -1).to(x.dtype)
+    return _linear(state, "o_proj", heads * value_dim, dim, attn.out_bias, out,
+                   ("dim", "heads*value_dim"))
 
 
 # --- public entry points -----------------------------------------------------------------------

@@ -108,6 +108,9 @@ _TABLE = [
     ("E405", "int32-overflow", "an integer expression that may overflow the kernels' int32"),
     ("E406", "bad-shape", "a declared type or shape that does not fit its use: a param with a "
      "sequence dimension, a rope input of the wrong rank"),
+    ("E407", "cannot-decode", "what a decoding attention (a `kv_cache` input) cannot hold yet: "
+     "cross-attention, absolute positions, token groups, per-position inputs, `q_len`/`kv_len`, "
+     "rope `positions`/`freqs`"),
     ("W401", "unused-input", "an input that no expression or position encoding reads"),
     # 5xx tools
     ("E501", "no-mup-block", "`mup-check` on an attention without a `mup` block"),

@@ -52,6 +52,9 @@ class Case:
     # The ids input a packed call replaces: the module gets `[total, ...]` tensors and
     # `cu_seqlens` of those ids (batch 1), the interpreter the ids form.
     packed: str | None = None
+    # Decoding (a kv_cache): tokens each row holds before the call (q_len new ones follow);
+    # kv_len is then the longest row's key count.
+    cache_lens: tuple[int, ...] = ()
 
 
 @dataclass
@@ -76,6 +79,8 @@ def cases_for(attn: ir.AttentionIR, device: str = "cpu") -> list[Case]:
     """Lengths that are not multiples of 128; q_len != kv_len where the spec allows it. On CUDA
     also the lengths where kernels broke (77: flash-attn 4's dense dq at head_dim 16; 300:
     several tiles) and more queries than keys: a check at friendly shapes proves nothing."""
+    if attn.kv_cache is not None:
+        return _decode_cases(device)
     fixed = _group_total(attn)
     if fixed is not None:
         return [Case(f"groups S={fixed}", 2, fixed, fixed)]
@@ -98,6 +103,20 @@ def _packed_input(attn: ir.AttentionIR) -> str | None:
 
     segments = analyze(attn).segments
     return segments[0].input if len(segments) == 1 and not attn.cross else None
+
+
+def _decode_cases(device: str) -> list[Case]:
+    """One new token and a few, rows of ragged lengths (an empty cache among them); on CUDA
+    longer rows across several pages and key tiles."""
+    def case(name: str, q_len: int, lens: tuple[int, ...]) -> Case:
+        return Case(name, len(lens), q_len, max(lens) + q_len, cache_lens=lens)
+
+    cases = [case("decode Sq=1 len=0,5,40", 1, (0, 5, 40)),
+             case("decode Sq=3 len=17,2", 3, (17, 2))]
+    if str(device).startswith("cuda"):
+        cases += [case("decode Sq=1 len=300,77,1", 1, (300, 77, 1)),
+                  case("decode Sq=4 len=129,0", 4, (129, 0))]
+    return cases
 
 
 def _group_total(attn: ir.AttentionIR) -> int | None:
@@ -123,7 +142,13 @@ def make_inputs(attn: ir.AttentionIR, case: Case, dtype: torch.dtype, device: st
     def randn(*shape):
         return torch.randn(*shape, generator=gen, dtype=torch.float64).to(device, dtype)
 
-    if attn.mode == "kernel":
+    if attn.kv_cache is not None and attn.mode == "layer":
+        args = (randn(B, Sq, values["dim"]),)
+    elif attn.kv_cache is not None:
+        args = (randn(B, values["heads"], Sq, values["head_dim"]),
+                randn(B, values["kv_heads"], Sq, values["head_dim"]),
+                randn(B, values["kv_heads"], Sq, values["value_dim"]))
+    elif attn.mode == "kernel":
         args = (randn(B, values["heads"], Sq, values["head_dim"]),
                 randn(B, values["kv_heads"], Sk, values["head_dim"]),
                 randn(B, values["kv_heads"], Sk, values["value_dim"]))
@@ -134,8 +159,43 @@ def make_inputs(attn: ir.AttentionIR, case: Case, dtype: torch.dtype, device: st
     inputs: dict = {}
     for decl in attn.inputs:
         inputs.update(_input_values(attn, decl, values, case, device, gen))
+    if attn.kv_cache is not None:
+        inputs.update(_cache_values(attn.kv_cache, values, case, dtype, device, gen))
     sizes = {g.name: 7 for g in attn.groups if g.size is None}
     return args, inputs, sizes
+
+
+PAGE_SIZE = 16  # verify's pages: several per row, partly filled ones
+
+
+def _cache_values(cache: ir.KVCache, values: dict, case: Case, dtype: torch.dtype,
+                  device: str, gen: torch.Generator) -> dict:
+    """A cache holding `case.cache_lens` random tokens per row (zeros after them); paged: the
+    rows' pages shuffled over a pool with spare pages, table entries past a row's pages -1."""
+    lens = torch.tensor(case.cache_lens)
+    pages_per_row = -(-case.kv_len // PAGE_SIZE) + 1
+    capacity = pages_per_row * PAGE_SIZE
+    shape_k = (case.batch, capacity, values["kv_heads"], values["head_dim"])
+    shape_v = shape_k[:3] + (values["value_dim"],)
+    keep = (torch.arange(capacity).view(1, -1) < lens.view(-1, 1))[:, :, None, None]
+    ck = torch.randn(shape_k, generator=gen, dtype=torch.float64) * keep
+    cv = torch.randn(shape_v, generator=gen, dtype=torch.float64) * keep
+    names = cache.argument_names()
+    out = {names[2]: lens}
+    if not cache.paged:
+        out.update({names[0]: ck, names[1]: cv})
+    else:
+        count = case.batch * pages_per_row
+        order = torch.randperm(count + 2, generator=gen)[:count]  # out of order, 2 spare
+        pool_k = torch.zeros((count + 2, PAGE_SIZE) + shape_k[2:], dtype=torch.float64)
+        pool_v = torch.zeros((count + 2, PAGE_SIZE) + shape_v[2:], dtype=torch.float64)
+        pool_k[order] = ck.reshape((count, PAGE_SIZE) + shape_k[2:])
+        pool_v[order] = cv.reshape((count, PAGE_SIZE) + shape_v[2:])
+        table = order.view(case.batch, pages_per_row).clone()
+        table[:, -1] = -1  # the spare last entry of every row: never read
+        out.update({names[0]: pool_k, names[1]: pool_v, names[3]: table})
+    return {name: t.to(device, dtype) if t.is_floating_point() else t.to(device)
+            for name, t in out.items()}
 
 
 def _input_values(attn, decl: ir.InputDecl, values: dict, case: Case, device: str,
@@ -211,8 +271,9 @@ def check_case(attn: ir.AttentionIR, module_cls, backend: str, case: Case, dtype
     _randomise_params(module, gen)
     args, inputs, sizes = make_inputs(attn, case, dtype, device, gen)
     grad_out = torch.randn(_output_shape(attn, case), generator=gen, dtype=torch.float64)
-    if not has_backward(backend, device):
-        grad_out = None  # forward only (flex on CPU)
+    if not has_backward(backend, device) or attn.kv_cache is not None:
+        # Forward only: flex on CPU; decoding (inference: flash decodes without a backward).
+        grad_out = None
     return check_inputs(attn, module, args, inputs, sizes, dtype, grad_out,
                         Result(spec_name, attn.name, backend, case.name, True, 0.0, ""),
                         overrides, case.packed)
@@ -292,7 +353,9 @@ def _run(attn, module, which: str, args, inputs, sizes, dtype, grad_out, overrid
 
 def _forward(attn, module, which: str, leaves, state, inputs, sizes, overrides, packed=None):
     dtype = leaves[0].dtype
-    call_inputs = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in inputs.items()}
+    # Copies: a decoding call writes its new tokens into the cache, and each run gets its own.
+    call_inputs = {k: (v.to(dtype, copy=True) if v.is_floating_point() else v)
+                   for k, v in inputs.items()}
     if packed is not None:
         return _packed_forward(attn, module, leaves, call_inputs, packed)
     if which == "module":

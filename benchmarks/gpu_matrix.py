@@ -25,6 +25,7 @@ import os
 import site
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 if os.environ.get("SITE"):  # flash-attn 4's CUTLASS DSL needs its .pth processed
@@ -60,6 +61,10 @@ def cases(attn, cls) -> list[verify.Case]:
         try:
             cls(backend="eager", **dict(overrides))
         except ValueError:  # e.g. rope dims larger than this head dim
+            continue
+        if attn.kv_cache is not None:  # decoding: verify's cases (ragged rows, pages)
+            planned += [replace(c, name=f"{c.name} hd={hd}", overrides=overrides)
+                        for c in verify.cases_for(attn, "cuda")]
             continue
         if attn.groups:
             base = verify.cases_for(attn)[0]

@@ -108,6 +108,8 @@ SHIPPED = {
     "CausalLM": ("causal", [CAUSAL], []),
     "CrossAttention": ("none", [], []),
     "DecodeWithCache": ("causal", [B(None, 0, "bottom_right")], []),
+    "LlamaDecode": ("causal", [CAUSAL], []),
+    "AlibiDecode": ("structured", [B(-4096, 0)], [("alibi", -1.0)]),
     "GraphAttention": ("general", [OTHER], [("table", "type_bias"), ("gate",)]),
     "KeyPaddingEager": ("structured", [("padding", "valid")], []),
     "KeyPaddingLengths": ("structured", [("length", "lengths")], []),

@@ -27,10 +27,13 @@ from attnspec.errors import UnsupportedBackendError
 from attnspec.ir import nodes as ir
 from attnspec.ir.build import build_text
 from attnspec.runtime.source import top_level_names
+from attnspec.verify import Case
+from attnspec.verify import _cache_values as verify_cache_values
 
 ROOT = Path(__file__).resolve().parent.parent
 # Names made from checked spec names: temporaries, flex functions, captured params and edges.
-PER_SPEC = r"_t\d+|_(flex|mask_mod|block_lists)_[A-Za-z]\w*|_[pes]\d*_\w+|a\d+"
+PER_SPEC = (r"_t\d+|_(flex|mask_mod|block_lists|decode_flex|decode_mask)_[A-Za-z]\w*"
+            r"|_[pes]\d*_\w+|a\d+")
 # Standalone modules inline parts of the runtime verbatim: its own identifiers are known.
 RUNTIME_NAMES = runtime_identifiers()
 SPECS = sorted((ROOT / "specs").glob("*.attn"))
@@ -156,6 +159,13 @@ def call_inputs(attn: ir.AttentionIR, inst, B: int, S: int, gen: torch.Generator
             kw[decl.name] = torch.randint(0, max(S, 1), shape, generator=gen)
         else:
             kw[decl.name] = torch.randn(shape, generator=gen, dtype=F64)
+    if attn.kv_cache is not None:  # decoding: S new tokens after a few cached ones per row
+        lens = tuple(range(3, 3 + B))
+        case = Case("decode", B, S, max(lens) + S, cache_lens=lens)
+        kw.update(verify_cache_values(attn.kv_cache, {"kv_heads": inst.kv_heads,
+                                                      "head_dim": inst.head_dim,
+                                                      "value_dim": inst.value_dim},
+                                      case, F64, "cpu", gen))
     return kw
 
 

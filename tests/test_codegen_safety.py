@@ -47,7 +47,8 @@ from attnspec.ir.build import build_text
 ROOT = Path(__file__).resolve().parent.parent
 FILE = "s.attn"
 # Identifiers made from checked spec names: temporaries, per-attention functions, flex aliases.
-PER_SPEC = r"_t\d+|_(flex|mask_mod|block_lists)_[A-Za-z]\w*|_[pes]\d*_\w+|a\d+"
+PER_SPEC = (r"_t\d+|_(flex|mask_mod|block_lists|decode_flex|decode_mask)_[A-Za-z]\w*"
+            r"|_[pes]\d*_\w+|a\d+")
 # What generated modules may import (difflib: on an error path of the token-group checks).
 SAFE_IMPORTS = {"torch", "math", "collections", "importlib.util", "warnings", "difflib",
                 "torch.distributed"}

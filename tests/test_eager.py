@@ -796,5 +796,12 @@ def test_shipped_specs_run_in_float64(attn):
                                  attn.out_bias))
         args = (rand(b, s, cfg["dim"]),) + ((rand(b, s, cfg["context_dim"]),)
                                             if attn.cross else ())
-    out = run(attn, state, *args, inputs=_random_inputs(attn, b, s))
+    inputs = _random_inputs(attn, b, s)
+    if attn.kv_cache is not None:  # decoding: the s tokens follow 3 and 5 cached ones
+        from attnspec.verify import Case, _cache_values
+
+        case = Case("decode", b, s, 5 + s, cache_lens=(3, 5))
+        inputs.update(_cache_values(attn.kv_cache, cfg, case, F64, "cpu",
+                                    torch.Generator().manual_seed(0)))
+    out = run(attn, state, *args, inputs=inputs)
     assert out.dtype == F64 and not out.isnan().any()

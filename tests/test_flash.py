@@ -83,9 +83,20 @@ def _check_call(q, k, v, cu_q, cu_k, max_q, max_k):
     assert isinstance(max_k, int) and max_k >= int((cu_k[1:] - cu_k[:-1]).max())
 
 
-def fake_fa4(q, k, v, *, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, softmax_scale,
-             causal, window_size, learnable_sink, softcap, seqused_k=None, deterministic=False):
-    """flash_attn.cute.flash_attn_varlen_func's signature (the keywords the runtime uses)."""
+def fake_fa4(q, k, v, *, cu_seqlens_q=None, cu_seqlens_k=None, max_seqlen_q=None,
+             max_seqlen_k=None, softmax_scale, causal, window_size, learnable_sink, softcap,
+             seqused_k=None, page_table=None, deterministic=False):
+    """flash_attn.cute.flash_attn_varlen_func's signature (the keywords the runtime uses);
+    batched q with `seqused_k` and no cu_seqlens: decoding from a (paged) cache
+    (tests/test_decode.py's model)."""
+    if cu_seqlens_q is None and q.dim() == 4:
+        from test_decode import fake_fa4_decode
+
+        assert deterministic is torch.are_deterministic_algorithms_enabled()
+        return fake_fa4_decode(q, k, v, seqused_k=seqused_k, page_table=page_table,
+                               softmax_scale=softmax_scale, causal=causal,
+                               window_size=window_size, learnable_sink=learnable_sink,
+                               softcap=softcap)
     _check_call(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)
     assert deterministic is torch.are_deterministic_algorithms_enabled()
     if seqused_k is not None:
@@ -152,7 +163,7 @@ FLASH_ATTENTIONS = {
     "DecodeWithCache", "KeyPaddingEager", "AnchorAttention", "KeyPaddingLengths", "Local",
     "MupCausalLayer",
     "PackedDocuments", "RopeCausal", "RopeQKNormGQA", "SlidingWindowMistral", "Gemma2Local",
-    "Gemma2Global",
+    "Gemma2Global", "LlamaDecode",
 }
 
 
@@ -322,6 +333,8 @@ def test_shipped_specs_on_flash_match_the_interpreter(path, version, monkeypatch
 
 
 def _expected_refusal(attn, version, case):
+    if attn.kv_cache is not None and version == 2:
+        return "decodes with flash-attn 4"
     analysis = analyze(attn)
     if any(b.kind == "alibi" for b in analysis.biases) and version == 4:
         return "flash-attn 4 has no alibi_slopes"

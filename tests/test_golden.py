@@ -14,7 +14,7 @@ from attnspec.cli import main
 
 ROOT = Path(__file__).parent.parent
 GOLDEN = Path(__file__).parent / "golden"
-SPECS = ["causal_lm", "sliding_window", "anchor", "graph"]
+SPECS = ["causal_lm", "sliding_window", "anchor", "graph", "decode"]
 STAGES = ["ast", "ir", "py"]
 
 

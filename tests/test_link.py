@@ -22,6 +22,7 @@ from attnspec.cache import cached_json
 from attnspec.codegen import link
 from attnspec.codegen.emit import generate
 from attnspec.errors import UnsupportedBackendError
+from attnspec.ir import scope
 from attnspec.ir.build import build_text
 from attnspec.runtime import MODULES, source
 
@@ -102,7 +103,7 @@ def test_import_linked_modules_define_no_runtime(path):
         for node in tree.body:
             if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
                 assert node.name in attentions or node.name.startswith(
-                    ("_flex_", "_mask_mod_", "_block_lists_")), node.name
+                    scope.ATTENTION_FUNCTION_PREFIXES), node.name
                 assert node.name not in source.top_level_names()
             elif isinstance(node, ast.ImportFrom) and node.module.startswith("attnspec"):
                 module = node.module.removeprefix("attnspec.runtime.")

@@ -250,6 +250,46 @@ def assert_zero_rows(out, mask):
     assert (out.abs().sum(-1) > 0).any()
 
 
+# --- decode.attn: token by token through a cache equals the whole sequence ---------------------
+def _decode_steps(step, B: int, S: int) -> torch.Tensor:
+    """A prompt of 4 tokens, then one per call; `step(start, stop, lengths)` runs one call."""
+    lengths, outs = torch.zeros(B, dtype=torch.int64), []
+    for start, stop in [(0, 4)] + [(i, i + 1) for i in range(4, S)]:
+        outs.append(step(start, stop, lengths))
+        lengths = lengths + (stop - start)
+    return outs
+
+
+def test_decode_specs_decode_like_the_whole_sequence():
+    mod, g = spec("decode"), torch.Generator().manual_seed(0)
+    B, S = 2, 6
+    llama = mod.LlamaDecode(backend="sdpa").double()
+    q = torch.randn(B, 32, S, 128, generator=g, dtype=torch.float64)
+    k, v = (torch.randn(B, 8, S, 128, generator=g, dtype=torch.float64) for _ in range(2))
+
+    def paged():
+        return dict(cache_k=torch.zeros(6, 4, 8, 128, dtype=torch.float64),
+                    cache_v=torch.zeros(6, 4, 8, 128, dtype=torch.float64),
+                    cache_pages=torch.tensor([[3, 0, 5], [1, 4, 2]]))
+
+    cache = paged()
+    steps = _decode_steps(lambda a, b, n: llama(q[:, :, a:b], k[:, :, a:b], v[:, :, a:b],
+                                                cache_len=n, **cache), B, S)
+    whole = llama(q, k, v, cache_len=torch.zeros(B, dtype=torch.int64), **paged())
+    torch.testing.assert_close(torch.cat(steps, 2), whole)
+    layer = mod.AlibiDecode(backend="sdpa").double()
+    x = torch.randn(B, S, 512, generator=g, dtype=torch.float64)
+
+    def contiguous():
+        return dict(cache_k=torch.zeros(B, 8, 2, 64, dtype=torch.float64),
+                    cache_v=torch.zeros(B, 8, 2, 64, dtype=torch.float64))
+
+    cache = contiguous()
+    steps = _decode_steps(lambda a, b, n: layer(x[:, a:b], cache_len=n, **cache), B, S)
+    whole = layer(x, cache_len=torch.zeros(B, dtype=torch.int64), **contiguous())
+    torch.testing.assert_close(torch.cat(steps, 1), whole)
+
+
 # --- coverage: every attention of every shipped spec has a test here ---------------------------
 COVERED = {
     "alibi": {"AlibiCausal6", "AlibiCausal8"},
@@ -257,6 +297,7 @@ COVERED = {
     "attention_sinks": {"SlidingWindowSinks", "StreamingLLM"},
     "causal_lm": {"CausalLM"},
     "cross_attention": {"CrossAttention", "DecodeWithCache"},
+    "decode": {"LlamaDecode", "AlibiDecode"},
     "graph": {"GraphAttention"},
     "key_padding": {"KeyPaddingEager", "KeyPaddingLengths"},
     "local_strided_bigbird": {"Local", "Strided", "BigBird"},

@@ -62,6 +62,12 @@ def order(available: Mapping[str, Plan], device: str) -> tuple[str, ...]:
         return (FLEX_SMALL, EDGES) if device == "cuda" and FLEX in available else (EDGES,)
     if device != "cuda":
         return (SDPA,) if sdpa_plan is not None else (EAGER,)
+    if available[EAGER].kind == "decode":
+        # Decoding reads a cache that grows to tens of thousands of keys per row: flash-attn 4
+        # reads it in place (seqused_k, page_table), then flex (in place, BlockMask from the
+        # lengths); SDPA gathers every row's keys into a dense tensor first (benchmarks/
+        # gpu_decode.py measures the three).
+        return tuple(name for name in (FLASH, FLEX, SDPA) if name in available)
     native = sdpa_plan is not None and sdpa_plan.native
     # flash first wherever it has a plan: its call-time checks (dtype, library, head dims, the
     # backward's head-dim floor, left padding under a band) step aside to the next choice.

@@ -71,6 +71,9 @@ tensor tensors to training transpose type types uniform_ unknown v v_proj value 
 weight weight_decay where x zero zero_ zeros named projection unexpected new_zeros fromkeys
 reset_parameters _init_params extra_repr _backend property setter proj fill_ copy_ empty
 _refused_backends __dict__ refused _forward_packed cu_seqlens max_seqlen total
+_cache_k _cache_v _cache_len _cache_pages _decode _decode_auto _storage getattr check_values
+_rows split _group _qf _logical _physical _count _offset _angles _band _name _decode_eager
+_decode_sdpa _decode_flex _decode_flash
 """.split())
 
 # Float settings with a valid range: (low, high), None = unbounded.
@@ -249,6 +252,11 @@ class _AttentionEmitter:
                 continue
             macros = environment.get_template(backend.template).module
             p = backend.emit(self, plan, self.lowered)
+            if self.attn.kv_cache is not None:  # decoding: the backend's `_decode_<name>`
+                methods.append(macros.decode_method(context, p).rstrip())
+                if hasattr(macros, "decode_functions"):
+                    functions.append(str(macros.decode_functions(context, p)).rstrip())
+                continue
             methods.append(macros.method(context, p).rstrip())
             for part, out in (("auto_step", steps), ("init", inits), ("functions", functions)):
                 if hasattr(macros, part) and (part != "init" or p.get("index_settings")):
@@ -279,6 +287,29 @@ class _AttentionEmitter:
                             if a.cross else "k and v come from x, or from context [B, Sk, dim]."),
             "edge_inputs": [i.name for i in a.inputs if i.dtype == "edges"],
             "mask": mask, "score": score, **inputs, **self._backends(),
+            "decode": self._decode(),
+        }
+
+    def _decode(self) -> dict | None:
+        """The kv_cache's call-time arguments (decoding attentions), as code text."""
+        cache = self.attn.kv_cache
+        if cache is None:
+            return None
+        names = [_name(n) for n in cache.argument_names()]
+        pages = names[3] if cache.paged else "None"
+        pass_names = names[:2] + [names[2], pages]
+        return {
+            "name_str": repr(cache.name), "paged": literal(cache.paged),
+            "len": names[2], "pages": pages, "pages_target": names[3] if cache.paged else "_",
+            "kwargs": "".join(f"{n}=None, " for n in names),
+            "tensors": ", ".join(names) + ("," if len(names) == 1 else ""),
+            "forward_args": "".join(f"{n}, " for n in pass_names),
+            # Inside the methods the cache has fixed names: `_` keeps them clear of spec names.
+            "cache_args": "_cache_k, _cache_v, _cache_len, _cache_pages",
+            "pass_inputs": "".join(f", {n}={n}" for n in self._argument_names()),
+            "cache_params": "_cache_k, _cache_v, _cache_len, _cache_pages",
+            "doc": f"{names[0]}, {names[1]}: the {'paged' if cache.paged else 'contiguous'} "
+                   "cache (the class docstring has its layout).",
         }
 
     # backends ---------------------------------------------------------------------------------
@@ -378,6 +409,13 @@ class _AttentionEmitter:
                 lines.append(f"{i.name}: {i.dtype} [{labels}]")
         if a.groups:
             lines.append("sizes: {group: size} for `*` token groups (see GROUPS).")
+        if a.kv_cache is not None:
+            names = a.kv_cache.argument_names()
+            first = "num_pages, page_size" if a.kv_cache.paged else "B, capacity"
+            lines.append(f"{names[0]}, {names[1]}: float [{first}, kv_heads, *] (the cache)")
+            lines.append(f"{names[2]}: int [B] (tokens cached per row before the call)")
+            if a.kv_cache.paged:
+                lines.append(f"{names[3]}: int [B, max_pages] (the page table)")
         return (["Call-time inputs (keyword arguments):"] + ["    " + x for x in lines]
                 if lines else ["No call-time inputs."])
 
@@ -454,8 +492,10 @@ class _AttentionEmitter:
         positional = ["x", "context"] if self.layer else ["q", "k", "v"]
         packed = self._packed_input()
         extra = ["cu_seqlens", "max_seqlen"] if packed else []
-        keywords = tuple_literal(positional + [n.strip(", ") for n in params] + extra +
-                                 ["sizes", "cp"])
+        cache = list(a.kv_cache.argument_names()) if a.kv_cache else []
+        # A decoding forward takes no `cp=` (context parallelism shards one long sequence).
+        keywords = tuple_literal(positional + cache + [n.strip(", ") for n in params] + extra
+                                 + (["sizes"] if cache else ["sizes", "cp"]))
         return {"kwargs": "".join(kwargs), "pass_kwargs": "".join(passes),
                 "attend_params": "".join(params), "input_lines": lines, "keywords": keywords,
                 "packed": packed,
@@ -518,7 +558,8 @@ class _AttentionEmitter:
         lines, plain = lines + rotate, plain + rotate
         comment = f"RoPE ({style}, base {base}), first {dims.replace('self.', '')} " \
                   f"channels, {where}."
-        return {"dims": dims, "lines": lines, "plain_lines": plain, "comment": comment}
+        return {"dims": dims, "lines": lines, "plain_lines": plain, "comment": comment,
+                "base": base, "interleaved": inter}
 
     # mask and score ---------------------------------------------------------------------------
     def _mask(self) -> dict:

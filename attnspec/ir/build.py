@@ -232,7 +232,9 @@ class _AttentionBuilder:
         self._check_names()
         numeric = self._numeric()
         self.values = self._setting_values(numeric)
-        inputs = tuple(filter(None, (self._input(d) for d in self.by_kind["input"])))
+        inputs = tuple(filter(None, (self._input(d) for d in self.by_kind["input"]
+                                     if not _is_cache_decl(d))))
+        kv_cache = self._kv_cache()
         params = [p for p in (self._param(d) for d in self.by_kind["param"]) if p]
         masks = tuple(filter(None, (self._mask(m) for m in self.by_kind["mask"])))
         pipeline = tuple(filter(None, (self._step(s) for s in self._pipeline_statements())))
@@ -249,7 +251,8 @@ class _AttentionBuilder:
             sinks=self.sinks,
             groups=self._groups(), patterns=self._patterns(), inputs=inputs,
             params=tuple(params), masks=masks, pipeline=pipeline, rope=rope,
-            absolute_position=absolute, mup=self._mup(), span=span_ir(self.node.name_span))
+            absolute_position=absolute, mup=self._mup(), span=span_ir(self.node.name_span),
+            kv_cache=kv_cache)
 
     def _check_names(self) -> None:
         inputs, params = self.scope.inputs, self.scope.params
@@ -421,10 +424,32 @@ class _AttentionBuilder:
             return None
         return ir.InputDecl(name=decl.name, dtype=t.base, dims=dims, span=span_ir(decl.span))
 
+    def _kv_cache(self) -> ir.KVCache | None:
+        """The one `input NAME: kv_cache(paged = false)` of a decoding attention, if any."""
+        decls = [d for d in self.by_kind["input"] if _is_cache_decl(d)]
+        for extra in decls[1:]:
+            self.diags.error("E207", "a second `kv_cache` input", extra.span,
+                             hint="an attention reads one cache (one per layer: one module "
+                                  "instance per layer)")
+        if not decls:
+            return None
+        decl = decls[0]
+        args = self._const_args(decl.type.args, {"paged": False}, "kv_cache", decl.type.span)
+        if args is None:
+            return None
+        if not isinstance(args["paged"], bool):
+            self.diags.error("E308", "`kv_cache(paged = ...)` must be true or false",
+                             decl.type.span)
+            return None
+        return ir.KVCache(name=decl.name, paged=args["paged"], span=span_ir(decl.span))
+
     def _edges_input(self, decl: ast.InputDecl, t: ast.CallType) -> ir.InputDecl | None:
         if t.base != "edges":
-            self.diags.error("E206", f"unknown input type `{t.base}(...)`", t.span,
-                             hint="the only call type is `edges(types = T, max_distance = D)`")
+            self.diags.error("E206", f"unknown input type `{t.base}`", t.span,
+                             hint=did_you_mean(t.base, ("edges", "kv_cache", "int", "float",
+                                                        "bool"))
+                             or "input types: int[...], float[...], bool[...], edges(...), "
+                                "kv_cache")
             return None
         args = self._const_args(t.args, {"types": 1, "max_distance": 1, "self_loops": False},
                                 "edges", t.span)
@@ -666,6 +691,11 @@ class _AttentionBuilder:
             self.diags.error("E207", "at most one `mup` block is allowed", extra.span)
         return ir.Mup(zero_query=self._flag(self.mup_settings, "zero_query", True),
                       span=span_ir(stmt.span))
+
+
+def _is_cache_decl(decl: ast.InputDecl) -> bool:
+    """`input NAME: kv_cache` or `kv_cache(...)`: the cache of a decoding attention."""
+    return isinstance(decl.type, ast.CallType) and decl.type.base == "kv_cache"
 
 
 def _setting_refs(expr: ir.Expr) -> list[ir.SettingRef]:

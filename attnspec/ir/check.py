@@ -65,6 +65,7 @@ class AttentionChecker:
         self._groups_and_patterns()
         self._inputs()
         self._positions()
+        self._decoding()
         if self.values is not None:
             intervals = Intervals(self.attn, self.values)
             for expr in self._expressions():
@@ -202,6 +203,47 @@ class AttentionChecker:
                            hint=f"first used on line {uses[0].span.line}; merge the key lists")
 
     # inputs and positions ---------------------------------------------------------------------
+    def _decoding(self) -> None:
+        """What a decoding attention (a `kv_cache` input) cannot hold yet: its queries sit at
+        per-row positions, so per-position inputs, token groups and sequence lengths have no
+        single meaning (docs/language.md, "Decoding")."""
+        a, cache = self.attn, self.attn.kv_cache
+        if cache is None:
+            return
+        self._identifier(cache.name, cache.span, "input")
+        for extra in cache.argument_names():
+            if a.input(extra) is not None:
+                self.error("E208", f"input `{extra}` clashes with the `{extra}=` argument of "
+                           f"kv_cache input `{cache.name}`", a.input(extra).span)
+        if a.cross:
+            self.error("E407", "a `kv_cache` holds the attention's own keys: cross-attention "
+                       "(`context_dim`) cannot decode with one", cache.span,
+                       hint="project the context once and run a kernel-mode attention on it")
+        if a.absolute_position is not None:
+            self.error("E407", f"`position {a.absolute_position.kind}` cannot decode yet: it is "
+                       "added to x at positions 0, 1, ...", a.absolute_position.span,
+                       hint="use `position rope`, or `bias alibi` / `t5`")
+        if a.groups or a.patterns:
+            self.error("E407", "token groups cannot be decoded: queries sit at per-row positions",
+                       a.groups[0].span if a.groups else a.span)
+        for i in a.inputs:
+            if i.dtype == "edges" or any(d.kind in ("seq", "q_seq", "kv_seq") for d in i.dims):
+                self.error("E407", f"input `{i.name}`: a decoding attention takes per-row inputs "
+                           "(int[batch], ...) only, not per-position ones", i.span,
+                           hint="positions are absolute: `q` is the query's position")
+        if a.rope is not None and (a.rope.positions or a.rope.freqs):
+            self.error("E407", "with a kv_cache, RoPE positions come from the cache (`q` = "
+                       f"{cache.name}_len[b] + index); drop `positions =` / `freqs =`",
+                       a.rope.span)
+        for expr in list(a.masks) + [s.expr for s in a.pipeline]:
+            for node in walk(expr):
+                if isinstance(node, ir.SeqLen):
+                    self.error("E407", f"`{node.name}` has no single value in a decoding "
+                               "attention: each row has its own length", node.span,
+                               hint="positions are absolute, so `causal` is aligned at each "
+                                    "row's end (use it, not causal_bottom_right)")
+                    break
+
     def _inputs(self) -> None:
         for i in self.attn.inputs:
             kinds = [d.kind for d in i.dims]

@@ -209,6 +209,8 @@ class ExprBuilder:
         return None
 
     def _bare_tensor(self, e: ast.Name, env: Env, ctx: str):
+        if self._is_cache(e.name):
+            return self._cache_value(e.name, e.span, env)
         if e.name in self.attn.inputs and self._input_rank(e.name) == 0:
             return self._index_ref(e.name, (), e.span, env, ctx)
         if e.name in self.attn.inputs and self._is_edges(e.name):
@@ -338,6 +340,8 @@ class ExprBuilder:
         return self._index_ref(name, e.indices, e.span, env, ctx)
 
     def _index_ref(self, name: str, indices: tuple, span: Span, env: Env, ctx: str):
+        if self._is_cache(name):
+            return self._cache_value(name, span, env)
         if ctx == "const":
             self._error("E303", f"`{name}` is not a constant", span, env)
             return None
@@ -368,7 +372,19 @@ class ExprBuilder:
 
     def _is_edges(self, name: str) -> bool:
         decl = self.attn.inputs.get(name)
-        return decl is not None and isinstance(decl.type, ast.CallType)
+        return decl is not None and isinstance(decl.type, ast.CallType) and \
+            decl.type.base != "kv_cache"
+
+    def _is_cache(self, name: str) -> bool:
+        decl = self.attn.inputs.get(name)
+        return decl is not None and isinstance(decl.type, ast.CallType) and \
+            decl.type.base == "kv_cache"
+
+    def _cache_value(self, name: str, span: Span, env: Env):
+        self._error("E304", f"kv_cache input `{name}` is not a value in expressions", span, env,
+                    hint="with a cache, `q` is already the query's position in the row "
+                         f"(`{name}_len[b]` + its index): write masks with `q` and `k`")
+        return None
 
     def _input_rank(self, name: str) -> int:
         t = self.attn.inputs[name].type

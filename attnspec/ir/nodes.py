@@ -220,6 +220,27 @@ class InputDecl(Node):
     span: SpanIR
 
 
+class KVCache(Node):
+    """`input NAME: kv_cache` (or `kv_cache(paged = true)`): the attention decodes. Its keys and
+    values live in a cache given at call time as `NAME_k`, `NAME_v`, `NAME_len` (tokens already
+    cached per batch row) and, when paged, `NAME_pages` (the page table). Query i of row b sits
+    at position `NAME_len[b] + i`; the row's keys are positions `0 .. NAME_len[b] + q_len - 1`."""
+
+    name: str
+    paged: bool
+    span: SpanIR
+
+    def argument_names(self) -> tuple[str, ...]:
+        """The keyword arguments the cache takes at call time, in order.
+
+        >>> KVCache(name="cache", paged=True, span=SpanIR(line=1, col=1, end_line=1,
+        ...         end_col=2)).argument_names()
+        ('cache_k', 'cache_v', 'cache_len', 'cache_pages')
+        """
+        suffixes = ("k", "v", "len") + (("pages",) if self.paged else ())
+        return tuple(f"{self.name}_{s}" for s in suffixes)
+
+
 class Init(Node):
     kind: Literal["zeros", "ones", "normal", "uniform", "alibi_slopes"]
     args: tuple[float, ...] = ()  # normal: (std,), uniform: (lo, hi)
@@ -305,6 +326,7 @@ class AttentionIR(Node):
     absolute_position: AbsolutePosition | None
     mup: Mup | None
     span: SpanIR
+    kv_cache: KVCache | None = None  # set: a decoding attention (see KVCache)
 
     def setting(self, name: str) -> NumericSetting | None:
         return next((s for s in self.numeric if s.name == name), None)

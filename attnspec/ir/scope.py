@@ -155,7 +155,8 @@ MODULE_ATTRIBUTES = frozenset(
     """.split())
 
 # Module-level functions generated per attention: PREFIX + the attention's name.
-ATTENTION_FUNCTION_PREFIXES = ("_mask_mod_", "_block_lists_", "_flex_")
+ATTENTION_FUNCTION_PREFIXES = ("_mask_mod_", "_block_lists_", "_flex_", "_decode_flex_",
+                               "_decode_mask_")
 # Attention names whose functions would replace a runtime helper (`run`: `_flex_run`).
 _PREFIXED_MODULE_NAMES = frozenset(
     name[len(prefix):] for name in GENERATED_MODULE_NAMES for prefix in ATTENTION_FUNCTION_PREFIXES

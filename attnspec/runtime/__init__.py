@@ -15,5 +15,5 @@ Example:
     'errors'
 """
 
-MODULES = ("errors", "checks", "groups", "packed", "edges", "positions", "core", "sdpa", "flex",
-           "flash", "cp")
+MODULES = ("errors", "checks", "groups", "packed", "edges", "positions", "kv_cache", "core",
+           "sdpa", "flex", "flash", "cp")

@@ -512,3 +512,35 @@ def _flash_valid_first(layout: _FlashSegments, valid: torch.Tensor,
     before = torch.nn.functional.pad(valid.to(torch.int32).cumsum(0, dtype=torch.int32), (1, 0))
     used = before[layout.cu_k[1:].long()] - before[layout.cu_k[:-1].long()]
     return index.index_select(0, order), used
+
+
+def _flash_decode(owner: str, library: _FlashLibrary, q: torch.Tensor, cache_k: torch.Tensor,
+                  cache_v: torch.Tensor, rows: torch.Tensor, pages: torch.Tensor | None, *,
+                  scale: float, band: tuple | None = None, softcap: float | None = None,
+                  sink: torch.Tensor | None = None) -> torch.Tensor:
+    """Decoding through one `flash_attn_varlen_func` call of flash-attn 4, reading the cache
+    where it lies: q [B, H, Sq, D] (the new tokens, already in the cache) attends the first
+    `rows[b]` keys of its row (`seqused_k`), of a contiguous `[B, capacity, Hk, D]` cache or of a
+    page pool `[num_pages, page_size, Hk, D]` through `pages` (`page_table`). Positions are
+    absolute and flash-attn aligns each row at its own end, so the band `lo <= k - q <= hi`
+    is `window_size=(-lo, hi)` as written. -> [B, H, Sq, Dv]."""
+    if library.version != 4:
+        raise UnsupportedInputError(f"{owner}: backend 'flash' decodes with flash-attn 4 "
+                                    f"(seqused_k, page_table); found {library.name}")
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (q, cache_k, cache_v)):
+        raise UnsupportedInputError(f"{owner}: backend 'flash' decodes for inference only (no "
+                                    "backward through a cache); use 'eager' or 'sdpa'")
+    _flash_check(owner, library, q, cache_k[:1, :1].transpose(1, 2),
+                 cache_v[:1, :1].transpose(1, 2), None, sink)
+    lo, hi = band if band is not None else (None, None)
+    left, right = (None if lo is None else -lo), hi
+    if (left is not None and left < 0) or (right is not None and right < 0):
+        raise UnsupportedInputError(f"{owner}: backend 'flash' cannot decode the band {lo} <= "
+                                    f"k - q <= {hi}: flash-attn windows hold the diagonal")
+    options = library.options(scale=scale, window=(left, right), softcap=softcap or 0.0,
+                              alibi_slopes=None, sink=sink)
+    table = None if pages is None else pages.to(torch.int32)
+    out = library.varlen(q.transpose(1, 2), cache_k, cache_v, seqused_k=rows.to(torch.int32),
+                         page_table=table, **options)
+    out = out[0] if isinstance(out, tuple) else out
+    return out.transpose(1, 2)

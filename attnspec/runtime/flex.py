@@ -484,3 +484,59 @@ def _flex_check_table_gradients(owner: str, q: torch.Tensor, tables: dict) -> No
             f"into learned tables ({', '.join(training)}): measured beyond the verification "
             "tolerance; use float32 inputs, freeze the tables, or backend='sdpa'/'eager' "
             "(auto does)")
+
+
+def _flex_decode_block_mask(mask_mod: Callable, rows: torch.Tensor, q_len: int, kv_len: int,
+                            block: int = _BLOCK) -> _BlockMask:
+    """Decoding's BlockMask, built from the row lengths in O(B·blocks) without a device sync:
+    row b visits its first ceil(rows[b] / block) key blocks (each partial: `mask_mod` decides
+    within them), so a short row costs little in a batch of long ones."""
+    batch, device = rows.shape[0], rows.device
+    q_blocks, kv_blocks = -(-q_len // block), -(-kv_len // block)
+    count = torch.div(rows + block - 1, block, rounding_mode="floor").clamp(max=kv_blocks)
+    count = count.to(torch.int32).view(batch, 1, 1).expand(batch, 1, q_blocks).contiguous()
+    order = torch.arange(kv_blocks, device=device, dtype=torch.int32)
+    indices = order.view(1, 1, 1, -1).expand(batch, 1, q_blocks, kv_blocks).contiguous()
+    return _BlockMask.from_kv_blocks(count, indices, BLOCK_SIZE=block, mask_mod=mask_mod,
+                                     seq_lengths=(q_len, kv_len))
+
+
+
+def _flex_paged_logical(pages: torch.Tensor, rows: torch.Tensor, page_size: int,
+                        num_pages: int, block: int = _BLOCK) -> tuple[torch.Tensor, ...]:
+    """A paged cache read in place (attention-gym's paged attention): the pool is one key
+    sequence of num_pages * page_size slots shared by the batch. Returns (physical [B, blocks]:
+    the physical key block of each of a row's logical blocks, count [B]: the blocks a row uses,
+    logical [B, physical blocks]: the row's logical block of each physical block, -1 where it
+    is not the row's), with which the mods turn a physical key index back into the row's
+    position. Needs page_size a multiple of `block`."""
+    batch, device = rows.shape[0], rows.device
+    per_page = page_size // block
+    count = torch.div(rows + block - 1, block, rounding_mode="floor")
+    logical_block = torch.arange(pages.shape[1] * per_page, device=device)
+    page = pages.gather(1, (logical_block // per_page).view(1, -1).expand(batch, -1))
+    physical = page.clamp(0, num_pages - 1) * per_page + logical_block % per_page
+    used = logical_block.view(1, -1) < count.view(-1, 1)
+    total = num_pages * per_page
+    logical = torch.full((batch, total + 1), -1, dtype=torch.int64, device=device)
+    # Blocks a row does not use go to the spare last column, dropped after the scatter.
+    logical.scatter_(1, torch.where(used, physical, total), logical_block.expand(batch, -1))
+    return physical, count, logical[:, :total]
+
+
+def _flex_paged_block_mask(physical: torch.Tensor, count: torch.Tensor, q_len: int,
+                           kv_len: int, mask_mod: Callable, block: int = _BLOCK) -> _BlockMask:
+    """Row b's BlockMask lists the physical key blocks of its pages, in its own order (from
+    `_flex_paged_logical`); every listed block is partial: `mask_mod` decides within it."""
+    batch, blocks = physical.shape
+    q_blocks = -(-q_len // block)
+    # BlockMask counts key blocks by the width of its index list: one column per block of
+    # the pool (entries past a row's count are never read).
+    total = kv_len // block
+    physical = torch.nn.functional.pad(physical[:, :total], (0, max(0, total - blocks)))
+    count = count.clamp(max=total)
+    indices = physical.to(torch.int32).view(batch, 1, 1, total).expand(
+        batch, 1, q_blocks, total).contiguous()
+    counts = count.to(torch.int32).view(batch, 1, 1).expand(batch, 1, q_blocks).contiguous()
+    return _BlockMask.from_kv_blocks(counts, indices, BLOCK_SIZE=block, mask_mod=mask_mod,
+                                     seq_lengths=(q_len, kv_len))

@@ -29,6 +29,10 @@ def cp_supports(attn: ir.AttentionIR, analysis) -> list[Reason]:
 
 
 def lower(attn: ir.AttentionIR, analysis) -> EagerPlan:
+    if attn.kv_cache is not None:
+        return EagerPlan(NAME, "decode", (
+            "decoding: the cache gathered into dense [B, kv_heads, Sk, *] keys, mask and score "
+            "as dense [B, H, Sq, Sk] tensors at the queries' positions (the reference)",))
     return EagerPlan(NAME, "dense", (
         "mask and score materialised as dense [B, H, Sq, Sk] tensors (the reference semantics)",
         "memory O(B·H·Sq·Sk): for short sequences, tests and debugging",

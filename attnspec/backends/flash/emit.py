@@ -19,6 +19,8 @@ def emit(emitter, plan, lowered) -> dict:
         "band": "None" if band is None else (
             f"({emitter.offset(band.lo)}, {emitter.offset(band.hi)}, "
             f"{band.align == 'bottom_right'})"),
+        "decode_band": "None" if band is None else (
+            f"({emitter.offset(band.lo)}, {emitter.offset(band.hi)})"),
         "softcap": _softcap(analysis.softcap),
         "alibi": _alibi(analysis.biases),
     }

@@ -75,6 +75,8 @@ class FlashPlan(Plan):
 
 def supports(attn: ir.AttentionIR, analysis: Analysis) -> list[Reason]:
     """Every reason flash-attn cannot run `attn` (empty = it can, subject to call-time checks)."""
+    if attn.kv_cache is not None:
+        return _decode_reasons(analysis) + _head_dim_reasons(attn)
     return (_mask_reasons(analysis) + _score_reasons(analysis) + _head_dim_reasons(attn))
 
 
@@ -84,6 +86,25 @@ def cp_supports(attn: ir.AttentionIR, analysis: Analysis) -> list[Reason]:
     positions; that needs one varlen call per contiguous chunk of rows (not built yet)."""
     return [Reason("the flash backend has no context parallelism yet (it needs one varlen call "
                    "per contiguous chunk of this rank's rows); use flex or sdpa", attn.span)]
+
+
+def _decode_reasons(analysis: Analysis) -> list[Reason]:
+    """Decoding reads the cache in place (`seqused_k`, `page_table`): flash-attn 4 then takes a
+    causal mask or a window (aligned at each row's end, as absolute positions are), a softcap
+    and sinks; nothing else."""
+    reasons = [Reason(f"flash-attn decodes with a causal mask or a window only, not this mask "
+                      f"({item.describe()})", getattr(item, "span", None))
+               for item in analysis.mask if not isinstance(item, Band)]
+    if analysis.band is not None:
+        reasons += _band_reasons(analysis.band)
+    steps = list(analysis.score)
+    if steps and isinstance(steps[0], Softcap):
+        steps = steps[1:]
+    for step in steps:
+        reasons.append(Reason(f"flash-attn 4 decodes with a softcap only in the score pipeline, "
+                              f"not {step.describe()} (flex decodes it)",
+                              step.span))
+    return reasons
 
 
 def _mask_reasons(analysis: Analysis) -> list[Reason]:
@@ -184,6 +205,8 @@ KIND_NOTES = {
 
 def lower(attn: ir.AttentionIR, analysis: Analysis) -> FlashPlan:
     """The plan: what each recognised piece becomes in the flash-attn call."""
+    if attn.kv_cache is not None:
+        return _lower_decode(attn, analysis)
     kind = _kind(analysis)
     notes = [KIND_NOTES[kind] + " (flash-attn 4 on sm90+, else flash-attn 2)"]
     notes += _groups_notes(analysis) if kind == "groups" else _sequence_notes(analysis)
@@ -288,6 +311,25 @@ def _key_runs(order: list[str], keys: tuple[str, ...]) -> list[list[str]]:
 
 def _run_text(run: list[str]) -> str:
     return run[0] if len(run) == 1 else f"{run[0]}..{run[-1]}"
+
+
+def _lower_decode(attn: ir.AttentionIR, analysis: Analysis) -> FlashPlan:
+    paged = attn.kv_cache.paged
+    notes = ["decoding: one flash_attn_varlen_func call of flash-attn 4 reading the cache in "
+             "place: seqused_k = len + q_len" + (", page_table = the page table (pages of 128 "
+                                                   "tokens load by TMA, others are slower)"
+                                                   if paged else "") +
+             "; no copy, no device sync"]
+    if analysis.band is not None:
+        notes.append(f"{analysis.band.describe()} -> window_size=(-lo, hi) / causal=True: "
+                     "flash-attn aligns each row at its own end, where absolute positions are")
+    if analysis.softcap is not None:
+        notes.append("softcap -> softcap=")
+    if attn.sinks:
+        notes.append("sinks -> learnable_sink=")
+    notes.append("fp16/bf16, inference only, flash-attn 4 only (flash-attn 2 is refused at "
+                 "call time)")
+    return FlashPlan(NAME, "decode_paged" if paged else "decode", tuple(notes))
 
 
 def _backward_notes(attn: ir.AttentionIR) -> list[str]:

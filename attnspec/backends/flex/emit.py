@@ -154,6 +154,8 @@ class _BuilderArgument:
 def _block_lines(emitter, analysis, kind: str) -> tuple[list[str], dict | None]:
     """`_attend_flex`'s lines that make `block_mask`, and for a structured mask the
     module-level builder of its tensors (compiled on CUDA, see `_structured_block_mask`)."""
+    if kind == "decode":  # the decode method makes its own, from the row lengths
+        return [], None
     if kind == "none":
         return ["block_mask = None"], None
     batch = "B" if analysis.reads_batch else "None"

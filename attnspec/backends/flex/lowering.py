@@ -72,8 +72,12 @@ class FlexPlan(Plan):
 
 
 def lower(attn: ir.AttentionIR, analysis: Analysis) -> FlexPlan:
-    kind = block_mask_kind(analysis)
+    kind = "decode" if attn.kv_cache is not None else block_mask_kind(analysis)
     notes = [{
+        "decode": "decoding: mask_mod at the queries' positions (len[b] + i) AND each row's "
+                  "length; BlockMask from the lengths in O(B·blocks), no device sync; a "
+                  "contiguous cache is read in place, a paged one gathered densely (flex has no "
+                  "page table)",
         "none": "no mask: flex_attention without a BlockMask",
         "structured": "mask -> BlockMask from block bounds in O(blocks): "
                       + "; ".join(item.describe() for item in analysis.mask),

@@ -56,6 +56,14 @@ def cp_supports(attn: ir.AttentionIR, analysis) -> list[Reason]:
 
 def lower(attn: ir.AttentionIR, analysis) -> SdpaPlan:
     has_bias = bool(attn.pipeline)
+    if attn.kv_cache is not None:
+        notes = ["decoding: the cache gathered into dense [B, kv_heads, Sk, *] keys (Sk the "
+                 "longest row), each row's own length and the spec's mask as a dense mask "
+                 "(one device sync for Sk)", DENSE_NOTE]
+        if has_bias:
+            notes.append("additive bias: computed in float32 (a half-precision mask would "
+                         "round it)")
+        return SdpaPlan(NAME, "decode", tuple(notes), bias=has_bias)
     if not attn.masks and not attn.patterns and not has_bias:
         return SdpaPlan(NAME, "full",
                         ("no mask: one SDPA call (flash / cuDNN / efficient kernels)",))
