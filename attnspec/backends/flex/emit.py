@@ -62,7 +62,10 @@ def _mask_mod_signature(gen: FlexExprGenerator) -> dict:
     captured = list(gen.captured)
     # q_pos: this rank's rows' global positions under context parallelism, else None.
     return {"mask_parameters": ", ".join(sizes + captured + ["q_pos=None"]),
-            "mask_arguments": ", ".join([_MASK_SIZES[n] for n in sizes] + captured + ["q_pos"])}
+            "mask_arguments": ", ".join([_MASK_SIZES[n] for n in sizes] + captured + ["q_pos"]),
+            # Decoding's factory: positions come from the cache lengths, never from q_pos.
+            "decode_mask_parameters": ", ".join(captured),
+            "decode_mask_arguments": ", ".join(captured)}
 
 
 def _fallback(lowered) -> str:
