@@ -63,11 +63,11 @@ def order(available: Mapping[str, Plan], device: str) -> tuple[str, ...]:
     if device != "cuda":
         return (SDPA,) if sdpa_plan is not None else (EAGER,)
     if available[EAGER].kind == "decode":
-        # Decoding reads a cache that grows to tens of thousands of keys per row: flash-attn 4
-        # reads it in place (seqused_k, page_table), then flex (in place, BlockMask from the
-        # lengths); SDPA gathers every row's keys into a dense tensor first (benchmarks/
-        # gpu_decode.py measures the three).
-        return tuple(name for name in (FLASH, FLEX, SDPA) if name in available)
+        # Decoding: flash-attn 4 and flex read the cache in place (seqused_k / page_table, a
+        # BlockMask over the pool) and should lead, but neither path has run on the GPU yet
+        # (benchmarks/gpu_decode.py measures them, the GPU matrix draws decode cases): until
+        # then auto runs SDPA's dense gather, and backend="flash"/"flex" run them on request.
+        return (SDPA,) if SDPA in available else (EAGER,)
     native = sdpa_plan is not None and sdpa_plan.native
     # flash first wherever it has a plan: its call-time checks (dtype, library, head dims, the
     # backward's head-dim floor, left padding under a band) step aside to the next choice.
