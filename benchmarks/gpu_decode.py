@@ -18,6 +18,7 @@ import site
 site.addsitedir(os.environ.get("SITE", "/tmp/fa4site"))
 
 import torch  # noqa: E402
+from gpu_workers import timed  # noqa: E402
 from torch.nn.attention.flex_attention import BlockMask, flex_attention  # noqa: E402
 
 import attnspec  # noqa: E402
@@ -61,21 +62,6 @@ pool_v = torch.empty_like(pool_k)
 pool_k[page_table.long().flatten()] = cache_k.view(B * pages_per_row, PAGE, HK, D)
 pool_v[page_table.long().flatten()] = cache_v.view(B * pages_per_row, PAGE, HK, D)
 read_bytes = int(rows_used.sum()) * HK * D * 2 * 2  # k and v, bf16
-
-
-def timed(fn, reps=30):
-    for _ in range(5):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    return sorted(times)[len(times) // 2]
 
 
 rows, outputs = [], {}

@@ -8,6 +8,7 @@ import math
 
 import pytest
 import torch
+from test_flash import flash_window_mask
 
 import attnspec
 from attnspec import eager
@@ -207,14 +208,7 @@ def fake_fa4_decode(q, k, v, *, seqused_k, page_table, softmax_scale, causal, wi
         s = softmax_scale * torch.einsum("qhd,khd->hqk", q[b].float(), keys)
         if softcap:
             s = softcap * torch.tanh(s / softcap)
-        i = torch.arange(Sq).view(-1, 1) + n - Sq
-        j = torch.arange(n).view(1, -1)
-        keep = torch.ones(Sq, n, dtype=torch.bool)
-        if left is not None:
-            keep &= j >= i - left
-        if right is not None:
-            keep &= j <= i + right
-        s = s.masked_fill(~keep, -math.inf)
+        s = s.masked_fill(~flash_window_mask(left, right, Sq, n), -math.inf)
         out[b] = torch.einsum("hqk,khd->qhd", torch.softmax(s, -1), values)
     return out.to(q.dtype), None
 
