@@ -118,21 +118,24 @@ def check_pattern(name: str, S: int, dev: str, dtype: torch.dtype, backend: str)
     return row
 
 
-def timed(fn, reps: int = 5) -> float:
+def timed(fn, together: bool = True, reps: int = 5) -> float:
+    """Mean milliseconds of `fn()` after 2 warm-up calls; `together`: every rank runs it and
+    they start and stop at a barrier (a sharded call), else this rank alone (one GPU)."""
     for _ in range(2):
         fn()
-    sync()
+    sync(together)
     start = time.perf_counter()
     for _ in range(reps):
         fn()
-    sync()
+    sync(together)
     return (time.perf_counter() - start) / reps * 1e3
 
 
-def sync() -> None:
+def sync(together: bool) -> None:
     if torch.cuda.is_available():
         torch.cuda.synchronize()
-    dist.barrier()
+    if together:
+        dist.barrier()
 
 
 def throughput(name: str, S: int, dev: str, dtype: torch.dtype, world: int) -> dict:
@@ -147,7 +150,7 @@ def throughput(name: str, S: int, dev: str, dtype: torch.dtype, world: int) -> d
     if dist.get_rank() == 0:
         leaves = [t.clone().requires_grad_() for t in qkv]
         reset_peak(dev)
-        ms = timed_local(lambda: module(*leaves, **kwargs).float().sum().backward())
+        ms = timed(lambda: module(*leaves, **kwargs).float().sum().backward(), False)
         row.update(one_ms=ms, one_peak_gib=peak(dev))
     dist.barrier()
     docs = kwargs["doc"][0] if balance == "documents" else None
@@ -160,19 +163,6 @@ def throughput(name: str, S: int, dev: str, dtype: torch.dtype, world: int) -> d
     row["cp_peak_gib"] = max(p.item() for p in peaks)
     row["ran"] = getattr(module, "last_backend", "?")
     return row
-
-
-def timed_local(fn, reps: int = 5) -> float:
-    for _ in range(2):
-        fn()
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(reps):
-        fn()
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    return (time.perf_counter() - start) / reps * 1e3
 
 
 def reset_peak(dev: str) -> None:
