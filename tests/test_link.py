@@ -157,6 +157,13 @@ def test_standalone_inlines_the_runtime_source_verbatim():
     assert "# Bodies whose Triton kernel needs smaller tiles" in src  # a comment above a global
 
 
+def test_standalone_keeps_the_decorators_of_runtime_functions():
+    """A decorated runtime function is inlined with its decorators (a def's line number is its
+    `def` line): `_edge_kernels` is cached once per interpreter mode."""
+    src = generate(module_ir(ROOT / "specs" / "graph.attn"), "edges")
+    assert "@functools.cache\ndef _edge_kernels(" in src and "import functools" in src
+
+
 def test_unknown_link_is_refused():
     with pytest.raises(ValueError, match="unknown link 'static'; expected one of standalone, "
                                          "import"):

@@ -37,15 +37,15 @@ def imports_of(path: Path) -> list[tuple[str, int]]:
 
 @pytest.mark.parametrize("path", sorted(RUNTIME.glob("*.py")), ids=lambda p: p.stem)
 def test_runtime_imports_nothing_of_the_compiler(path):
-    """Only torch, the standard library, flash-attn (lazily, inside functions) and the runtime's
-    own modules (relative imports): generated modules inline this code verbatim."""
+    """Only torch, the standard library, flash-attn and triton (lazily, inside functions) and
+    the runtime's own modules (relative imports): generated modules inline this code verbatim."""
     for module, level in imports_of(path):
         root = module.split(".")[0]
         if level:
             assert level == 1, (path.name, module)  # a sibling runtime module
             continue
-        assert root in sys.stdlib_module_names or root in ("torch", "flash_attn"), (path.name,
-                                                                                   module)
+        allowed = root in sys.stdlib_module_names or root in ("torch", "flash_attn", "triton")
+        assert allowed, (path.name, module)
         assert root != "attnspec", (path.name, module)
 
 

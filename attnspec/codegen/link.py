@@ -190,7 +190,9 @@ def _statements(module: str) -> Iterable[Definition | Import]:
     body = source.tree(module).body
     previous_end = 0
     for stmt in body:
-        start, end = _comment_start(lines, stmt.lineno, previous_end), stmt.end_lineno
+        # A def's lineno is its `def` line: its decorators start above it.
+        first = min([stmt.lineno, *(d.lineno for d in getattr(stmt, "decorator_list", ()))])
+        start, end = _comment_start(lines, first, previous_end), stmt.end_lineno
         gap = start - 1 - previous_end
         previous_end = end
         if _is_docstring(stmt) or (isinstance(stmt, ast.ImportFrom) and stmt.level):

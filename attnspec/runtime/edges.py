@@ -10,7 +10,9 @@ Example:
 """
 
 import collections
+import functools
 import math
+import os
 
 import torch
 
@@ -147,16 +149,156 @@ def _edge_chunks(rows: int, n_edges: int) -> list[slice]:
     return [slice(i, min(i + step, n_edges)) for i in range(0, n_edges, step)] or [slice(0, 0)]
 
 
+# The fused kernels run on CUDA only once the GPU matrix has checked them there (issue 20's
+# rule for every kernel path): until then CUDA keeps the torch formulation, and benchmarks set
+# this to True in the module they time. Triton's interpreter runs them on the CPU in the tests.
+_EDGE_FUSED_ON_CUDA = False
+
+
+_tl = None  # triton.language, once `_edge_kernels` has imported triton
+
+
+def _edge_interpret() -> bool:
+    """Whether Triton's interpreter is on (TRITON_INTERPRET=1: kernels run on CPU tensors)."""
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def _edge_triton(t: torch.Tensor) -> bool:
+    """Whether the per-edge products of `t` run as the fused Triton kernels below: on CUDA when
+    triton imports (and `_EDGE_FUSED_ON_CUDA`), outside torch.compile (there Inductor fuses the
+    torch formulation itself), and on the CPU under Triton's interpreter (how the tests run
+    them). float64 keeps the torch formulation: the kernels accumulate in float32."""
+    if t.dtype == torch.float64 or torch.compiler.is_compiling():
+        return False
+    if not (_edge_interpret() if not t.is_cuda else _EDGE_FUSED_ON_CUDA):
+        return False
+    return _edge_kernels(_edge_interpret()) is not None
+
+
+@functools.cache
+def _edge_kernels(interpret: bool) -> dict | None:
+    """The fused edge kernels, defined lazily (None without triton), once per interpreter mode
+    (Triton reads TRITON_INTERPRET when a kernel is defined): `sddmm` gives per-edge dot
+    products without storing the gathered rows; `spmm` sums weighted rows per segment of a
+    CSR structure, one program per (row, batch*head, column block) and no atomics, so results
+    are deterministic. Both accumulate in float32."""
+    try:
+        import triton
+    except ImportError:
+        return None
+    # The kernels' bodies read triton.language as a module global (`_tl`), as Triton resolves
+    # names; their block sizes are annotated `tl.constexpr`, the spelling Triton's interpreter
+    # recognises in the annotation's text.
+    global _tl
+    _tl = tl = triton.language
+
+    @triton.jit
+    def sddmm(a_ptr, b_ptr, src_ptr, dst_ptr, out_ptr, E, H, D, sab, sah, sas, sad, sbb, sbh,
+              sbs, sbd, BLOCK_E: tl.constexpr, BLOCK_D: tl.constexpr):
+        z = _tl.program_id(1).to(_tl.int64)
+        e = _tl.program_id(0).to(_tl.int64) * BLOCK_E + _tl.arange(0, BLOCK_E)
+        live = e < E
+        rows_a = _tl.load(src_ptr + e, mask=live, other=0)
+        rows_b = _tl.load(dst_ptr + e, mask=live, other=0)
+        base_a = a_ptr + (z // H) * sab + (z % H) * sah + rows_a * sas
+        base_b = b_ptr + (z // H) * sbb + (z % H) * sbh + rows_b * sbs
+        acc = _tl.zeros([BLOCK_E], dtype=_tl.float32)
+        for d0 in range(0, D, BLOCK_D):
+            d = d0 + _tl.arange(0, BLOCK_D)
+            m = live[:, None] & (d < D)[None, :]
+            x = _tl.load(base_a[:, None] + d[None, :] * sad, mask=m, other=0.0)
+            y = _tl.load(base_b[:, None] + d[None, :] * sbd, mask=m, other=0.0)
+            acc += _tl.sum(x.to(_tl.float32) * y.to(_tl.float32), axis=1)
+        _tl.store(out_ptr + z * E + e, acc, mask=live)
+
+    @triton.jit
+    def spmm(w_ptr, v_ptr, ptr_ptr, perm_ptr, col_ptr, out_ptr, E, H, D, svb, svh, svs, svd,
+             BLOCK_E: tl.constexpr, BLOCK_D: tl.constexpr):
+        i = _tl.program_id(0).to(_tl.int64)
+        z = _tl.program_id(1).to(_tl.int64)
+        d = _tl.program_id(2) * BLOCK_D + _tl.arange(0, BLOCK_D)
+        start = _tl.load(ptr_ptr + i)
+        end = _tl.load(ptr_ptr + i + 1)
+        base_v = v_ptr + (z // H) * svb + (z % H) * svh
+        acc = _tl.zeros([BLOCK_D], dtype=_tl.float32)
+        for e0 in range(start, end, BLOCK_E):
+            e = e0 + _tl.arange(0, BLOCK_E)
+            live = e < end
+            edge = _tl.load(perm_ptr + e, mask=live, other=0)
+            row = _tl.load(col_ptr + edge, mask=live, other=0)
+            w = _tl.load(w_ptr + z * E + edge, mask=live, other=0.0).to(_tl.float32)
+            x = _tl.load(base_v + row[:, None] * svs + d[None, :] * svd,
+                        mask=live[:, None] & (d < D)[None, :], other=0.0)
+            acc += _tl.sum(w[:, None] * x.to(_tl.float32), axis=0)
+        _tl.store(out_ptr + (z * _tl.num_programs(0) + i) * D + d, acc, mask=d < D)
+
+    return {"sddmm": sddmm, "spmm": spmm}
+
+
+def _edge_block(n: int, low: int = 16, high: int = 128) -> int:
+    """A power of two for a kernel's block over `n` values, within [low, high]."""
+    return max(low, min(high, 1 << max(n - 1, 0).bit_length()))
+
+
+def _sddmm(a: torch.Tensor, b: torch.Tensor, src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
+    """float32 [B, H, E]: sum_d a[b, h, src[e], d] * b[b, h, dst[e], d], fused (no [B, H, E, D])."""
+    B, H, _, D = a.shape
+    n_edges = src.shape[0]
+    out = torch.empty((B, H, n_edges), dtype=torch.float32, device=a.device)
+    if n_edges and B * H:
+        block_e = 64
+        grid = (_edge_cdiv(n_edges, block_e), B * H)
+        kernel = _edge_kernels(_edge_interpret())["sddmm"]
+        kernel[grid](a, b, src, dst, out, n_edges, H, D, *a.stride(), *b.stride(),
+                     BLOCK_E=block_e, BLOCK_D=_edge_block(D))
+    return out
+
+
+def _spmm(w: torch.Tensor, v: torch.Tensor, segments: tuple, col: torch.Tensor,
+          n: int) -> torch.Tensor:
+    """float32 [B, H, n, D]: row i sums w[b, h, e] * v[b, h, col[e], :] over its edges, given as
+    `segments` = (ptr [n + 1], perm [E]) from `_csr` (row i owns edges perm[ptr[i]:ptr[i+1]])."""
+    B, H, _, D = v.shape
+    ptr, perm = segments
+    out = torch.zeros((B, H, n, D), dtype=torch.float32, device=v.device)
+    if n and B * H and col.shape[0]:
+        block_d = _edge_block(D, high=64)
+        grid = (n, B * H, _edge_cdiv(D, block_d))
+        kernel = _edge_kernels(_edge_interpret())["spmm"]
+        kernel[grid](w, v, ptr, perm, col, out, col.shape[0], H, D, *v.stride(),
+                     BLOCK_E=16, BLOCK_D=block_d)
+    return out
+
+
+def _edge_cdiv(a: int, b: int) -> int:
+    """Blocks of `b` that cover `a` (ceil division)."""
+    return -(-a // b)
+
+
+def _csr(index: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Segments of the edges by `index` (< n): (ptr [n + 1], perm [E]); segment i holds the
+    edges perm[ptr[i]:ptr[i+1]], in their given order (a stable sort; none for sorted input).
+
+    >>> _csr(torch.tensor([2, 0, 2]), 3)
+    (tensor([0, 1, 1, 3]), tensor([1, 0, 2]))
+    """
+    perm = torch.argsort(index, stable=True)
+    ptr = torch.searchsorted(index[perm], torch.arange(n + 1, device=index.device))
+    return ptr, perm
+
+
 class _EdgeScores(torch.autograd.Function):
     """Per-edge q.k: q [B, H, Sq, D] and k [B, H, Sk, D] -> [B, H, E] in `dtype`, where edge e
     pairs query `src[e]` with key `dst[e]`. Only the inputs are kept for the backward, and the
-    gathered rows exist one chunk at a time, so memory is O(B*H*E) for any head dim; gradients
-    scatter back with `index_add_`."""
+    gathered rows exist one chunk at a time (or never, in the fused kernels on CUDA), so memory
+    is O(B*H*E) for any head dim; gradients scatter back with `index_add_` (or per-row sums)."""
 
     @staticmethod
     def forward(ctx, q, k, src, dst, dtype):
         ctx.save_for_backward(q, k, src, dst)
         ctx.dtype = dtype
+        if _edge_triton(q):
+            return _sddmm(q, k, src, dst).to(dtype)
         out = torch.empty((*q.shape[:2], src.shape[0]), dtype=dtype, device=q.device)
         for part in _edge_chunks(q.shape[0] * q.shape[1] * q.shape[3], src.shape[0]):
             out[..., part] = (q.index_select(2, src[part]).to(dtype)
@@ -167,6 +309,14 @@ class _EdgeScores(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
         q, k, src, dst = ctx.saved_tensors
+        if _edge_triton(q):
+            grad = grad.contiguous()
+            dq = _spmm(grad, k, _csr(src, q.shape[2]), dst, q.shape[2]) \
+                if ctx.needs_input_grad[0] else None
+            dk = _spmm(grad, q, _csr(dst, k.shape[2]), src, k.shape[2]) \
+                if ctx.needs_input_grad[1] else None
+            return (None if dq is None else dq.to(q.dtype),
+                    None if dk is None else dk.to(k.dtype), None, None, None)
         dq = torch.zeros(q.shape, dtype=ctx.dtype, device=q.device)
         dk = torch.zeros(k.shape, dtype=ctx.dtype, device=k.device)
         for part in _edge_chunks(q.shape[0] * q.shape[1] * q.shape[3], src.shape[0]):
@@ -181,11 +331,14 @@ class _EdgeScores(torch.autograd.Function):
 class _EdgeAggregate(torch.autograd.Function):
     """The output rows: out[b, h, i] = sum over edges e with src[e] = i of
     p[b, h, e] * v[b, h, dst[e]], for p [B, H, E] and v [B, H, Sk, Dv] -> [B, H, n, Dv] in p's
-    dtype. Like `_EdgeScores`, it keeps only its inputs and gathers one chunk at a time."""
+    dtype. Like `_EdgeScores`, it keeps only its inputs and gathers one chunk at a time (or
+    runs the fused kernels)."""
 
     @staticmethod
     def forward(ctx, p, v, src, dst, n):
         ctx.save_for_backward(p, v, src, dst)
+        if _edge_triton(p):
+            return _spmm(p.contiguous(), v, _csr(src, n), dst, n).to(p.dtype)
         out = torch.zeros((*p.shape[:2], n, v.shape[-1]), dtype=p.dtype, device=p.device)
         for part in _edge_chunks(p.shape[0] * p.shape[1] * v.shape[-1], src.shape[0]):
             out.index_add_(2, src[part], p[..., part].unsqueeze(-1)
@@ -196,6 +349,11 @@ class _EdgeAggregate(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
         p, v, src, dst = ctx.saved_tensors
+        if _edge_triton(p):
+            dp = _sddmm(grad, v, src, dst).to(p.dtype)
+            dv = _spmm(p.contiguous(), grad, _csr(dst, v.shape[2]), src, v.shape[2]) \
+                if ctx.needs_input_grad[1] else None
+            return dp, None if dv is None else dv.to(v.dtype), None, None, None
         dp = torch.empty_like(p)
         dv = torch.zeros(v.shape, dtype=p.dtype, device=v.device)
         grad = grad.to(p.dtype)
