@@ -107,7 +107,7 @@ def test_csr_segments_keep_the_given_order():
 @inside
 def test_kernels_are_used_where_they_should_be(interpret, monkeypatch):
     """The interpreter runs them on the CPU; float64 keeps the torch formulation (the kernels
-    accumulate in float32); CUDA waits for the GPU matrix (`_EDGE_FUSED_ON_CUDA`)."""
+    accumulate in float32)."""
     assert edges._edge_triton(torch.zeros(1))
     assert not edges._edge_triton(torch.zeros(1, dtype=torch.float64))
     monkeypatch.setenv("TRITON_INTERPRET", "0")
