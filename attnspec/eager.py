@@ -565,6 +565,19 @@ def _softmax(score: Tensor, sink: Tensor | None) -> Tensor:
     return e / torch.where(denom > 0, denom, torch.ones_like(denom))
 
 
+def _log_sum_exp(score: Tensor, sink: Tensor | None) -> Tensor:
+    """Each row's log-sum-exp [B, H, Sq]: the natural log of the softmax's denominator, over the
+    keys and the sink logit (a term like any key's, whose value is 0). A row whose every term is
+    -inf (nothing to attend, no sink) gives -inf, with gradient 0 (torch.logsumexp's would be
+    NaN there)."""
+    terms = score
+    if sink is not None:
+        terms = torch.cat([score, sink.expand(*score.shape[:-1], 1).to(score.dtype)], dim=-1)
+    empty = torch.isneginf(terms).all(dim=-1, keepdim=True)
+    lse = torch.logsumexp(terms.masked_fill(empty, 0.0), dim=-1)
+    return lse.masked_fill(empty.squeeze(-1), float("-inf"))
+
+
 def score_pipeline(frame: Frame, score: Tensor,
                    interpreter: Callable[[Frame, Tensor], ExprInterpreter] = ExprInterpreter
                    ) -> Tensor:
@@ -677,9 +690,11 @@ def _transform_qk(frame: Frame, q: Tensor, k: Tensor, storage: torch.dtype):
 
 
 def _attend(frame: Frame, q: Tensor, k: Tensor, v: Tensor, training: bool,
-            storage: torch.dtype, transform: bool = True) -> Tensor:
+            storage: torch.dtype, transform: bool = True) -> tuple[Tensor, Tensor]:
     """q [B, H, Sq, D], k [B, KVH, Sk, D], v [B, KVH, Sk, Dv] in the compute dtype; `storage`
-    is the caller's dtype. `transform=False`: q and k are already normed and rotated."""
+    is the caller's dtype. `transform=False`: q and k are already normed and rotated.
+    Returns (out [B, H, Sq, Dv], lse [B, H, Sq]): each row's log-sum-exp of its final scores
+    (after the pipeline and the mask, the sink included; `_log_sum_exp`)."""
     attn, settings = frame.attn, frame.settings
     k, v = _zero_excluded_keys(frame, k, v)
     if transform:
@@ -697,10 +712,11 @@ def _attend(frame: Frame, q: Tensor, k: Tensor, v: Tensor, training: bool,
         record.append(p.detach())
     if training and float(settings["dropout"]) > 0:
         p = F.dropout(p, float(settings["dropout"]), training=True)
-    return p @ v
+    score = torch.broadcast_to(score, (*p.shape[:-1], score.shape[-1]))
+    return p @ v, _log_sum_exp(score, sink)
 
 
-def _run_kernel(attn, settings, state, args, inputs, sizes, training) -> Tensor:
+def _run_kernel(attn, settings, state, args, inputs, sizes, training) -> tuple[Tensor, Tensor]:
     if len(args) != 3:
         raise ValueError(f"{attn.name} is a kernel-mode attention: pass (q, k, v), "
                          f"got {len(args)} tensor(s)")
@@ -720,8 +736,8 @@ def _run_kernel(attn, settings, state, args, inputs, sizes, training) -> Tensor:
         return _run_decode(attn, settings, state, q, k, v, dict(inputs or {}), sizes, training)
     frame = _make_frame(attn, settings, dtype, q.device, batch, q_len, kv_len, state, inputs,
                         sizes)
-    out = _attend(frame, q.to(dtype), k.to(dtype), v.to(dtype), training, out_dtype)
-    return out.to(out_dtype)
+    out, lse = _attend(frame, q.to(dtype), k.to(dtype), v.to(dtype), training, out_dtype)
+    return out.to(out_dtype), lse
 
 
 # --- decoding with a kv_cache ------------------------------------------------------------------
@@ -777,7 +793,8 @@ def _cache_slot(cache_k: Tensor, pages: Tensor | None, row: int, position: int,
     return page, position % page_size
 
 
-def _run_decode(attn, settings, state, q, k, v, inputs, sizes, training) -> Tensor:
+def _run_decode(attn, settings, state, q, k, v, inputs, sizes, training
+                ) -> tuple[Tensor, Tensor]:
     """Decoding: q, k, v hold the Sq new tokens of every row. They sit at positions
     `len[b] + i`; the transformed new keys and the values are written into the cache there (in
     place), then the queries attend the row's keys 0 .. len[b] + Sq - 1, read from the cache."""
@@ -805,9 +822,9 @@ def _run_decode(attn, settings, state, q, k, v, inputs, sizes, training) -> Tens
                 ck[slot] = k[row, :, position - count].to(ck.dtype)
                 cv[slot] = v[row, :, position - count].to(cv.dtype)
             keys[row, position], values[row, position] = ck[slot], cv[slot]
-    out = _attend(frame, q, keys.transpose(1, 2), values.transpose(1, 2), training, q.dtype,
-                  transform=False)
-    return out.to(out_dtype)
+    out, lse = _attend(frame, q, keys.transpose(1, 2), values.transpose(1, 2), training, q.dtype,
+                       transform=False)
+    return out.to(out_dtype), lse
 
 
 def _weight(state: Mapping[str, Tensor], name: str, shape: tuple[int, ...],
@@ -843,7 +860,7 @@ def _absolute_position(frame: Frame, length: int, dim: int) -> Tensor:
     return pe
 
 
-def _run_layer(attn, settings, state, args, inputs, sizes, training) -> Tensor:
+def _run_layer(attn, settings, state, args, inputs, sizes, training) -> tuple[Tensor, Tensor]:
     if len(args) not in (1, 2):
         raise ValueError(f"{attn.name} is a layer-mode attention: pass (x,) or (x, context), "
                          f"got {len(args)} tensor(s)")
@@ -881,14 +898,15 @@ def _run_layer(attn, settings, state, args, inputs, sizes, training) -> Tensor:
     q = q.view(batch, length, heads, head_dim).transpose(1, 2).to(dtype)
     k = k.view(batch, kv_len, kv_heads, head_dim).transpose(1, 2).to(dtype)
     v = v.view(batch, kv_len, kv_heads, value_dim).transpose(1, 2).to(dtype)
-    out = _attend(frame, q, k, v, training, x.dtype).transpose(1, 2).reshape(batch, length, -1)
-    out = out.to(x.dtype)
+    out, lse = _attend(frame, q, k, v, training, x.dtype)
+    out = out.transpose(1, 2).reshape(batch, length, -1).to(x.dtype)
     out = _linear(state, "o_proj", heads * value_dim, dim, attn.out_bias, out,
                   ("dim", "heads*value_dim"))
-    return out.to(out_dtype)
+    return out.to(out_dtype), lse
 
 
-def _run_layer_decode(attn, settings, state, x, context, inputs, sizes, training) -> Tensor:
+def _run_layer_decode(attn, settings, state, x, context, inputs, sizes, training
+                      ) -> tuple[Tensor, Tensor]:
     """Decoding in layer mode: q, k, v of the new tokens projected from x (in x's dtype), the
     kernel-mode decode step, then the output projection."""
     if context is not None:
@@ -906,16 +924,17 @@ def _run_layer_decode(attn, settings, state, x, context, inputs, sizes, training
     q = q.view(batch, length, heads, head_dim).transpose(1, 2)
     k = k.view(batch, length, kv_heads, head_dim).transpose(1, 2)
     v = v.view(batch, length, kv_heads, value_dim).transpose(1, 2)
-    out = _run_decode(attn, settings, state, q, k, v, dict(inputs or {}), sizes, training)
+    out, lse = _run_decode(attn, settings, state, q, k, v, dict(inputs or {}), sizes, training)
     out = out.transpose(1, 2).reshape(batch, length, -1).to(x.dtype)
     return _linear(state, "o_proj", heads * value_dim, dim, attn.out_bias, out,
-                   ("dim", "heads*value_dim"))
+                   ("dim", "heads*value_dim")), lse
 
 
 # --- public entry points -----------------------------------------------------------------------
 def run(attn: ir.AttentionIR, state: Mapping[str, Tensor], *args: Tensor,
         inputs: Mapping[str, Tensor] | None = None, sizes: Mapping[str, int] | None = None,
-        overrides: Mapping[str, float] | None = None, training: bool = False) -> Tensor:
+        overrides: Mapping[str, float] | None = None, training: bool = False,
+        return_lse: bool = False) -> Tensor | tuple[Tensor, Tensor]:
     """Run one attention on tensors, exactly as the language defines it (the reference).
 
     Kernel mode: `run(attn, state, q, k, v)` with q `[B, heads, Sq, head_dim]`, k
@@ -925,17 +944,27 @@ def run(attn: ir.AttentionIR, state: Mapping[str, Tensor], *args: Tensor,
     `inputs` the call-time tensors (an edges input `G` as `G`, `G_type`, `G_distance`).
     Computes in float64 for float64 inputs and in float32 (cast back) for float32/16 and bf16.
 
+    `return_lse=True` returns (out, lse): lse `[B, heads, Sq]` in the compute dtype is each
+    query row's log-sum-exp of its final scores (after the pipeline and the mask, the sink
+    logit included as one more term; layer mode: per head, before `o_proj`), -inf for a row
+    with nothing to attend. Then `probs = exp(score - lse)`: partial attentions over disjoint
+    key sets merge by their lse (docs/language.md §8).
+
     >>> from attnspec.ir.build import build_text
     >>> spec = "attention A {\\n heads = 2\\n head_dim = 4\\n sinks = true\\n mask causal\\n}"
     >>> attn = build_text(spec).attentions[0]
     >>> q = k = v = torch.randn(1, 2, 5, 4, dtype=torch.float64)
     >>> run(attn, {"sink": torch.zeros(2)}, q, k, v).dtype
     torch.float64
+    >>> out, lse = run(attn, {"sink": torch.zeros(2)}, q, k, v, return_lse=True)
+    >>> lse.shape
+    torch.Size([1, 2, 5])
     """
     settings = resolve_settings(attn, overrides)
     _check_settings(settings)
     runner = _run_kernel if attn.mode == "kernel" else _run_layer
-    return runner(attn, settings, state, args, inputs, sizes, training)
+    out, lse = runner(attn, settings, state, args, inputs, sizes, training)
+    return (out, lse) if return_lse else out
 
 
 def evaluate_mask(attn: ir.AttentionIR, B: int, Sq: int, Sk: int,

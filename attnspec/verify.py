@@ -5,7 +5,9 @@ in float64) on fresh random inputs, outputs and gradients, with flash-attn's tol
 
 where `eager_t` is the interpreter run in the backend's dtype `t` and `scale` is the largest
 reference magnitude of the case (at least 1), which makes atol relative. `attnspec verify` and the
-test-suite use this module.
+test-suite use this module. A backend that returns the log-sum-exp (`LSE_BACKENDS`) is called
+with `return_lse=True`: its lse is checked by the same rule (and must be -inf exactly where the
+reference's is), and gradients flow back through it too.
 
 Example:
     >>> import attnspec
@@ -271,21 +273,26 @@ def check_case(attn: ir.AttentionIR, module_cls, backend: str, case: Case, dtype
     _randomise_params(module, gen)
     args, inputs, sizes = make_inputs(attn, case, dtype, device, gen)
     grad_out = torch.randn(_output_shape(attn, case), generator=gen, dtype=torch.float64)
+    grad_lse = torch.randn(_lse_shape(attn, case), generator=gen, dtype=torch.float64)
     if not has_backward(backend, device) or attn.kv_cache is not None:
         # Forward only: flex on CPU; decoding (inference: flash decodes without a backward).
         grad_out = None
     return check_inputs(attn, module, args, inputs, sizes, dtype, grad_out,
                         Result(spec_name, attn.name, backend, case.name, True, 0.0, ""),
-                        overrides, case.packed)
+                        overrides, case.packed, grad_lse=grad_lse)
 
 
 def check_inputs(attn: ir.AttentionIR, module, args: tuple, inputs: dict, sizes: dict | None,
                  dtype: torch.dtype, grad_out: torch.Tensor | None = None,
                  result: Result | None = None,
-                 overrides: dict | None = None, packed: str | None = None) -> Result:
+                 overrides: dict | None = None, packed: str | None = None,
+                 grad_lse: torch.Tensor | None = None) -> Result:
     """One module instance (on its device, in `dtype`) on the given inputs against the
     interpreter: outputs, and gradients of `(out * grad_out).sum()` when `grad_out` is given.
     Rows the reference makes exactly 0 (nothing to attend) must be exactly 0 (contract §9.4).
+    A module whose backend returns the log-sum-exp (`returns_lse`) is also checked on its lse,
+    with `(lse * grad_lse).sum()` joining the gradients when both are given; where the backend
+    refuses the lse for these inputs (flash-attn 2 in training), the output alone is checked.
 
     >>> import attnspec
     >>> spec = "attention A {\\n heads = 1\\n head_dim = 4\\n mask k > q\\n}"
@@ -296,11 +303,24 @@ def check_inputs(attn: ir.AttentionIR, module, args: tuple, inputs: dict, sizes:
     """
     result = result or Result("", attn.name, getattr(module, "backend", ""), "inputs", True,
                               0.0, "")
+    lse = returns_lse(module)
     runs = {name: _run(attn, module, name, args, inputs, sizes, run_dtype, grad_out,
-                       overrides, packed if name == "module" else None)
+                       overrides, packed if name == "module" else None, lse, grad_lse)
             for name, run_dtype in (("module", dtype), ("ref", torch.float64),
                                     ("eager_t", dtype))}
     return _compare(runs, dtype, result)
+
+
+def returns_lse(module) -> bool:
+    """Whether `module`'s backend returns the log-sum-exp: an explicit backend of its class's
+    LSE_BACKENDS. `auto` is checked as it runs without one (asking for an lse would move it off
+    SDPA, the path it takes otherwise)."""
+    return getattr(module, "backend", None) in getattr(module, "LSE_BACKENDS", ())
+
+
+def _lse_shape(attn: ir.AttentionIR, case: Case) -> tuple[int, ...]:
+    """The lse's shape: [B, heads, Sq] in both modes (per head, before o_proj)."""
+    return (case.batch, resolve_settings(attn, dict(case.overrides))["heads"], case.q_len)
 
 
 def _output_shape(attn: ir.AttentionIR, case: Case) -> tuple[int, ...]:
@@ -331,66 +351,103 @@ def default_backends(cls, device: str) -> list[str]:
 
 
 def _run(attn, module, which: str, args, inputs, sizes, dtype, grad_out, overrides=None,
-         packed=None):
-    """One forward and (with `grad_out`) backward: the module, or the interpreter in `dtype`."""
+         packed=None, lse=False, grad_lse=None):
+    """One forward and (with `grad_out`) backward: the module, or the interpreter in `dtype`.
+    Returns ({"out": ..., "lse": ... when asked for and given}, {gradient name: tensor})."""
     grad = grad_out is not None
     leaves = [a.detach().to(dtype).requires_grad_(grad) for a in args]
     state = {k: v.detach().to(dtype).requires_grad_(grad and v.is_floating_point())
              for k, v in module.state_dict().items()}
+    with torch.set_grad_enabled(grad):
+        outputs = _outputs(attn, module, which, leaves, state, inputs, sizes, overrides, packed,
+                           lse)
     if not grad:
-        with torch.no_grad():
-            out = _forward(attn, module, which, leaves, state, inputs, sizes, overrides, packed)
-        return out, {}
-    out = _forward(attn, module, which, leaves, state, inputs, sizes, overrides, packed)
+        return outputs, {}
     named = dict(module.named_parameters()) if which == "module" else \
         {k: v for k, v in state.items() if v.requires_grad}
-    out.backward(grad_out.to(device=out.device, dtype=out.dtype))
+    _backward(outputs, grad_out, grad_lse)
     arg_names = ("q", "k", "v") if attn.mode == "kernel" else ("x", "context")
     grads = {f"d{n}": leaf.grad for n, leaf in zip(arg_names, leaves)}
     grads.update({f"d{n}": p.grad for n, p in named.items()})
-    return out.detach(), grads
+    return {name: t.detach() for name, t in outputs.items()}, grads
 
 
-def _forward(attn, module, which: str, leaves, state, inputs, sizes, overrides, packed=None):
+def _outputs(attn, module, which, leaves, state, inputs, sizes, overrides, packed, lse) -> dict:
+    """{"out": out, "lse": lse} of one forward (no "lse" unless asked for). The module may
+    refuse the lse for these inputs (UnsupportedInputError, before any work): then it runs
+    without one and only its output is checked."""
+    if lse:
+        try:
+            out, lse_value = _forward(attn, module, which, leaves, state, inputs, sizes,
+                                      overrides, packed, return_lse=True)
+            return {"out": out, "lse": lse_value}
+        except UnsupportedInputError:
+            if which != "module":
+                raise
+    return {"out": _forward(attn, module, which, leaves, state, inputs, sizes, overrides,
+                            packed)}
+
+
+def _backward(outputs: dict, grad_out: torch.Tensor, grad_lse: torch.Tensor | None) -> None:
+    """Backward of `(out * grad_out).sum()`, plus `(lse * grad_lse).sum()` when the lse came
+    back differentiable (-inf rows have gradient 0: nothing flows there)."""
+    out, lse = outputs["out"], outputs.get("lse")
+    tensors, grads = [out], [grad_out.to(device=out.device, dtype=out.dtype)]
+    if lse is not None and grad_lse is not None and lse.requires_grad:
+        tensors.append(lse)
+        grads.append(grad_lse.to(device=lse.device, dtype=lse.dtype))
+    torch.autograd.backward(tensors, grads)
+
+
+def _forward(attn, module, which: str, leaves, state, inputs, sizes, overrides, packed=None,
+             return_lse=False):
     dtype = leaves[0].dtype
     # Copies: a decoding call writes its new tokens into the cache, and each run gets its own.
     call_inputs = {k: (v.to(dtype, copy=True) if v.is_floating_point() else v)
                    for k, v in inputs.items()}
+    lse = {"return_lse": True} if return_lse else {}
     if packed is not None:
-        return _packed_forward(attn, module, leaves, call_inputs, packed)
+        return _packed_forward(attn, module, leaves, call_inputs, packed, return_lse)
     if which == "module":
-        return module(*leaves, **call_inputs, **({"sizes": sizes} if sizes else {}))
+        return module(*leaves, **call_inputs, **({"sizes": sizes} if sizes else {}), **lse)
     return eager.run(attn, state, *leaves, inputs=call_inputs, sizes=sizes or None,
-                     overrides=overrides)
+                     overrides=overrides, **lse)
 
 
-def _packed_forward(attn, module, leaves, inputs: dict, name: str) -> torch.Tensor:
+def _packed_forward(attn, module, leaves, inputs: dict, name: str, return_lse: bool = False):
     """The module's packed call on a batch-1 case, returned in the ids form's layout: tensors
-    `[total, ...]`, `cu_seqlens` from the runs of the ids (int32, as a data loader has them)."""
+    `[total, ...]`, `cu_seqlens` from the runs of the ids (int32, as a data loader has them);
+    the lse [heads, total] as [1, heads, total]."""
     ids = inputs.pop(name)[0]
     starts = torch.ones_like(ids, dtype=torch.bool)
     starts[1:] = ids[1:] != ids[:-1]
     bounds = torch.cat([starts.nonzero().flatten(), ids.new_tensor([ids.numel()])])
     cu = bounds.to(torch.int32)
+    lse = {"return_lse": True} if return_lse else {}
     if attn.mode == "kernel":
-        out = module(*(t[0].transpose(0, 1) for t in leaves), cu_seqlens=cu, **inputs)
+        out = module(*(t[0].transpose(0, 1) for t in leaves), cu_seqlens=cu, **inputs, **lse)
+        if return_lse:
+            return out[0].transpose(0, 1)[None], out[1][None]
         return out.transpose(0, 1)[None]
-    return module(leaves[0][0], cu_seqlens=cu, **inputs)[None]
+    out = module(leaves[0][0], cu_seqlens=cu, **inputs, **lse)
+    return (out[0][None], out[1][None]) if return_lse else out[None]
 
 
 def _compare(runs: dict, dtype: torch.dtype, result: Result) -> Result:
-    out, grads = runs["module"]
+    outputs, grads = runs["module"]
     ref, ref_grads = runs["ref"]
     eager_t, eager_grads = runs["eager_t"]
-    tensors = {"out": (out, ref, eager_t)}
+    out = outputs["out"]
+    tensors = {name: (got, ref[name], eager_t[name]) for name, got in outputs.items()}
     for name, g in grads.items():
         tensors[name] = (g, ref_grads.get(name), eager_grads.get(name))
     scale = _problem_scale(tensors)
     for name, (got, want, base) in tensors.items():
-        ratio, detail = _ratio(got, want, base, dtype, scale)
+        check = _lse_ratio if name == "lse" else _ratio
+        ratio, detail = check(got, want, base, dtype, scale)
         if ratio > result.worst_ratio or math.isnan(ratio):
             result.worst_ratio, result.worst_tensor, result.detail = ratio, name, detail
-    rows = _nonzero_empty_rows(out, ref)
+    rows = _nonzero_empty_rows(out, ref["out"])
     if rows and result.worst_ratio <= 1.0:  # else the failure is reported already
         result.worst_ratio, result.worst_tensor = math.inf, "out"
         result.detail = f"{rows} row(s) with nothing to attend are not exactly 0"
@@ -414,6 +471,18 @@ def _problem_scale(tensors: dict) -> float:
     sizes = [want.abs().max().item() for _, want, _ in tensors.values()
              if want is not None and want.numel() and torch.isfinite(want).all()]
     return max([1.0, *sizes])
+
+
+def _lse_ratio(got, want, base, dtype, scale: float = 1.0) -> tuple[float, str]:
+    """`_ratio` of a log-sum-exp: -inf exactly on the reference's rows with nothing to attend
+    (and no sink), the rule on every other row."""
+    got, want, base = got.double().cpu(), want.double().cpu(), base.double().cpu()
+    if got.shape != want.shape:
+        return math.inf, f"lse of shape {tuple(got.shape)}, expected {tuple(want.shape)}"
+    empty = torch.isneginf(want)
+    if not torch.equal(torch.isneginf(got), empty):
+        return math.inf, "lse is not -inf exactly on the rows with nothing to attend"
+    return _ratio(got[~empty], want[~empty], base[~empty], dtype, scale)
 
 
 def _ratio(got, want, base, dtype, scale: float = 1.0) -> tuple[float, str]:

@@ -187,13 +187,15 @@ def test_spec_errors(text, message):
 
 # --- flash-attn 4, modelled in torch -------------------------------------------------------
 def fake_fa4_decode(q, k, v, *, seqused_k, page_table, softmax_scale, causal, window_size,
-                    learnable_sink, softcap, deterministic=False):
+                    learnable_sink, softcap, deterministic=False, return_lse=False):
     """flash_attn.cute.flash_attn_varlen_func with seqused_k (and page_table): q [B, Sq, H, D],
-    k/v [B, capacity, Hk, D] or a pool; each row aligned bottom-right at its own seqused_k."""
+    k/v [B, capacity, Hk, D] or a pool; each row aligned bottom-right at its own seqused_k.
+    The sink logit joins each row's denominator; (out, lse [B, H, Sq] with `return_lse`)."""
     assert seqused_k.dtype == torch.int32 and q.dtype in (torch.float16, torch.bfloat16)
     assert page_table is None or page_table.dtype == torch.int32
     Bq, Sq, H, _ = q.shape
     out = torch.zeros(Bq, Sq, H, v.shape[-1])
+    lse = torch.zeros(Bq, H, Sq)
     left, right = (None, 0) if causal else window_size
     for b in range(Bq):
         n = int(seqused_k[b])
@@ -209,8 +211,11 @@ def fake_fa4_decode(q, k, v, *, seqused_k, page_table, softmax_scale, causal, wi
         if softcap:
             s = softcap * torch.tanh(s / softcap)
         s = s.masked_fill(~flash_window_mask(left, right, Sq, n), -math.inf)
-        out[b] = torch.einsum("hqk,khd->qhd", torch.softmax(s, -1), values)
-    return out.to(q.dtype), None
+        if learnable_sink is not None:  # one more logit per head, with a value of 0
+            s = torch.cat([s, learnable_sink.float().view(H, 1, 1).expand(H, Sq, 1)], -1)
+        out[b] = torch.einsum("hqk,khd->qhd", torch.softmax(s, -1)[..., :n], values)
+        lse[b] = torch.logsumexp(s, -1)
+    return out.to(q.dtype), (lse if return_lse else None)
 
 
 @pytest.mark.parametrize("paged", [False, True])

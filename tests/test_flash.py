@@ -37,10 +37,12 @@ def flash_model(q, k, v, cu_q, cu_k, scale, window, softcap=0.0, alibi=None, sin
                 used=None):
     """flash-attn varlen, one sequence at a time in float32: windows aligned bottom-right per
     sequence, softcap then ALiBi (-slope * |i + sk - sq - j|), sink in the denominator, rows
-    with no key 0. `used` (seqused_k): sequence i reads keys cu_k[i] : cu_k[i] + used[i]."""
+    with no key 0. `used` (seqused_k): sequence i reads keys cu_k[i] : cu_k[i] + used[i].
+    Returns (out [total_q, H, Dv], softmax_lse [H, total_q] float32: the natural log of each
+    row's denominator, the sink's term included; -inf for a row with nothing in it)."""
     left, right = window
     H, Hk = q.shape[1], k.shape[1]
-    pieces = []
+    pieces, lses = [], []
     for i in range(cu_q.numel() - 1):
         qs = q[cu_q[i]:cu_q[i + 1]].float()
         end = cu_k[i + 1] if used is None else cu_k[i] + used[i]
@@ -70,7 +72,8 @@ def flash_model(q, k, v, cu_q, cu_k, scale, window, softcap=0.0, alibi=None, sin
             denom = denom + torch.exp(sink.float().view(-1, 1, 1) - m)
         p = e / torch.where(denom > 0, denom, torch.ones_like(denom))
         pieces.append(torch.einsum("hqk,khd->qhd", p, vs))
-    return torch.cat(pieces).to(q.dtype)
+        lses.append(torch.where(denom > 0, m + denom.log(), -math.inf).squeeze(-1))
+    return torch.cat(pieces).to(q.dtype), torch.cat(lses, dim=1)
 
 
 def _check_call(q, k, v, cu_q, cu_k, max_q, max_k):
@@ -85,10 +88,10 @@ def _check_call(q, k, v, cu_q, cu_k, max_q, max_k):
 
 def fake_fa4(q, k, v, *, cu_seqlens_q=None, cu_seqlens_k=None, max_seqlen_q=None,
              max_seqlen_k=None, softmax_scale, causal, window_size, learnable_sink, softcap,
-             seqused_k=None, page_table=None, deterministic=False):
-    """flash_attn.cute.flash_attn_varlen_func's signature (the keywords the runtime uses);
-    batched q with `seqused_k` and no cu_seqlens: decoding from a (paged) cache
-    (tests/test_decode.py's model)."""
+             seqused_k=None, page_table=None, deterministic=False, return_lse=False):
+    """flash_attn.cute.flash_attn_varlen_func's signature (the keywords the runtime uses):
+    (out, lse [H, total_q] with `return_lse`, else None); batched q with `seqused_k` and no
+    cu_seqlens: decoding from a (paged) cache (tests/test_decode.py's model)."""
     if cu_seqlens_q is None and q.dim() == 4:
         from test_decode import fake_fa4_decode
 
@@ -96,34 +99,39 @@ def fake_fa4(q, k, v, *, cu_seqlens_q=None, cu_seqlens_k=None, max_seqlen_q=None
         return fake_fa4_decode(q, k, v, seqused_k=seqused_k, page_table=page_table,
                                softmax_scale=softmax_scale, causal=causal,
                                window_size=window_size, learnable_sink=learnable_sink,
-                               softcap=softcap)
+                               softcap=softcap, return_lse=return_lse)
     _check_call(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)
     assert deterministic is torch.are_deterministic_algorithms_enabled()
     if seqused_k is not None:
         assert seqused_k.dtype == torch.int32 and seqused_k.shape == (cu_seqlens_k.numel() - 1,)
         assert bool((seqused_k <= cu_seqlens_k[1:] - cu_seqlens_k[:-1]).all())
     window = (window_size[0], 0) if causal else window_size
-    out = flash_model(q, k, v, cu_seqlens_q, cu_seqlens_k, softmax_scale, window, softcap,
-                      sink=learnable_sink, used=seqused_k)
-    return out, None
+    out, lse = flash_model(q, k, v, cu_seqlens_q, cu_seqlens_k, softmax_scale, window, softcap,
+                           sink=learnable_sink, used=seqused_k)
+    return out, (lse if return_lse else None)
 
 
 def fake_fa2(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p=0.0,
              softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0,
-             alibi_slopes=None, deterministic=False):
-    """flash_attn.flash_attn_varlen_func's signature: -1 is an unbounded window side."""
+             alibi_slopes=None, deterministic=False, return_attn_probs=False):
+    """flash_attn.flash_attn_varlen_func's signature: -1 is an unbounded window side;
+    `return_attn_probs` -> (out, softmax_lse [H, total_q], S_dmask), lse +inf for rows with
+    nothing to attend (flash-attn 2's kernels write INFINITY there)."""
     _check_call(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)
     assert deterministic is torch.are_deterministic_algorithms_enabled()
     assert dropout_p == 0.0
     left, right = (None if w < 0 else w for w in window_size)
     window = (left, 0) if causal else (left, right)
-    return flash_model(q, k, v, cu_seqlens_q, cu_seqlens_k, softmax_scale, window, softcap,
-                       alibi=alibi_slopes)
+    out, lse = flash_model(q, k, v, cu_seqlens_q, cu_seqlens_k, softmax_scale, window, softcap,
+                           alibi=alibi_slopes)
+    if not return_attn_probs:
+        return out
+    return out, lse.masked_fill(lse == -math.inf, math.inf), None
 
 
 def dense_fake(varlen, version):
     """flash_attn_func of either version: [B, S, H, D] tensors (views with a contiguous last
-    dim), through the varlen model."""
+    dim), through the varlen model; its lse, when asked for, is [B, H, Sq]."""
     def dense(q, k, v, **options):
         assert q.stride(-1) == k.stride(-1) == v.stride(-1) == 1
         (B, Sq, H, _), Sk, Dv = q.shape, k.shape[1], v.shape[3]
@@ -131,11 +139,17 @@ def dense_fake(varlen, version):
         cu_k = torch.arange(0, (B + 1) * Sk, Sk, dtype=torch.int32)
         flat = [t.reshape(-1, *t.shape[2:]) for t in (q, k, v)]
         if version == 4:
-            out, _ = varlen(*flat, cu_seqlens_q=cu_q, cu_seqlens_k=cu_k, max_seqlen_q=Sq,
-                            max_seqlen_k=Sk, **options)
+            out, lse = varlen(*flat, cu_seqlens_q=cu_q, cu_seqlens_k=cu_k, max_seqlen_q=Sq,
+                              max_seqlen_k=Sk, **options)
         else:
-            out = varlen(*flat, cu_q, cu_k, Sq, Sk, **options)
-        return out.view(B, Sq, H, Dv)
+            result = varlen(*flat, cu_q, cu_k, Sq, Sk, **options)
+            out, lse = result[:2] if isinstance(result, tuple) else (result, None)
+        out = out.view(B, Sq, H, Dv)
+        if lse is not None:  # [H, B * Sq] -> flash_attn_func's [B, H, Sq]
+            lse = lse.view(H, B, Sq).transpose(0, 1).contiguous()
+        if version == 4:
+            return out, lse
+        return out if lse is None else (out, lse, None)
     return dense
 
 

@@ -75,16 +75,20 @@ class Backend:
     lower: Callable
     emit: Callable
     template: str
+    # Whether its method returns the log-sum-exp (`forward(..., return_lse=True)`).
+    returns_lse: bool
 
     @classmethod
     def of_room(cls, lowering, emit) -> Backend:
         """The backend whose room holds `lowering` (NAME, SUMMARY, DEVICES, BACKWARD_DEVICES,
-        supports, cp_supports, lower), `emit` (emit) and `method.py.jinja` beside them."""
+        RETURNS_LSE, supports, cp_supports, lower), `emit` (emit) and `method.py.jinja` beside
+        them."""
         return cls(name=lowering.NAME, summary=lowering.SUMMARY, devices=lowering.DEVICES,
                    backward_devices=lowering.BACKWARD_DEVICES, supports=lowering.supports,
                    cp_supports=lowering.cp_supports,
                    lower=lowering.lower, emit=emit.emit,
-                   template=f"backends/{lowering.NAME}/method.py.jinja")
+                   template=f"backends/{lowering.NAME}/method.py.jinja",
+                   returns_lse=lowering.RETURNS_LSE)
 
     def runs_on(self, device: str) -> bool:
         """Whether this backend runs at all on `device` ("cpu", "cuda", "cuda:1", ...)."""

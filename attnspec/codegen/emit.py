@@ -22,7 +22,7 @@ from pathlib import Path
 
 import jinja2
 
-from attnspec.backends import REFERENCE, REGISTRY
+from attnspec.backends import REFERENCE, REGISTRY, get
 from attnspec.cache import cache_dir, open_trusted
 from attnspec.ir import nodes as ir
 from attnspec.ir import scope
@@ -74,6 +74,7 @@ _refused_backends __dict__ refused _forward_packed cu_seqlens max_seqlen total
 _cache_k _cache_v _cache_len _cache_pages _decode _decode_auto _storage getattr check_values
 _rows split _group _qf _logical _physical _count _offset _angles _band _name _decode_eager
 _decode_sdpa _decode_flex _decode_flash
+LSE_BACKENDS return_lse with_lse logaddexp _sink
 """.split())
 
 # Float settings with a valid range: (low, high), None = unbounded.
@@ -323,6 +324,8 @@ class _AttentionEmitter:
             "dispatch": [name for name in lowered.plans if name != REFERENCE],
             "auto_cpu": repr(lowered.auto_cpu),
             "auto_cuda": tuple_literal(list(lowered.auto_cuda)),
+            "lse_backends": tuple_literal([n for n in lowered.plans if get(n).returns_lse]),
+            "reference": REFERENCE,
             "unsupported": _dict_literal(unsupported),
             "default_backend": repr(self.default_backend),
             "default_backend_name": self.default_backend,
@@ -495,7 +498,7 @@ class _AttentionEmitter:
         cache = list(a.kv_cache.argument_names()) if a.kv_cache else []
         # A decoding forward takes no `cp=` (context parallelism shards one long sequence).
         keywords = tuple_literal(positional + cache + [n.strip(", ") for n in params] + extra
-                                 + (["sizes"] if cache else ["sizes", "cp"]))
+                                 + (["sizes"] if cache else ["sizes", "cp"]) + ["return_lse"])
         return {"kwargs": "".join(kwargs), "pass_kwargs": "".join(passes),
                 "attend_params": "".join(params), "input_lines": lines, "keywords": keywords,
                 "packed": packed,

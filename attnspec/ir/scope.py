@@ -77,7 +77,7 @@ RESERVED = frozenset(
     load_state_dict named_parameters named_buffers named_children named_modules requires_grad_
     get_parameter get_buffer get_submodule share_memory dump_patches call_super_init
     q_proj k_proj v_proj o_proj mup_param_groups settings score inputs cp
-    cu_seqlens max_seqlen
+    cu_seqlens max_seqlen return_lse
     """.split()
 ) | frozenset(ALL_SETTINGS) | frozenset(ALL_MUP_SETTINGS) | frozenset(
     name for name in _RUNTIME_NAMES if not name.startswith("_"))
@@ -109,7 +109,7 @@ GENERATED_LOCALS = frozenset(
     # the flex/auto methods and functions that inputs are passed to (tests/test_codegen_safety.py
     # finds every local of the functions an input reaches and checks that it is listed here)
     "captured choice enable_gqa fast kernel kernel_options kv_idx q_idx score_mod "
-    "score_dtype "
+    "score_dtype return_lse with_lse "
     # context parallelism: the plan, this rank's rows and the choices `_attend_cp` tries
     "cp q_pos rows n_rows length choices".split())
 # Module-level names: SPEC_SOURCE, and every name the runtime binds at top level (a standalone
@@ -133,7 +133,7 @@ GENERATED_CLASS_NAMES = frozenset(
     "SETTINGS GROUPS BACKENDS AUTO AUTO_CPU AUTO_CUDA UNSUPPORTED PATTERNS backend forward "
     "_attend _attend_auto _auto_cuda last_backend _mask _score _mup_init "
     "CP_BACKENDS CP_AUTO_CPU CP_AUTO_CUDA CP_UNSUPPORTED CP_BALANCE context_parallel_plan "
-    "_attend_cp "
+    "_attend_cp LSE_BACKENDS "
     "mup_param_groups q_proj k_proj v_proj o_proj "
     # nn.Module habits: re-initialisation and the validated backend property's state
     "reset_parameters _init_params _backend _refused_backends".split()) | frozenset(

@@ -38,7 +38,33 @@ def _softmax_rows(score: torch.Tensor, sink: torch.Tensor | None = None) -> torc
     a sink logit per head, if given, joins every row's denominator with value 0."""
     if score.shape[-1] == 0:  # no keys at all: every row attends nothing
         return score
-    m = score.amax(dim=-1, keepdim=True)
+    e, denom, _ = _softmax_terms(score, sink)
+    return e / torch.where(denom > 0, denom, torch.ones_like(denom))
+
+
+def _softmax_lse(score: torch.Tensor,
+                 sink: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """`_softmax_rows` and each row's log-sum-exp [..., Sq]: the natural log of the softmax
+    denominator (the sink's exp(sink[h]) included), -inf for a row with nothing to attend
+    (and no sink). `probs = exp(score - lse)`, so partial attentions merge by their lse.
+
+    >>> probs, lse = _softmax_lse(torch.tensor([[0.0, 0.0], [-math.inf, -math.inf]]))
+    >>> [round(x, 4) for x in lse.tolist()]
+    [0.6931, -inf]
+    """
+    e, denom, m = _softmax_terms(score, sink)
+    probs = e / torch.where(denom > 0, denom, torch.ones_like(denom))
+    return probs, _row_lse(m, denom).squeeze(-1)
+
+
+def _softmax_terms(score: torch.Tensor, sink: torch.Tensor | None
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(exp(score - m), each row's denominator, m) for a per-row shift m (detached: nothing
+    depends on it); m = 0 for rows with nothing to attend, so they give e = 0, denom = 0."""
+    if score.shape[-1]:
+        m = score.amax(dim=-1, keepdim=True)
+    else:  # no keys at all (kv_len 0): amax has nothing to reduce
+        m = score.new_full((*score.shape[:-1], 1), -math.inf)
     if sink is not None:
         sink = sink.view(1, -1, 1, 1).to(score.dtype)
         m = torch.maximum(m, sink)
@@ -48,4 +74,11 @@ def _softmax_rows(score: torch.Tensor, sink: torch.Tensor | None = None) -> torc
     denom = e.sum(dim=-1, keepdim=True)
     if sink is not None:
         denom = denom + torch.exp(sink - m)
-    return e / torch.where(denom > 0, denom, torch.ones_like(denom))
+    return e, denom, m
+
+
+def _row_lse(m: torch.Tensor, denom: torch.Tensor) -> torch.Tensor:
+    """log(denom) + m, and -inf where denom is 0 (a row with nothing to attend). The log reads 1
+    there, so gradients stay finite (0) instead of 0 * inf = NaN."""
+    safe = torch.where(denom > 0, denom, torch.ones_like(denom))
+    return torch.where(denom > 0, m + torch.log(safe), torch.full_like(denom, -math.inf))

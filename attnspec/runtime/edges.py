@@ -17,6 +17,7 @@ import os
 import torch
 
 from .checks import _check_tensor
+from .core import _row_lse
 
 _Edges = collections.namedtuple("_Edges", ["edge", "type", "distance"])
 
@@ -113,7 +114,23 @@ def _segment_softmax(score: torch.Tensor, index: torch.Tensor, n: int,
                      sink: torch.Tensor | None = None) -> torch.Tensor:
     """Softmax of `score` [B, H, E] over the entries that share a row `index` [E] (< n); a
     row whose entries are all -inf (or that has none) gives 0. With `sink` [H], each row's
-    denominator also holds exp(sink[h]).
+    denominator also holds exp(sink[h])."""
+    weights, total, _ = _segment_terms(score, index, n, sink)
+    return weights / total.masked_fill(total == 0, 1.0).index_select(-1, index)
+
+
+def _segment_softmax_lse(score: torch.Tensor, index: torch.Tensor, n: int,
+                         sink: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """`_segment_softmax` and each row's log-sum-exp [B, H, n], from the shift and the sum the
+    softmax has anyway (`_row_lse`: -inf for a row with nothing to attend and no sink)."""
+    weights, total, peak = _segment_terms(score, index, n, sink)
+    probs = weights / total.masked_fill(total == 0, 1.0).index_select(-1, index)
+    return probs, _row_lse(peak, total)
+
+
+def _segment_terms(score: torch.Tensor, index: torch.Tensor, n: int, sink: torch.Tensor | None
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(exp(score - peak of its row) [B, H, E], each row's denominator [B, H, n], the peaks).
 
     Rows are read back with `index_select`, not `t[..., index]`: the backward of advanced
     indexing is a sorting `index_put_`, ~10x slower on CUDA at a million edges.
@@ -131,7 +148,7 @@ def _segment_softmax(score: torch.Tensor, index: torch.Tensor, n: int,
                                                                                 weights)
     if sink is not None:
         total = total + torch.exp(sink - peak)
-    return weights / total.masked_fill(total == 0, 1.0).index_select(-1, index)
+    return weights, total, peak
 
 
 # Gathered rows [B, H, chunk, D] held at once by the per-edge products below: 2**26 elements

@@ -13,8 +13,14 @@ Semantics pinned by the tests (tests/test_flash.py models flash-attn in pure tor
   `sk` keys keeps keys `i + sk - sq - left <= j <= i + sk - sq + right` (None = unbounded).
 * Rows with no key to attend (no valid key in their sequence, or above the first key when
   `sq > sk`) are set to exactly 0, whatever the kernel wrote there.
+* `return_lse`: flash-attn's softmax log-sum-exp (natural log, float32, the learnable sink's
+  term included), [B, H, Sq] from `flash_attn_func` and [H, total_q] from varlen calls,
+  unpacked to [B, H, Sq]. Rows with no key to attend get -inf (the sink logit with sinks),
+  whatever the kernel wrote (flash-attn 2 writes +inf). flash-attn 2's backward ignores the
+  lse's gradient, so its calls that return one and need a backward are refused.
 """
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -61,25 +67,46 @@ class _FlashLibrary:
         return dict(dropout_p=0.0, softmax_scale=scale, causal=causal, window_size=sides,
                     softcap=softcap, alibi_slopes=alibi_slopes, deterministic=deterministic)
 
-    def dense_call(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                   **options: object) -> torch.Tensor:
-        """q [B, Sq, H, D], k/v [B, Sk, Hk, *], any strides with a contiguous last dim."""
-        out = self.dense(q, k, v, **self.options(**options))
-        return out[0] if isinstance(out, tuple) else out
+    def dense_call(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lse: bool = False,
+                   **options: object) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """q [B, Sq, H, D], k/v [B, Sk, Hk, *], any strides with a contiguous last dim ->
+        (out, lse [B, H, Sq] float32 with `lse`, else None)."""
+        out = self.dense(q, k, v, **self.lse_option(lse), **self.options(**options))
+        return _flash_result(out, lse)
 
     def varlen_call(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_q: torch.Tensor,
                     cu_k: torch.Tensor, max_q: int, max_k: int,
-                    seqused_k: torch.Tensor | None = None, **options: object) -> torch.Tensor:
+                    seqused_k: torch.Tensor | None = None, lse: bool = False,
+                    **options: object) -> tuple[torch.Tensor, torch.Tensor | None]:
         """q [total_q, H, D], k/v [total_k, Hk, *], int32 cu_seqlens, int longest lengths (upper
         bounds: flash-attn sizes its grid by them); `seqused_k` (flash-attn 4 only): int32
-        keys used per sequence, from the sequence's start."""
+        keys used per sequence, from the sequence's start -> (out, lse [H, total_q] float32
+        with `lse`, else None)."""
+        more = self.lse_option(lse)
         if self.version == 4:
             used = {} if seqused_k is None else {"seqused_k": seqused_k}
             out = self.varlen(q, k, v, cu_seqlens_q=cu_q, cu_seqlens_k=cu_k, max_seqlen_q=max_q,
-                              max_seqlen_k=max_k, **used, **self.options(**options))
+                              max_seqlen_k=max_k, **used, **more, **self.options(**options))
         else:
-            out = self.varlen(q, k, v, cu_q, cu_k, max_q, max_k, **self.options(**options))
-        return out[0] if isinstance(out, tuple) else out
+            out = self.varlen(q, k, v, cu_q, cu_k, max_q, max_k, **more,
+                              **self.options(**options))
+        return _flash_result(out, lse)
+
+    def lse_option(self, lse: bool) -> dict:
+        """The keyword that makes either version return its softmax log-sum-exp (natural log,
+        float32): flash-attn 4's `return_lse`, flash-attn 2's `return_attn_probs` (which returns
+        (out, softmax_lse, S_dmask))."""
+        if not lse:
+            return {}
+        return {"return_lse": True} if self.version == 4 else {"return_attn_probs": True}
+
+
+def _flash_result(out: object, lse: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(output, lse or None) of a flash-attn call made with `lse_option(lse)`: flash-attn 4
+    returns (out, lse or None), flash-attn 2 out or, asked for more, (out, lse, S_dmask)."""
+    if lse:
+        return out[0], out[1]
+    return (out[0] if isinstance(out, tuple) else out), None
 
 
 def _flash_library(device: torch.device) -> _FlashLibrary:
@@ -122,9 +149,10 @@ def _find_flash(capability: tuple[int, int]) -> _FlashLibrary | str:
 
 def _flash_check(owner: str, library: _FlashLibrary, q: torch.Tensor, k: torch.Tensor,
                  v: torch.Tensor, alibi_slopes: torch.Tensor | None,
-                 sink: torch.Tensor | None) -> None:
-    """What this library cannot run for these inputs, before any work is done."""
-    problems = _flash_backward_problems(library, q, k, v, sink)
+                 sink: torch.Tensor | None, lse: bool = False) -> None:
+    """What this library cannot run for these inputs, before any work is done (`lse`: the
+    call returns the log-sum-exp too)."""
+    problems = _flash_backward_problems(library, q, k, v, sink, lse)
     if q.dtype not in _FLASH_DTYPES:
         problems.append(f"q, k, v are {q.dtype}: flash-attn computes in float16/bfloat16 only "
                         "(cast them, or use another backend)")
@@ -146,12 +174,18 @@ def _flash_check(owner: str, library: _FlashLibrary, q: torch.Tensor, k: torch.T
 
 
 def _flash_backward_problems(library: _FlashLibrary, q: torch.Tensor, k: torch.Tensor,
-                             v: torch.Tensor, sink: torch.Tensor | None) -> list[str]:
-    """Head dims where this library's backward is wrong, when this call will need one."""
+                             v: torch.Tensor, sink: torch.Tensor | None,
+                             lse: bool = False) -> list[str]:
+    """What this library's backward gets wrong, when this call will need one: head dims below
+    flash-attn 4's floor; flash-attn 2's log-sum-exp, which its backward ignores (gradients
+    through a returned lse would be silently missing)."""
     tensors = [t for t in (q, k, v, sink) if t is not None]
-    if library.version != 4 or not torch.is_grad_enabled() or \
-            not any(t.requires_grad for t in tensors):
+    if not torch.is_grad_enabled() or not any(t.requires_grad for t in tensors):
         return []
+    if library.version == 2:
+        return ["return_lse=True with gradients: flash-attn 2's backward ignores the gradient "
+                "of its log-sum-exp; use flash-attn 4, 'flex' or 'eager' (or torch.no_grad())"
+                ] if lse else []
     size = min(q.shape[-1], v.shape[-1])
     if size >= _FLASH4_BACKWARD_MIN_HEAD_DIM:
         return []
@@ -329,25 +363,26 @@ def _flash_attend(owner: str, library: _FlashLibrary, q: torch.Tensor, k: torch.
                   document_name: str = "documents",
                   key_valid: torch.Tensor | None = None, band: tuple | None = None,
                   softcap: float | None = None, alibi_slopes: torch.Tensor | None = None,
-                  sink: torch.Tensor | None = None) -> torch.Tensor:
+                  sink: torch.Tensor | None = None, return_lse: bool = False):
     """q [B, H, Sq, D], k/v [B, Hk, Sk, *] -> [B, H, Sq, Dv] through one flash-attn call.
     `documents` [B, S] ids (checked non-decreasing by the caller), `key_valid` [B, Sk] bool,
-    `band` (lo, hi, bottom_right)."""
-    _flash_check(owner, library, q, k, v, alibi_slopes, sink)
+    `band` (lo, hi, bottom_right). `return_lse`: (out, lse [B, H, Sq] float32)."""
+    _flash_check(owner, library, q, k, v, alibi_slopes, sink, return_lse)
     B, H, Sq = q.shape[:3]
     Sk, Dv = k.shape[2], v.shape[3]
     window = _flash_window(owner, *band, Sq, Sk) if band is not None else (None, None)
     options = dict(scale=scale, window=window, softcap=softcap or 0.0,
-                   alibi_slopes=alibi_slopes, sink=sink)
+                   alibi_slopes=alibi_slopes, sink=sink, lse=return_lse)
     if documents is None and key_valid is None:
         # Equal lengths: flash_attn_func on [B, S, H, D] views, no copies (the projections of a
         # layer produce exactly that layout).
-        out = library.dense_call(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-                                 **options)
+        out, lse = library.dense_call(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                      **options)
         if window[1] is not None and Sq > Sk + window[1]:  # rows above the first key
             above = torch.arange(Sq, device=q.device) < Sq - Sk - window[1]
             out = out.masked_fill(above.view(1, -1, 1, 1), 0.0)
-        return out.transpose(1, 2)
+            lse = _flash_empty_lse(lse, above.view(1, 1, -1), sink)
+        return _flash_return(out.transpose(1, 2), lse, return_lse)
     if documents is not None:
         cu_q, max_q = _flash_document_runs(owner, document_name, documents, B, Sq, q.device)
         cu_k, max_k = cu_q, max_q
@@ -360,14 +395,55 @@ def _flash_attend(owner: str, library: _FlashLibrary, q: torch.Tensor, k: torch.
             _flash_check_left_padded(owner, key_valid, cu_k)
         keep, cu_k, max_k = _flash_keep_keys(key_valid, cu_k)
     if max_k == 0:  # no key anywhere: every row is 0 (a product over zero keys keeps autograd)
-        out = q @ k[:, :1, :0].transpose(-2, -1) @ v[:, :1, :0]
-        return out if sink is None else out + 0 * sink.sum()  # the sink's gradient is 0, too
-    out = library.varlen_call(_flash_pack(q), _flash_pack(k, keep), _flash_pack(v, keep), cu_q,
-                              cu_k, max_q, max_k, **options)
+        return _flash_no_keys(q, k, v, sink, return_lse)
+    out, lse = library.varlen_call(_flash_pack(q), _flash_pack(k, keep), _flash_pack(v, keep),
+                                   cu_q, cu_k, max_q, max_k, **options)
+    lse = _flash_unpack_lse(lse, B, Sq)
     if key_valid is not None:
         empty = _flash_empty_rows(cu_q, cu_k, out.shape[0], window[1])
         out = out.masked_fill(empty.view(-1, 1, 1), 0.0)
-    return out.view(B, Sq, H, Dv).transpose(1, 2)
+        lse = _flash_empty_lse(lse, empty.view(B, 1, Sq), sink)
+    return _flash_return(out.view(B, Sq, H, Dv).transpose(1, 2), lse, return_lse)
+
+
+def _flash_return(out: torch.Tensor, lse: torch.Tensor | None, return_lse: bool):
+    """What `_flash_attend` and `_flash_groups` return: out, or (out, lse [B, H, Sq])."""
+    return (out, lse) if return_lse else out
+
+
+def _flash_unpack_lse(lse: torch.Tensor | None, B: int, Sq: int) -> torch.Tensor | None:
+    """A varlen call's lse [H, total_q] (queries packed in place, total_q = B * Sq) as
+    [B, H, Sq], the layout of the module's outputs (a view)."""
+    if lse is None:
+        return None
+    return lse.view(lse.shape[0], B, Sq).transpose(0, 1)
+
+
+def _flash_empty_lse(lse: torch.Tensor | None, empty: torch.Tensor,
+                     sink: torch.Tensor | None) -> torch.Tensor | None:
+    """lse [B, H, Sq] with the rows `empty` (broadcast against it) set to what a row without
+    keys has: -inf, or with sinks the sink logit (the denominator's one term). Whatever the
+    kernel wrote there: flash-attn 2 writes +inf for such rows."""
+    if lse is None:
+        return None
+    if sink is None:
+        return lse.masked_fill(empty, -math.inf)
+    return torch.where(empty, sink.to(lse.dtype).view(1, -1, 1), lse)
+
+
+def _flash_no_keys(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                   sink: torch.Tensor | None, return_lse: bool):
+    """The result when no row has a key: out 0 (a product over zero keys keeps autograd; the
+    sink's gradient is 0 too) and lse -inf, or the sink logit, for every row."""
+    out = q @ k[:, :1, :0].transpose(-2, -1) @ v[:, :1, :0]
+    if sink is not None:
+        out = out + 0 * sink.sum()
+    if not return_lse:
+        return out
+    B, H, Sq = q.shape[:3]
+    if sink is None:
+        return out, torch.full((B, H, Sq), -math.inf, dtype=torch.float32, device=q.device)
+    return out, sink.to(torch.float32).view(1, -1, 1).expand(B, H, Sq)
 
 
 # --- token groups: every pattern in one varlen call -------------------------------------------
@@ -468,20 +544,20 @@ def _merged_runs(ranges: list[range]) -> list[tuple[int, int]]:
 def _flash_groups(owner: str, library: _FlashLibrary, q: torch.Tensor, k: torch.Tensor,
                   v: torch.Tensor, groups: dict[str, range], patterns: tuple, *, scale: float,
                   key_valid: torch.Tensor | None = None, softcap: float | None = None,
-                  sink: torch.Tensor | None = None) -> torch.Tensor:
+                  sink: torch.Tensor | None = None, return_lse: bool = False):
     """Token-group patterns through ONE flash-attn varlen call: q [B, H, S, D], k/v
     [B, Hk, S, *] -> [B, H, S, Dv]. Each segment is a run of query groups (in place) attending
     its pattern's key groups, gathered contiguous. `key_valid` [B, S] bool: each segment's valid
     keys are sorted first (a stable sort on the device) and `seqused_k` counts them, so padding
     costs no sync and no dense mask (flash-attn 4: seqused_k; flash-attn 2 has none and refuses).
+    `return_lse`: (out, lse [B, H, S] float32).
     """
-    _flash_check(owner, library, q, k, v, None, sink)
+    _flash_check(owner, library, q, k, v, None, sink, return_lse)
     B, H, Sq = q.shape[:3]
     Sk, Dv = k.shape[2], v.shape[3]
     layout = _flash_segments(groups, patterns, B, Sq, Sk, q.device)
     if layout.max_k == 0:  # no pattern has a key: every row is 0 (autograd kept)
-        out = q @ k[:, :1, :0].transpose(-2, -1) @ v[:, :1, :0]
-        return out if sink is None else out + 0 * sink.sum()
+        return _flash_no_keys(q, k, v, sink, return_lse)
     index, used = layout.key_index, None
     if key_valid is not None:
         if library.version != 4:
@@ -491,15 +567,17 @@ def _flash_groups(owner: str, library: _FlashLibrary, q: torch.Tensor, k: torch.
         index, used = _flash_valid_first(layout, key_valid.flatten().index_select(0, index),
                                          index)
     options = dict(scale=scale, window=(None, None), softcap=softcap or 0.0, alibi_slopes=None,
-                   sink=sink)
-    out = library.varlen_call(_flash_pack(q), _flash_pack(k, index), _flash_pack(v, index),
-                              layout.cu_q, layout.cu_k, layout.max_q, layout.max_k,
-                              seqused_k=used, **options)
+                   sink=sink, lse=return_lse)
+    out, lse = library.varlen_call(_flash_pack(q), _flash_pack(k, index), _flash_pack(v, index),
+                                   layout.cu_q, layout.cu_k, layout.max_q, layout.max_k,
+                                   seqused_k=used, **options)
+    lse = _flash_unpack_lse(lse, B, Sq)  # queries stay in place: [H, B * S] -> [B, H, S]
     if used is not None or layout.empty:  # rows of segments without keys are exactly 0
         lengths = used if used is not None else layout.cu_k[1:] - layout.cu_k[:-1]
         empty = (lengths == 0).index_select(0, layout.query_segment)
         out = out.masked_fill(empty.view(-1, 1, 1), 0.0)
-    return out.view(B, Sq, H, Dv).transpose(1, 2)
+        lse = _flash_empty_lse(lse, empty.view(B, 1, Sq), sink)
+    return _flash_return(out.view(B, Sq, H, Dv).transpose(1, 2), lse, return_lse)
 
 
 def _flash_valid_first(layout: _FlashSegments, valid: torch.Tensor,
@@ -517,13 +595,14 @@ def _flash_valid_first(layout: _FlashSegments, valid: torch.Tensor,
 def _flash_decode(owner: str, library: _FlashLibrary, q: torch.Tensor, cache_k: torch.Tensor,
                   cache_v: torch.Tensor, rows: torch.Tensor, pages: torch.Tensor | None, *,
                   scale: float, band: tuple | None = None, softcap: float | None = None,
-                  sink: torch.Tensor | None = None) -> torch.Tensor:
+                  sink: torch.Tensor | None = None, return_lse: bool = False):
     """Decoding through one `flash_attn_varlen_func` call of flash-attn 4, reading the cache
     where it lies: q [B, H, Sq, D] (the new tokens, already in the cache) attends the first
     `rows[b]` keys of its row (`seqused_k`), of a contiguous `[B, capacity, Hk, D]` cache or of a
     page pool `[num_pages, page_size, Hk, D]` through `pages` (`page_table`). Positions are
     absolute and flash-attn aligns each row at its own end, so the band `lo <= k - q <= hi`
-    is `window_size=(-lo, hi)` as written. -> [B, H, Sq, Dv]."""
+    is `window_size=(-lo, hi)` as written. -> [B, H, Sq, Dv]; with `return_lse` also the
+    lse [B, H, Sq] (float32) that batched q gives (every query sees itself: no empty row)."""
     if library.version != 4:
         raise UnsupportedInputError(f"{owner}: backend 'flash' decodes with flash-attn 4 "
                                     f"(seqused_k, page_table); found {library.name}")
@@ -540,7 +619,7 @@ def _flash_decode(owner: str, library: _FlashLibrary, q: torch.Tensor, cache_k: 
     options = library.options(scale=scale, window=(left, right), softcap=softcap or 0.0,
                               alibi_slopes=None, sink=sink)
     table = None if pages is None else pages.to(torch.int32)
-    out = library.varlen(q.transpose(1, 2), cache_k, cache_v, seqused_k=rows.to(torch.int32),
-                         page_table=table, **options)
-    out = out[0] if isinstance(out, tuple) else out
-    return out.transpose(1, 2)
+    out, lse = _flash_result(library.varlen(
+        q.transpose(1, 2), cache_k, cache_v, seqused_k=rows.to(torch.int32), page_table=table,
+        **library.lse_option(return_lse), **options), return_lse)
+    return _flash_return(out.transpose(1, 2), lse, return_lse)

@@ -12,10 +12,27 @@ import math
 
 import torch
 
+from .errors import UnsupportedInputError
+
 _sdpa = torch.nn.functional.scaled_dot_product_attention
 # `auto` on CUDA prefers a dense-mask SDPA call to flex up to this many (query, key) pairs per
 # head: there flex's fixed costs dominate (H100: 0.21 vs 0.27 ms at 1024², 0.08 vs 0.26 at 256²).
 _SMALL_DENSE = 1 << 20
+
+
+def _sdpa_refuse_lse(owner: str, lse_backends: tuple[str, ...]) -> None:
+    """`return_lse=True` on SDPA: refused before any work (`auto` never asks it; an explicit
+    backend never falls back behind the caller's back), naming the backends that return one.
+
+    >>> _sdpa_refuse_lse("T", ("eager", "flex"))
+    Traceback (most recent call last):
+    ...
+    attnspec.runtime.errors.UnsupportedInputError: T: backend 'sdpa' cannot return_lse=True: ...
+    """
+    raise UnsupportedInputError(
+        f"{owner}: backend 'sdpa' cannot return_lse=True: scaled_dot_product_attention does not "
+        f"return its log-sum-exp. Use backend {' or '.join(map(repr, lse_backends))}, or "
+        "'auto' (it runs such calls on one of them)")
 
 
 def _sdpa_masked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor,

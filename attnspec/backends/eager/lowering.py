@@ -12,6 +12,8 @@ SUMMARY = "dense [B, H, Sq, Sk] masks and scores: the reference semantics, any s
 # Runs everywhere torch does, forward and backward: it is the reference semantics.
 DEVICES = ("cpu", "cuda")
 BACKWARD_DEVICES = DEVICES
+# `forward(..., return_lse=True)`: the log-sum-exp of the dense softmax's own row sums.
+RETURNS_LSE = True
 
 
 @dataclass(frozen=True)

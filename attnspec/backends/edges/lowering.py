@@ -21,6 +21,8 @@ SUMMARY = "graph attention over an edge list: per-edge pipeline, segment softmax
 # Plain torch ops: every device torch runs on, forward and backward.
 DEVICES = ("cpu", "cuda")
 BACKWARD_DEVICES = DEVICES
+# The segment softmax has each row's shift and sum: their log-sum-exp costs one log per row.
+RETURNS_LSE = True
 
 
 @dataclass(frozen=True)

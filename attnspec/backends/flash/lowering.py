@@ -51,6 +51,8 @@ SUMMARY = "flash-attn 4 (else 2): dense and varlen calls for windows, documents,
 # flash-attn kernels are CUDA only (sm80+ for flash-attn 2, sm90+ for flash-attn 4).
 DEVICES = ("cuda",)
 BACKWARD_DEVICES = DEVICES
+# flash-attn returns softmax_lse; flash-attn 2's backward ignores its gradient (refused then).
+RETURNS_LSE = True
 EXPRESSIBLE = (Band, Segment, KeyLength, KeyPadding, Patterns)
 MAX_HEAD_DIM = 256  # flash-attn 2 and flash-attn 4 on Hopper
 HEAD_DIM_MULTIPLE = 8  # flash-attn 4 needs 16-byte aligned rows in fp16/bf16

@@ -31,6 +31,8 @@ SUMMARY = "FlexAttention: mask_mod/score_mod with a BlockMask (Triton, or flex's
 # compiled on CUDA, forward and backward.
 DEVICES = ("cpu", "cuda")
 BACKWARD_DEVICES = ("cuda",)
+# flex_attention returns its log-sum-exp (`AuxRequest(lse=True)`), differentiable on CUDA.
+RETURNS_LSE = True
 STRUCTURED = (Band, Segment, KeyLength, KeyPadding, PrefixOrBand)
 
 

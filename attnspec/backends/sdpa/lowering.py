@@ -18,6 +18,9 @@ SUMMARY = "torch's scaled_dot_product_attention: fused kernels, or a dense mask"
 # torch's scaled_dot_product_attention runs on every device, with a backward everywhere.
 DEVICES = ("cpu", "cuda")
 BACKWARD_DEVICES = DEVICES
+# scaled_dot_product_attention returns no log-sum-exp: `return_lse=True` is refused
+# (UnsupportedInputError) and `auto` runs such calls on a backend that has one.
+RETURNS_LSE = False
 # Plans that run on SDPA's own fused kernels, without a dense mask tensor.
 NATIVE_KINDS = ("full", "causal", "patterns")
 
