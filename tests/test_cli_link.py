@@ -56,7 +56,8 @@ def test_default_is_standalone(capsys, spec):
 def test_import_link_imports_the_runtime(capsys, spec, tmp_path):
     code, out, _ = run(capsys, "compile", str(spec), "--link", "import", "-o", "-")
     assert code == 0 and "def _softmax_rows(" not in out
-    assert "from attnspec.runtime.core import _compute_dtype, _index_grids, _softmax_rows" in out
+    assert ("from attnspec.runtime.core import _compute_dtype, _index_grids, _softmax_lse, "
+            "_softmax_rows") in out
     assert "# Regenerate: attnspec compile " in out and " --link import -o <this file>" in out
     # the written file imports and runs like any module
     target = tmp_path / "a_import.py"

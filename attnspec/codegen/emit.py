@@ -94,7 +94,7 @@ def generate(module: ir.ModuleIR, backend: str | None = None, link: str = "stand
     >>> from attnspec.ir.build import build_text
     >>> spec = build_text("attention A {\\n heads = 2\\n head_dim = 8\\n}", "a.attn")
     >>> [line for line in generate(spec, link="import").splitlines() if "core import" in line]
-    ['from attnspec.runtime.core import _compute_dtype, _index_grids, _softmax_rows']
+    ['from attnspec.runtime.core import _compute_dtype, _index_grids, _softmax_lse, _softmax_rows']
     """
     if link not in LINKS:
         raise ValueError(f"unknown link {link!r}; expected one of {', '.join(LINKS)}")

@@ -363,7 +363,8 @@ def _flash_attend(owner: str, library: _FlashLibrary, q: torch.Tensor, k: torch.
                   document_name: str = "documents",
                   key_valid: torch.Tensor | None = None, band: tuple | None = None,
                   softcap: float | None = None, alibi_slopes: torch.Tensor | None = None,
-                  sink: torch.Tensor | None = None, return_lse: bool = False):
+                  sink: torch.Tensor | None = None, return_lse: bool = False
+                  ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """q [B, H, Sq, D], k/v [B, Hk, Sk, *] -> [B, H, Sq, Dv] through one flash-attn call.
     `documents` [B, S] ids (checked non-decreasing by the caller), `key_valid` [B, Sk] bool,
     `band` (lo, hi, bottom_right). `return_lse`: (out, lse [B, H, Sq] float32)."""
@@ -406,7 +407,8 @@ def _flash_attend(owner: str, library: _FlashLibrary, q: torch.Tensor, k: torch.
     return _flash_return(out.view(B, Sq, H, Dv).transpose(1, 2), lse, return_lse)
 
 
-def _flash_return(out: torch.Tensor, lse: torch.Tensor | None, return_lse: bool):
+def _flash_return(out: torch.Tensor, lse: torch.Tensor | None,
+                  return_lse: bool) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """What `_flash_attend` and `_flash_groups` return: out, or (out, lse [B, H, Sq])."""
     return (out, lse) if return_lse else out
 
@@ -432,7 +434,8 @@ def _flash_empty_lse(lse: torch.Tensor | None, empty: torch.Tensor,
 
 
 def _flash_no_keys(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                   sink: torch.Tensor | None, return_lse: bool):
+                   sink: torch.Tensor | None, return_lse: bool
+                   ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """The result when no row has a key: out 0 (a product over zero keys keeps autograd; the
     sink's gradient is 0 too) and lse -inf, or the sink logit, for every row."""
     out = q @ k[:, :1, :0].transpose(-2, -1) @ v[:, :1, :0]
@@ -544,7 +547,8 @@ def _merged_runs(ranges: list[range]) -> list[tuple[int, int]]:
 def _flash_groups(owner: str, library: _FlashLibrary, q: torch.Tensor, k: torch.Tensor,
                   v: torch.Tensor, groups: dict[str, range], patterns: tuple, *, scale: float,
                   key_valid: torch.Tensor | None = None, softcap: float | None = None,
-                  sink: torch.Tensor | None = None, return_lse: bool = False):
+                  sink: torch.Tensor | None = None, return_lse: bool = False
+                  ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Token-group patterns through ONE flash-attn varlen call: q [B, H, S, D], k/v
     [B, Hk, S, *] -> [B, H, S, Dv]. Each segment is a run of query groups (in place) attending
     its pattern's key groups, gathered contiguous. `key_valid` [B, S] bool: each segment's valid
@@ -595,7 +599,8 @@ def _flash_valid_first(layout: _FlashSegments, valid: torch.Tensor,
 def _flash_decode(owner: str, library: _FlashLibrary, q: torch.Tensor, cache_k: torch.Tensor,
                   cache_v: torch.Tensor, rows: torch.Tensor, pages: torch.Tensor | None, *,
                   scale: float, band: tuple | None = None, softcap: float | None = None,
-                  sink: torch.Tensor | None = None, return_lse: bool = False):
+                  sink: torch.Tensor | None = None, return_lse: bool = False
+                  ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Decoding through one `flash_attn_varlen_func` call of flash-attn 4, reading the cache
     where it lies: q [B, H, Sq, D] (the new tokens, already in the cache) attends the first
     `rows[b]` keys of its row (`seqused_k`), of a contiguous `[B, capacity, Hk, D]` cache or of a
