@@ -5,9 +5,9 @@ in float64) on fresh random inputs, outputs and gradients, with flash-attn's tol
 
 where `eager_t` is the interpreter run in the backend's dtype `t` and `scale` is the largest
 reference magnitude of the case (at least 1), which makes atol relative. `attnspec verify` and the
-test-suite use this module. A backend that returns the log-sum-exp (`LSE_BACKENDS`) is called
-with `return_lse=True`: its lse is checked by the same rule (and must be -inf exactly where the
-reference's is), and gradients flow back through it too.
+test-suite use this module. A backend that returns the log-sum-exp (`LSE_BACKENDS`) is also
+called once more with `return_lse=True` (forward only): that call's output and lse are checked
+by the same rule, and its lse must be -inf exactly where the reference's is.
 
 Example:
     >>> import attnspec
@@ -273,26 +273,25 @@ def check_case(attn: ir.AttentionIR, module_cls, backend: str, case: Case, dtype
     _randomise_params(module, gen)
     args, inputs, sizes = make_inputs(attn, case, dtype, device, gen)
     grad_out = torch.randn(_output_shape(attn, case), generator=gen, dtype=torch.float64)
-    grad_lse = torch.randn(_lse_shape(attn, case), generator=gen, dtype=torch.float64)
     if not has_backward(backend, device) or attn.kv_cache is not None:
         # Forward only: flex on CPU; decoding (inference: flash decodes without a backward).
         grad_out = None
     return check_inputs(attn, module, args, inputs, sizes, dtype, grad_out,
                         Result(spec_name, attn.name, backend, case.name, True, 0.0, ""),
-                        overrides, case.packed, grad_lse=grad_lse)
+                        overrides, case.packed)
 
 
 def check_inputs(attn: ir.AttentionIR, module, args: tuple, inputs: dict, sizes: dict | None,
                  dtype: torch.dtype, grad_out: torch.Tensor | None = None,
                  result: Result | None = None,
-                 overrides: dict | None = None, packed: str | None = None,
-                 grad_lse: torch.Tensor | None = None) -> Result:
+                 overrides: dict | None = None, packed: str | None = None) -> Result:
     """One module instance (on its device, in `dtype`) on the given inputs against the
     interpreter: outputs, and gradients of `(out * grad_out).sum()` when `grad_out` is given.
     Rows the reference makes exactly 0 (nothing to attend) must be exactly 0 (contract §9.4).
-    A module whose backend returns the log-sum-exp (`returns_lse`) is also checked on its lse,
-    with `(lse * grad_lse).sum()` joining the gradients when both are given; where the backend
-    refuses the lse for these inputs (flash-attn 2 in training), the output alone is checked.
+    A module whose backend returns the log-sum-exp (`returns_lse`) is called once more with
+    `return_lse=True`, forward only (the plain call stays the path every check covers): that
+    output and lse are checked too (`lse_out`, `lse`); a backend that refuses the lse for these
+    inputs (flash-attn 2 in training) skips it.
 
     >>> import attnspec
     >>> spec = "attention A {\\n heads = 1\\n head_dim = 4\\n mask k > q\\n}"
@@ -303,11 +302,12 @@ def check_inputs(attn: ir.AttentionIR, module, args: tuple, inputs: dict, sizes:
     """
     result = result or Result("", attn.name, getattr(module, "backend", ""), "inputs", True,
                               0.0, "")
-    lse = returns_lse(module)
     runs = {name: _run(attn, module, name, args, inputs, sizes, run_dtype, grad_out,
-                       overrides, packed if name == "module" else None, lse, grad_lse)
+                       overrides, packed if name == "module" else None)
             for name, run_dtype in (("module", dtype), ("ref", torch.float64),
                                     ("eager_t", dtype))}
+    if returns_lse(module):
+        runs["module"][0].update(_lse_run(attn, module, args, inputs, sizes, dtype, packed))
     return _compare(runs, dtype, result)
 
 
@@ -316,11 +316,6 @@ def returns_lse(module) -> bool:
     LSE_BACKENDS. `auto` is checked as it runs without one (asking for an lse would move it off
     SDPA, the path it takes otherwise)."""
     return getattr(module, "backend", None) in getattr(module, "LSE_BACKENDS", ())
-
-
-def _lse_shape(attn: ir.AttentionIR, case: Case) -> tuple[int, ...]:
-    """The lse's shape: [B, heads, Sq] in both modes (per head, before o_proj)."""
-    return (case.batch, resolve_settings(attn, dict(case.overrides))["heads"], case.q_len)
 
 
 def _output_shape(attn: ir.AttentionIR, case: Case) -> tuple[int, ...]:
@@ -351,52 +346,42 @@ def default_backends(cls, device: str) -> list[str]:
 
 
 def _run(attn, module, which: str, args, inputs, sizes, dtype, grad_out, overrides=None,
-         packed=None, lse=False, grad_lse=None):
+         packed=None):
     """One forward and (with `grad_out`) backward: the module, or the interpreter in `dtype`.
-    Returns ({"out": ..., "lse": ... when asked for and given}, {gradient name: tensor})."""
+    Returns ({"out": out, and for the interpreter "lse": its lse}, {gradient name: tensor})."""
     grad = grad_out is not None
     leaves = [a.detach().to(dtype).requires_grad_(grad) for a in args]
     state = {k: v.detach().to(dtype).requires_grad_(grad and v.is_floating_point())
              for k, v in module.state_dict().items()}
+    # The interpreter's lse costs a log per row: it is the reference of the module's lse call.
+    lse = which != "module"
     with torch.set_grad_enabled(grad):
-        outputs = _outputs(attn, module, which, leaves, state, inputs, sizes, overrides, packed,
-                           lse)
+        result = _forward(attn, module, which, leaves, state, inputs, sizes, overrides, packed,
+                          return_lse=lse)
+    out, lse_value = result if lse else (result, None)
+    outputs = {"out": out.detach()} | ({"lse": lse_value.detach()} if lse else {})
     if not grad:
         return outputs, {}
     named = dict(module.named_parameters()) if which == "module" else \
         {k: v for k, v in state.items() if v.requires_grad}
-    _backward(outputs, grad_out, grad_lse)
+    out.backward(grad_out.to(device=out.device, dtype=out.dtype))
     arg_names = ("q", "k", "v") if attn.mode == "kernel" else ("x", "context")
     grads = {f"d{n}": leaf.grad for n, leaf in zip(arg_names, leaves)}
     grads.update({f"d{n}": p.grad for n, p in named.items()})
-    return {name: t.detach() for name, t in outputs.items()}, grads
+    return outputs, grads
 
 
-def _outputs(attn, module, which, leaves, state, inputs, sizes, overrides, packed, lse) -> dict:
-    """{"out": out, "lse": lse} of one forward (no "lse" unless asked for). The module may
-    refuse the lse for these inputs (UnsupportedInputError, before any work): then it runs
-    without one and only its output is checked."""
-    if lse:
-        try:
-            out, lse_value = _forward(attn, module, which, leaves, state, inputs, sizes,
-                                      overrides, packed, return_lse=True)
-            return {"out": out, "lse": lse_value}
-        except UnsupportedInputError:
-            if which != "module":
-                raise
-    return {"out": _forward(attn, module, which, leaves, state, inputs, sizes, overrides,
-                            packed)}
-
-
-def _backward(outputs: dict, grad_out: torch.Tensor, grad_lse: torch.Tensor | None) -> None:
-    """Backward of `(out * grad_out).sum()`, plus `(lse * grad_lse).sum()` when the lse came
-    back differentiable (-inf rows have gradient 0: nothing flows there)."""
-    out, lse = outputs["out"], outputs.get("lse")
-    tensors, grads = [out], [grad_out.to(device=out.device, dtype=out.dtype)]
-    if lse is not None and grad_lse is not None and lse.requires_grad:
-        tensors.append(lse)
-        grads.append(grad_lse.to(device=lse.device, dtype=lse.dtype))
-    torch.autograd.backward(tensors, grads)
+def _lse_run(attn, module, args, inputs, sizes, dtype, packed) -> dict:
+    """The module's `return_lse=True` call, forward only: {"lse_out": out, "lse": lse}, or {}
+    when the backend refuses the lse for these inputs (UnsupportedInputError, before any work)."""
+    leaves = [a.detach().to(dtype) for a in args]
+    try:
+        with torch.no_grad():
+            out, lse = _forward(attn, module, "module", leaves, {}, inputs, sizes, None, packed,
+                                return_lse=True)
+    except UnsupportedInputError:
+        return {}
+    return {"lse_out": out, "lse": lse}
 
 
 def _forward(attn, module, which: str, leaves, state, inputs, sizes, overrides, packed=None,
@@ -437,17 +422,20 @@ def _compare(runs: dict, dtype: torch.dtype, result: Result) -> Result:
     outputs, grads = runs["module"]
     ref, ref_grads = runs["ref"]
     eager_t, eager_grads = runs["eager_t"]
-    out = outputs["out"]
-    tensors = {name: (got, ref[name], eager_t[name]) for name, got in outputs.items()}
+    # "lse_out": the output of the return_lse=True call, against the same reference.
+    tensors = {name: (got, ref[name.removeprefix("lse_")], eager_t[name.removeprefix("lse_")])
+               for name, got in outputs.items()}
     for name, g in grads.items():
         tensors[name] = (g, ref_grads.get(name), eager_grads.get(name))
-    scale = _problem_scale(tensors)
+    # The lse (a log, of another unit) leaves the scale, and so every other tensor's rule, as is.
+    scale = _problem_scale({name: t for name, t in tensors.items() if name != "lse"})
     for name, (got, want, base) in tensors.items():
         check = _lse_ratio if name == "lse" else _ratio
         ratio, detail = check(got, want, base, dtype, scale)
         if ratio > result.worst_ratio or math.isnan(ratio):
             result.worst_ratio, result.worst_tensor, result.detail = ratio, name, detail
-    rows = _nonzero_empty_rows(out, ref["out"])
+    rows = sum(_nonzero_empty_rows(outputs[name], ref["out"])
+               for name in ("out", "lse_out") if name in outputs)
     if rows and result.worst_ratio <= 1.0:  # else the failure is reported already
         result.worst_ratio, result.worst_tensor = math.inf, "out"
         result.detail = f"{rows} row(s) with nothing to attend are not exactly 0"
