@@ -76,7 +76,9 @@ def _flex_runner(body: Callable, device: torch.device) -> Callable:
 
 def _flex_with_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                    **options: object) -> tuple[torch.Tensor, torch.Tensor]:
-    """flex_attention's output and log-sum-exp (for sinks), on old and new torch alike."""
+    """flex_attention's output and log-sum-exp (for sinks and `return_lse`), on old and new
+    torch alike. The lse is the natural log: torch (2.13 read) rescales its kernels' base-2
+    statistics by ln 2 before returning them, on every kernel; fully masked rows give -inf."""
     if _AuxRequest is None:
         return _flex_attention(q, k, v, return_lse=True, **options)
     out, aux = _flex_attention(q, k, v, return_aux=_AuxRequest(lse=True), **options)
