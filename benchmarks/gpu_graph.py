@@ -94,12 +94,13 @@ def pyg_layer(n: int, graph) -> dict:
     return measure(fwd, fwd_bwd)
 
 
-def typed_graph(backend: str, fused: bool = False) -> dict:
+def typed_graph(backend: str, fused: bool = False, compiled: bool = False) -> dict:
     """The suite's TypedGraph: B=4, H=16, D=128, S=8192, 64 edges per node within ±512."""
     gen = torch.Generator().manual_seed(0)
     module = attnspec.load(ROOT / "benchmarks" / "suite.attn")
     module._EDGE_FUSED_ON_CUDA = fused
     layer = module.TypedGraph(backend=backend).to(DEV)
+    run = torch.compile(layer, dynamic=False) if compiled else layer
     s = 8192
     src = torch.arange(s).repeat_interleave(64)
     dst = (src + torch.randint(-512, 513, (s * 64,), generator=gen)).clamp(0, s - 1)
@@ -111,11 +112,32 @@ def typed_graph(backend: str, fused: bool = False) -> dict:
 
     def fwd():
         with torch.no_grad():
-            return layer(q, k, v, **call)
+            return run(q, k, v, **call)
 
     def fwd_bwd():
-        layer(q, k, v, **call).float().square().mean().backward()
+        run(q, k, v, **call).float().square().mean().backward()
     return measure(fwd, fwd_bwd)
+
+
+def profile(n: int) -> str:
+    """The CUDA kernels of three forward+backward steps of the graph layer on the edges backend
+    at `n` nodes, most time first: where the backward's time goes."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    module = attnspec.load(ROOT / "specs" / "graph.attn")
+    layer = module.GraphAttention(backend="edges").to(DEV, DTYPE)
+    src, dst, types, distances = random_graph(n, DEGREE, torch.Generator().manual_seed(n))
+    call = dict(graph=torch.stack([src, dst]), graph_type=types, graph_distance=distances)
+    x = torch.randn(1, n, 256, device=DEV, dtype=DTYPE, requires_grad=True)
+    layer(x, **call).float().square().mean().backward()  # warm-up: kernels compiled
+    torch.cuda.synchronize()
+    with torch_profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(3):
+            layer(x, **call).float().square().mean().backward()
+        torch.cuda.synchronize()
+    return prof.key_averages().table(sort_by="cuda_time_total", row_limit=18,
+                                     max_name_column_width=60)
 
 
 def table(rows: list[dict]) -> str:
@@ -134,16 +156,23 @@ def main() -> int:
     p.add_argument("--sizes", default="8192,32768,131072,1048576")
     p.add_argument("--flex-up-to", type=int, default=8192, help="largest N timed on flex")
     p.add_argument("--deadline", type=float, default=480.0)
+    p.add_argument("--profile", type=int, default=0, help="print the CUDA kernels of the "
+                   "edges backend's forward+backward at this many nodes, then stop")
     p.add_argument("--compiled-at", type=lambda t: {int(x) for x in t.split(",") if x},
                    default={131072}, help="sizes where the torch.compile'd layer is also timed")
     args = p.parse_args()
     start = time.monotonic()
     print("torch", torch.__version__, torch.cuda.get_device_name(), flush=True)
+    if args.profile:
+        print(profile(args.profile))
+        return 0
     rows = []
     # The suite's typed graph first (its targets: fwd+bwd <= 25 ms and <= 3x its forward).
-    for backend, fused in (("edges", False), ("edges", True), ("auto", False)):
-        what = f"suite TypedGraph {backend}" + (" fused" if fused else "")
-        rows.append({"what": what, "n": 8192, **typed_graph(backend, fused)})
+    for backend, fused, compiled in (("edges", False, False), ("edges", True, False),
+                                     ("auto", True, False), ("edges", True, True)):
+        what = (f"suite TypedGraph {backend}" + (" fused" if fused else "")
+                + (" compiled" if compiled else ""))
+        rows.append({"what": what, "n": 8192, **typed_graph(backend, fused, compiled)})
         print(table(rows[-1:]).splitlines()[-1], flush=True)
     for n in (int(s) for s in args.sizes.split(",")):
         graph = random_graph(n, DEGREE, torch.Generator().manual_seed(n))

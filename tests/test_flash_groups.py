@@ -122,14 +122,20 @@ def test_groups_refusals_name_the_clash(extra, reason):
     assert any(reason in r.message for r in backends.reasons(attn)["flash"])
 
 
-def test_auto_keeps_flash_groups_until_the_gpu_matrix_has_run_them():
-    """No kernel path is picked by auto where it was not verified on the GPU: the groups plan
-    says why, and `backend="flash"` still runs it."""
+def test_auto_keeps_flash_groups_until_they_are_measured():
+    """No kernel path is picked by auto before it is verified on the GPU and measured against
+    what auto runs instead: the groups plan says which of the two it still lacks, and
+    `backend="flash"` still runs it."""
     attn = build_text(ANCHOR, "t.attn").attentions[0]
     assert backends.auto_order(attn, "cuda") == ("flex", "sdpa")
     assert backends.auto(attn, "cpu") == "sdpa"
     plan = backends.plans(attn)["flash"]
-    assert plan.kind == "groups" and "GPU matrix" in " ".join(plan.notes)
+    assert plan.kind == "groups" and "gpu_tokengroups.py" in " ".join(plan.notes)
+    padded = build_text(groups_spec([("a", 4), ("b", 4)], ["a -> a", "b -> a, b"],
+                                    "input valid: bool[batch, seq]\n mask key_valid(valid)"),
+                        "t.attn").attentions[0]
+    assert "has not run token groups with padded keys" in " ".join(
+        backends.plans(padded)["flash"].notes)
 
 
 def test_explain_and_plan_list_the_segments():

@@ -64,8 +64,8 @@ def order(available: Mapping[str, Plan], device: str) -> tuple[str, ...]:
         return (SDPA,) if sdpa_plan is not None else (EAGER,)
     if available[EAGER].kind == "decode":
         # Decoding: flash-attn 4 and flex read the cache in place (seqused_k / page_table, a
-        # BlockMask over the pool) and should lead, but neither path has run on the GPU yet
-        # (benchmarks/gpu_decode.py measures them, the GPU matrix draws decode cases): until
+        # BlockMask over the pool) and should lead. Both passed the GPU matrix's decode cases
+        # (H100, 2026-12-07) but neither is measured yet (benchmarks/gpu_decode.py): until
         # then auto runs SDPA's dense gather, and backend="flash"/"flex" run them on request.
         return (SDPA,) if SDPA in available else (EAGER,)
     native = sdpa_plan is not None and sdpa_plan.native

@@ -224,20 +224,24 @@ def lower(attn: ir.AttentionIR, analysis: Analysis) -> FlashPlan:
     notes += _backward_notes(attn)
     unverified = _unverified(kind, analysis)
     if unverified:
-        notes.append(f"auto does not pick flash here until the GPU matrix has run {unverified} "
-                     "(backend='flash' runs it on request)")
+        notes.append(f"auto does not pick flash here: {unverified} (backend='flash' runs it "
+                     "on request)")
     documents = analysis.segments[0].input if analysis.segments else None
     return FlashPlan(NAME, kind, tuple(notes), documents=documents, unverified=unverified)
 
 
 def _unverified(kind: str, analysis: Analysis) -> str:
-    """The flash paths built without a GPU (issue 15): kept out of `auto` until the GPU
-    verification matrix has checked them on flash-attn 4 (no kernel is picked where it was
-    not verified)."""
+    """Why `auto` does not take a flash path built without a GPU (issue 15), or "": no kernel
+    is picked before the GPU verification matrix has checked it on flash-attn 4, nor before a
+    benchmark has shown it faster than what `auto` runs instead."""
     if kind == "groups":
-        return "token groups as one varlen call"
+        if analysis.key_padding or analysis.key_lengths:
+            return ("the GPU matrix has not run token groups with padded keys as one varlen "
+                    "call")
+        return ("token groups as one varlen call passed the GPU matrix (2026-12-07) but are "
+                "not yet measured against flex (benchmarks/gpu_tokengroups.py)")
     if analysis.band is not None and analysis.key_padding:
-        return "a band with left-padded keys (seqused_k)"
+        return "the GPU matrix has not run a band with left-padded keys (seqused_k)"
     return ""
 
 
