@@ -9,6 +9,8 @@ Example:
     torch.Size([2, 3])
 """
 
+import math
+
 import torch
 
 from .errors import UnsupportedBackendError
@@ -72,11 +74,20 @@ def _check_heads(owner: str, heads: int, kv_heads: int) -> None:
         raise ValueError(f"{owner}: heads ({heads}) must be a multiple of kv_heads ({kv_heads})")
 
 
+# Devices where a learned table's gradient is summed per cell by `_TableRead` instead of
+# advanced indexing's backward. On CUDA that backward is `index_put_` with accumulate: a sort,
+# then one warp per distinct cell, so a table of a few cells read by millions of pairs (a graph's
+# per-type bias, T5's buckets) serialises (pytorch/pytorch#41162). On the CPU it is a plain
+# loop, already fast; tests add "cpu" here.
+_TABLE_SORTED_SUMS = ("cuda",)
+
+
 def _read(table: torch.Tensor, name: str, *index: torch.Tensor | int) -> torch.Tensor:
     """`table[index]`, every index checked against the table's shape: an index out of range
     (possible after constructor overrides) is a ValueError, never garbage or an IndexError.
     While torch.compile traces, the range is checked by an assert in the graph instead (reading
-    min/max on the host would break the graph, with a host sync, every call)."""
+    min/max on the host would break the graph, with a host sync, every call); Inductor's own
+    backward of the read is fast there. A learned table read on CUDA goes through `_TableRead`."""
     if torch.compiler.is_compiling():
         return _read_compiled(table, index)
     for axis, i in enumerate(index):
@@ -89,7 +100,47 @@ def _read(table: torch.Tensor, name: str, *index: torch.Tensor | int) -> torch.T
                 f"{name}: index range [{low}, {high}] is outside dimension {axis} of size {size} "
                 "(did a constructor override change a size the spec relies on?)"
             )
+    if (table.requires_grad and torch.is_grad_enabled() and len(index) == table.dim()
+            and table.device.type in _TABLE_SORTED_SUMS):
+        return _TableRead.apply(table, *index)
     return table[index]
+
+
+class _TableRead(torch.autograd.Function):
+    """`table[index]` (one index per dimension, tensors broadcasting, ints) whose backward sums
+    the gradient per table cell without atomics or a warp per cell: the cells read are sorted
+    once, and each cell's sum is the difference of a float64 running sum at the ends of its run.
+    Deterministic, and parallel however many reads share a cell.
+
+    >>> t = torch.zeros(2, 3, requires_grad=True)
+    >>> _TableRead.apply(t, torch.tensor([1, 1, 0]), torch.tensor([2, 2, 0])).sum().backward()
+    >>> t.grad.tolist()
+    [[1.0, 0.0, 0.0], [0.0, 0.0, 2.0]]
+    """
+
+    @staticmethod
+    def forward(ctx, table, *index):
+        cells = torch.zeros((), dtype=torch.long, device=table.device)
+        for i, size in zip(index, table.shape):  # the row-major cell of each read (Horner)
+            cells = cells * size + torch.as_tensor(i, device=table.device)
+        ctx.save_for_backward(cells)
+        ctx.table_shape = table.shape
+        return table[index]
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        (cells,) = ctx.saved_tensors
+        flat = cells.expand(grad.shape).reshape(-1)
+        order = torch.argsort(flat, stable=True)
+        running = torch.cumsum(grad.reshape(-1).index_select(0, order).double(), 0)
+        running = torch.cat([running.new_zeros(1), running])
+        n_cells = math.prod(ctx.table_shape)
+        cell_ids = torch.arange(n_cells, device=flat.device)
+        ends = torch.searchsorted(flat.index_select(0, order), cell_ids, right=True)
+        sums = running.index_select(0, ends).diff(prepend=running.new_zeros(1))
+        no_grads = [None] * (len(ctx.needs_input_grad) - 1)  # the indices
+        return (sums.to(grad.dtype).view(ctx.table_shape), *no_grads)
 
 
 def _read_compiled(table: torch.Tensor, index: tuple) -> torch.Tensor:
