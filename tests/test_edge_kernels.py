@@ -132,7 +132,7 @@ def test_edges_backend_on_the_kernels_matches_the_interpreter(interpret, name):
     module_ir, module = attnspec.build(text), attnspec.load(text)
     attn = module_ir.attentions[0]
     before = module._edge_kernels.cache_info()
-    for i, case in enumerate(cases_for(attn)[:2]):
+    for i, case in enumerate(cases_for(attn)[:1]):
         result = check_case(attn, module.A, "edges", case, torch.float32, "cpu", SEED + i)
         assert result.ok, f"seed {SEED + i}: {result}"
     after = module._edge_kernels.cache_info()
