@@ -356,37 +356,72 @@ def _tensor_input(decl: ir.InputDecl, value, frame: Frame) -> Tensor:
                                             "float": frame.dtype}[decl.dtype])
 
 
-def _int_vector(name: str, value, length: int) -> Tensor:
+def _int_vector(name: str, value, shape: tuple[int, ...], form: str = "int[E]") -> Tensor:
     t = torch.as_tensor(value)
-    if not _DTYPE_OK["int"](t) or t.shape != (length,):
-        raise ValueError(f"input `{name}` must be int[E] with E={length} (one per edge), "
+    if not _DTYPE_OK["int"](t) or t.shape != shape:
+        raise ValueError(f"input `{name}` must be {form} = {list(shape)} (one per edge), "
                          f"got {t.dtype} {tuple(t.shape)}")
     return t.to(torch.int64)
 
 
 def _edge_tables(decl: ir.InputDecl, inputs: Mapping[str, Tensor], frame: Frame):
-    """Dense `[1, 1, Sq, Sk]` tables `edge`, `type`, `distance`; the last duplicate edge wins."""
-    name, spec, sq, sk = decl.name, decl.edges, frame.q_len, frame.kv_len
+    """Dense tables `edge`, `type`, `distance`; the last duplicate edge wins. `[1, 1, Sq, Sk]`
+    for one edge list shared by the batch (edge_index int[2, E]), `[B, 1, Sq, Sk]` for one
+    list per batch row (int[B, 2, E], padded with -1 in both rows; types [B, E])."""
+    name = decl.name
     index = inputs.get(name)
     if index is None:
-        raise ValueError(f"missing input `{name}`: expected edge_index int[2, E]")
+        raise ValueError(f"missing input `{name}`: expected edge_index int[2, E] or "
+                         "int[B, 2, E]")
     index = torch.as_tensor(index)
-    if not _DTYPE_OK["int"](index) or index.dim() != 2 or index.shape[0] != 2:
-        raise ValueError(f"input `{name}` (edge_index) must be int[2, E], "
-                         f"got {index.dtype} {tuple(index.shape)}")
-    index = index.to(device=frame.device, dtype=torch.int64)
+    if index.dim() != 3:
+        if not _DTYPE_OK["int"](index) or index.dim() != 2 or index.shape[0] != 2:
+            raise ValueError(f"input `{name}` (edge_index) must be int[2, E] or int[B, 2, E], "
+                             f"got {index.dtype} {tuple(index.shape)}")
+        tables = _edge_cells(decl, index.to(frame.device, torch.int64),
+                             _edge_values(inputs, name, (index.shape[1],), "int[E]", frame), frame)
+        return {k: t.view(1, 1, frame.q_len, frame.kv_len) for k, t in tables.items()}
+    if not _DTYPE_OK["int"](index) or index.shape[:2] != (frame.batch, 2):
+        raise ValueError(f"input `{name}` (edge_index per batch row) must be int[B, 2, E] with "
+                         f"B={frame.batch}, got {index.dtype} {tuple(index.shape)}")
+    index = index.to(frame.device, torch.int64)
+    values = _edge_values(inputs, name, (frame.batch, index.shape[2]), "int[B, E]", frame)
+    rows = []
+    for b in range(frame.batch):  # each row alone, its padding (-1 in both rows) dropped
+        pad = (index[b, 0] == -1) & (index[b, 1] == -1)
+        if ((index[b, 0] == -1) != (index[b, 1] == -1)).any():
+            raise ValueError(f"input `{name}` (edge_index) padding must be -1 in both rows")
+        rows.append(_edge_cells(decl, index[b][:, ~pad],
+                                {k: None if v is None else v[b][~pad]
+                                 for k, v in values.items()}, frame))
+    if not rows:  # an empty batch: empty tables of the one-list-per-row shape
+        rows = [_edge_cells(decl, index.new_zeros(2, 0), {}, frame)]
+    return {k: torch.stack([r[k] for r in rows])[:frame.batch].view(
+        frame.batch, 1, frame.q_len, frame.kv_len) for k in rows[0]}
+
+
+def _edge_values(inputs: Mapping[str, Tensor], name: str, shape: tuple[int, ...], form: str,
+                 frame: Frame) -> dict[str, Tensor | None]:
+    """`NAME_type` and `NAME_distance` checked to `shape` (None where not given)."""
+    return {f: None if inputs.get(f"{name}_{f}") is None else
+            _int_vector(f"{name}_{f}", inputs[f"{name}_{f}"], shape, form).to(frame.device)
+            for f in ("type", "distance")}
+
+
+def _edge_cells(decl: ir.InputDecl, index: Tensor, values: Mapping[str, Tensor | None],
+                frame: Frame) -> dict[str, Tensor]:
+    """One edge list [2, E] (and its types and distances, None: 0) as flat [Sq * Sk] tables."""
+    name, spec, sq, sk = decl.name, decl.edges, frame.q_len, frame.kv_len
     n_edges = index.shape[1]
     src, dst = index[0], index[1]
     if n_edges and (src.min() < 0 or src.max() >= sq or dst.min() < 0 or dst.max() >= sk):
         raise ValueError(f"input `{name}` (edge_index) must hold query positions in [0, {sq}) "
                          f"in row 0 and key positions in [0, {sk}) in row 1")
     zeros = torch.zeros(n_edges, dtype=torch.int64, device=frame.device)
-    types = zeros if inputs.get(f"{name}_type") is None else \
-        _int_vector(f"{name}_type", inputs[f"{name}_type"], n_edges).to(frame.device)
+    types = zeros if values.get("type") is None else values["type"].to(frame.device)
     if n_edges and (types.min() < 0 or types.max() >= spec.types):
         raise ValueError(f"input `{name}_type` values must lie in [0, {spec.types})")
-    dist = zeros if inputs.get(f"{name}_distance") is None else \
-        _int_vector(f"{name}_distance", inputs[f"{name}_distance"], n_edges).to(frame.device)
+    dist = zeros if values.get("distance") is None else values["distance"].to(frame.device)
     dist = dist.clamp(0, spec.max_distance - 1)
     # The winner of each cell is its highest edge number (-1: none); slot 0 holds "no edge".
     order = torch.arange(n_edges, device=frame.device)
@@ -397,9 +432,8 @@ def _edge_tables(decl: ir.InputDecl, inputs: Mapping[str, Tensor], frame: Frame)
     if spec.self_loops:
         diag = torch.arange(min(sq, sk), device=frame.device)
         edge[diag * sk + diag] = True  # type and distance stay 0 where the loop is implicit
-    tables = {"edge": edge, "type": torch.cat([pad, types])[winner + 1],
-              "distance": torch.cat([pad, dist])[winner + 1]}
-    return {k: t.view(1, 1, sq, sk) for k, t in tables.items()}
+    return {"edge": edge, "type": torch.cat([pad, types])[winner + 1],
+            "distance": torch.cat([pad, dist])[winner + 1]}
 
 
 def _prepare_inputs(frame: Frame, inputs: Mapping[str, Tensor]) -> None:

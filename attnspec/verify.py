@@ -57,6 +57,9 @@ class Case:
     # Decoding (a kv_cache): tokens each row holds before the call (q_len new ones follow);
     # kv_len is then the longest row's key count.
     cache_lens: tuple[int, ...] = ()
+    # Edges inputs as one edge list per batch row ([B, 2, E], padded with -1) instead of one
+    # list shared by the batch.
+    edge_rows: bool = False
 
 
 @dataclass
@@ -93,6 +96,8 @@ def cases_for(attn: ir.AttentionIR, device: str = "cpu") -> list[Case]:
     packed = _packed_input(attn)
     if packed is not None:
         cases.append(Case("packed S=37", 1, 37, 37, packed=packed))
+    if any(decl.edges is not None for decl in attn.inputs):
+        cases.append(Case("edges per row S=23", 3, 23, 23, edge_rows=True))
     if str(device).startswith("cuda"):
         cases += [Case("S=77", 2, 77, 77), Case("S=300", 2, 300, 300)]
         cases += [Case("Sq=45,Sk=19", 2, 45, 19)] if different else []
@@ -249,17 +254,32 @@ def _dim_size(d: ir.Dim, values: dict, case: Case) -> int:
 
 
 def _edges(decl: ir.InputDecl, case: Case, device: str, gen: torch.Generator) -> dict:
+    """Random edges (duplicates among them), types, and distances up to twice the maximum (to
+    exercise clamping): one list shared by the batch, or with `case.edge_rows` one per batch
+    row, padded (`_pad_rows`)."""
     spec = decl.edges
     count = max(1, case.q_len * case.kv_len // 4)
-    src = torch.randint(0, case.q_len, (count,), generator=gen)
-    dst = torch.randint(0, case.kv_len, (count,), generator=gen)
+    shape = (case.batch, count) if case.edge_rows else (count,)
+    index = torch.stack([torch.randint(0, case.q_len, shape, generator=gen),
+                         torch.randint(0, case.kv_len, shape, generator=gen)], dim=-2)
+    if case.edge_rows:
+        index = _pad_rows(index, gen)
     return {
-        decl.name: torch.stack([src, dst]).to(device),
-        f"{decl.name}_type": torch.randint(0, spec.types, (count,), generator=gen).to(device),
-        # up to twice the maximum, to exercise clamping
-        f"{decl.name}_distance": torch.randint(0, 2 * spec.max_distance, (count,),
+        decl.name: index.to(device),
+        f"{decl.name}_type": torch.randint(0, spec.types, shape, generator=gen).to(device),
+        f"{decl.name}_distance": torch.randint(0, 2 * spec.max_distance, shape,
                                                generator=gen).to(device),
     }
+
+
+def _pad_rows(index: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Edge lists [B, 2, E] with a different number of edges per batch row (all of them in
+    the first row, none in the last), the rest padding (-1 in both rows) at random places."""
+    batch, count = index.shape[0], index.shape[2]
+    for b in range(batch):
+        kept = count * (batch - 1 - b) // max(batch - 1, 1)
+        index[b, :, torch.randperm(count, generator=gen)[kept:]] = -1
+    return index
 
 
 # --- comparison --------------------------------------------------------------------------------

@@ -518,7 +518,7 @@ class _AttentionEmitter:
             return (f"{i.name} = _edge_tables({i.name!r}, {i.name}, {i.name}_type, "
                     f"{i.name}_distance, Sq, Sk, q.device, types={literal(i.edges.types)}, "
                     f"max_distance={literal(i.edges.max_distance)}, "
-                    f"self_loops={literal(i.edges.self_loops)})")
+                    f"self_loops={literal(i.edges.self_loops)}, batch=B)")
         labels = [repr(_DIM_LABELS[d.kind]) if d.kind in _DIM_LABELS else self._size(d)
                   for d in i.dims]
         sizes = [self._call_size(d) for d in i.dims]

@@ -240,20 +240,21 @@ def _cp_choices(owner: str, backend: str, cuda: bool, auto_cpu: str | None,
 
 
 def _cp_table_rows(tables: tuple, q_pos: torch.Tensor) -> tuple:
-    """This rank's rows `q_pos` of an `edges` input's dense [S, S] tables (eager and SDPA
-    broadcast them against [rows, S] grids)."""
-    return type(tables)(*(t.index_select(0, q_pos) for t in tables))
+    """This rank's rows `q_pos` of an `edges` input's dense tables, [S, S] or [B, 1, S, S]
+    (one edge list per batch row): eager and SDPA broadcast them against [rows, S] grids."""
+    return type(tables)(*(t.index_select(-2, q_pos) for t in tables))
 
 
 def _cp_edge_rows(edges: tuple, q_pos: torch.Tensor,
                   seq_len: int) -> tuple[tuple, torch.Tensor]:
     """An edge list (sorted by query) cut to the edges whose query is one of this rank's rows
-    `q_pos`, and each kept edge's row in q: (edges, rows)."""
+    `q_pos`, and each kept edge's row in q: (edges, rows). A field that is None (the batch
+    row of a list shared by the batch) stays None."""
     row_of = torch.full((seq_len,), -1, dtype=torch.long, device=q_pos.device)
     row_of[q_pos] = torch.arange(len(q_pos), device=q_pos.device)
     rows = row_of[edges.src]
     keep = rows >= 0
-    return type(edges)(*(field[keep] for field in edges)), rows[keep]
+    return type(edges)(*(None if f is None else f[keep] for f in edges)), rows[keep]
 
 
 def cp_reduce_param_grads(module: torch.nn.Module, plan: CPPlan) -> None:

@@ -24,90 +24,175 @@ _Edges = collections.namedtuple("_Edges", ["edge", "type", "distance"])
 
 def _edge_inputs(name: str, edge_index: object, edge_type: object, edge_distance: object,
                  q_len: int, kv_len: int, device: torch.device, *, types: int,
-                 max_distance: int) -> tuple[torch.Tensor, ...]:
-    """An `edges` input checked: (src, dst, type, distance) as int64 vectors [E], distance
-    clamped to [0, max_distance - 1]. Types and distances are optional (contract §4.4): 0 for
-    every edge when not given. Raises `ValueError` naming the input for bad shapes and ranges."""
-    edge_index = _check_tensor(name, edge_index, "int", ("2", "E"), (2, None), device)
-    n_edges = edge_index.shape[1]
-    src, dst = edge_index[0], edge_index[1]
+                 max_distance: int, batch: int | None = None) -> tuple:
+    """An `edges` input checked: (src, dst, type, distance, rows) as int64 vectors [E],
+    distance clamped to [0, max_distance - 1]. Types and distances are optional (contract
+    §4.4): 0 for every edge when not given.
+
+    Two call forms. `edge_index` [2, E] is one list shared by every batch row: `rows` is None.
+    `edge_index` [B, 2, E] (B = `batch` when given) is one list per batch row, padded with -1
+    in both rows; `g_type` / `g_distance` are then [B, E]. Padding entries are dropped and
+    `rows` says each kept edge's batch row. Raises `ValueError` naming the input for bad shapes
+    and ranges.
+
+    >>> index = torch.tensor([[[0, 1], [1, 0]], [[1, -1], [1, -1]]])  # row 1: one edge, a pad
+    >>> src, dst, _, _, rows = _edge_inputs("g", index, None, None, 2, 2, torch.device("cpu"),
+    ...                                     types=1, max_distance=4, batch=2)
+    >>> src.tolist(), dst.tolist(), rows.tolist()
+    ([0, 1, 1], [1, 0, 1], [0, 0, 1])
+    """
+    per_row = isinstance(edge_index, torch.Tensor) and edge_index.dim() == 3
+    if per_row:
+        edge_index = _check_tensor(name, edge_index, "int", ("B", "2", "E"), (batch, 2, None),
+                                   device)
+        labels, sizes = ("B", "E"), (edge_index.shape[0], edge_index.shape[2])
+    else:
+        edge_index = _check_tensor(name, edge_index, "int", ("2", "E"), (2, None), device)
+        labels, sizes = ("E",), (edge_index.shape[1],)
+    src, dst = edge_index.select(-2, 0), edge_index.select(-2, 1)  # [E], or [B, E] per row
     values = {}
     for field, given in (("type", edge_type), ("distance", edge_distance)):
-        label = f"{name}_{field}"
         if given is None:
-            values[field] = torch.zeros(n_edges, dtype=torch.long, device=device)
+            values[field] = torch.zeros(sizes, dtype=torch.long, device=device)
             continue
-        values[field] = _check_tensor(label, given, "int", ("E",), (n_edges,), device)
-    if n_edges:
-        # Both range checks in one device-to-host sync (the only one an edges input costs).
-        outside = torch.stack([((src < 0) | (src >= q_len) | (dst < 0) | (dst >= kv_len)).any(),
-                               ((values["type"] < 0) | (values["type"] >= types)).any()])
-        if torch.compiler.is_compiling():
-            # In a compiled graph an assert checks them: reading them on the host would break
-            # the graph on every call (the error then names no input).
-            torch._assert_async(~outside.any())
-            return src, dst, values["type"], values["distance"].clamp(0, max_distance - 1)
-        bad_index, bad_type = outside.tolist()
-        if bad_index:
-            raise ValueError(
-                f"{name}: edge index out of range, expected 0 <= row 0 < Sq = {q_len} and "
-                f"0 <= row 1 < Sk = {kv_len}"
-            )
-        if bad_type:
-            raise ValueError(f"{name}_type: edge types must be in [0, {types}), got values "
-                             "outside")
-    return src, dst, values["type"], values["distance"].clamp(0, max_distance - 1)
+        values[field] = _check_tensor(f"{name}_{field}", given, "int", labels, sizes, device)
+    pad = (src == -1) & (dst == -1) if per_row else None
+    if src.numel():
+        _check_edge_ranges(name, src, dst, values["type"], pad, q_len, kv_len, types)
+    distance = values["distance"].clamp(0, max_distance - 1)
+    if not per_row:
+        return src, dst, values["type"], distance, None
+    keep = ~pad
+    rows = torch.arange(src.shape[0], device=device).view(-1, 1).expand_as(src)
+    return src[keep], dst[keep], values["type"][keep], distance[keep], rows[keep]
+
+
+def _check_edge_ranges(name: str, src: torch.Tensor, dst: torch.Tensor, etype: torch.Tensor,
+                       pad: torch.Tensor | None, q_len: int, kv_len: int, types: int) -> None:
+    """Edge positions in [0, Sq) x [0, Sk) and types in [0, types), padding entries (`pad`,
+    per-row form) aside; a pad must have -1 in both rows. All checks in one device-to-host
+    sync (the only one an edges input costs); under torch.compile an assert in the graph."""
+    bad_index = (src < 0) | (src >= q_len) | (dst < 0) | (dst >= kv_len)
+    bad_type = (etype < 0) | (etype >= types)
+    checks = [bad_index, bad_type]
+    if pad is not None:
+        # A lone -1 is neither an edge nor a pad: most likely a bug in the caller's padding.
+        checks = [bad_index & ~pad, bad_type & ~pad, (src == -1) != (dst == -1)]
+    outside = torch.stack([c.any() for c in checks])
+    if torch.compiler.is_compiling():
+        # Reading the flags on the host would break the graph on every call (the error then
+        # names no input).
+        torch._assert_async(~outside.any())
+        return
+    flags = outside.tolist()
+    if pad is not None and flags[2]:
+        raise ValueError(f"{name}: a padding entry of edge_index [B, 2, E] must be -1 in both "
+                         "rows, got -1 in only one")
+    if flags[0]:
+        raise ValueError(
+            f"{name}: edge index out of range, expected 0 <= row 0 < Sq = {q_len} and "
+            f"0 <= row 1 < Sk = {kv_len}" + (" (or -1 in both: padding)" if pad is not None
+                                             else "")
+        )
+    if flags[1]:
+        raise ValueError(f"{name}_type: edge types must be in [0, {types}), got values outside")
 
 
 def _edge_tables(name: str, edge_index: object, edge_type: object, edge_distance: object,
                  q_len: int, kv_len: int, device: torch.device, *, types: int,
-                 max_distance: int, self_loops: bool) -> _Edges:
-    """Dense [Sq, Sk] tables of an `edges` input: edge (bool), type and distance (int64, 0 where
-    there is no edge; distance clamped to [0, max_distance - 1]). The last duplicate wins."""
-    src, dst, etype, distance = _edge_inputs(name, edge_index, edge_type, edge_distance, q_len,
-                                             kv_len, device, types=types,
-                                             max_distance=max_distance)
-    # last[i * Sk + j] = position of the last edge (i, j) in edge_index, -1 where there is none
-    last = torch.full((q_len * kv_len,), -1, dtype=torch.long, device=device)
+                 max_distance: int, self_loops: bool, batch: int | None = None) -> _Edges:
+    """Dense tables of an `edges` input: edge (bool), type and distance (int64, 0 where there
+    is no edge; distance clamped to [0, max_distance - 1]). The last duplicate wins. [Sq, Sk]
+    for a shared [2, E] list; [B, 1, Sq, Sk] for one list per batch row ([B, 2, E]): both
+    broadcast against the [B, H, Sq, Sk] grids."""
+    src, dst, etype, distance, rows = _edge_inputs(name, edge_index, edge_type, edge_distance,
+                                                   q_len, kv_len, device, types=types,
+                                                   max_distance=max_distance, batch=batch)
+    cells, shape = q_len * kv_len, (q_len, kv_len)
+    cell = src * kv_len + dst
+    if rows is not None:  # batch row b owns cells b * Sq * Sk onwards
+        cell = cell + rows * cells
+        cells, shape = cells * edge_index.shape[0], (edge_index.shape[0], 1, q_len, kv_len)
+    # last[cell] = position of the last edge of that cell in the list, -1 where there is none
+    last = torch.full((cells,), -1, dtype=torch.long, device=device)
     order = torch.arange(src.shape[0], device=device)
-    last = last.scatter_reduce(0, src * kv_len + dst, order, reduce="amax")
+    last = last.scatter_reduce(0, cell, order, reduce="amax")
     zero = torch.zeros(1, dtype=torch.long, device=device)
-    edge = (last >= 0).view(q_len, kv_len)
-    etype = torch.cat((zero, etype))[last + 1].view(q_len, kv_len)
-    edist = torch.cat((zero, distance))[last + 1].view(q_len, kv_len)
+    edge = (last >= 0).view(shape)
+    etype = torch.cat((zero, etype))[last + 1].view(shape)
+    edist = torch.cat((zero, distance))[last + 1].view(shape)
     if self_loops:
         diagonal = torch.arange(min(q_len, kv_len), device=device)
         edge = edge.clone()
-        edge[diagonal, diagonal] = True
+        edge[..., diagonal, diagonal] = True
     return _Edges(edge, etype, edist)
 
 
-_EdgeList = collections.namedtuple("_EdgeList", ["edge", "type", "distance", "src", "dst"])
+# `batch`: each edge's batch row [E] for one list per batch row, None for a shared list.
+_EdgeList = collections.namedtuple("_EdgeList", ["edge", "type", "distance", "src", "dst",
+                                                 "batch"])
 
 
 def _edge_list(name: str, edge_index: object, edge_type: object, edge_distance: object,
                q_len: int, kv_len: int, device: torch.device, *, types: int,
-               max_distance: int, self_loops: bool) -> _EdgeList:
-    """An `edges` input as per-edge vectors [E'] sorted by (query, key): `src`, `dst`, `type`,
-    `distance` (clamped to [0, max_distance - 1]) and `edge` (all True, so `NAME.edge` reads
-    as a mask). Duplicates resolve as the language says (the last wins); with `self_loops` the
-    diagonal joins with type and distance 0 unless an edge gives its own. O(E) memory."""
-    src, dst, etype, distance = _edge_inputs(name, edge_index, edge_type, edge_distance, q_len,
-                                             kv_len, device, types=types,
-                                             max_distance=max_distance)
+               max_distance: int, self_loops: bool, batch: int | None = None) -> _EdgeList:
+    """An `edges` input as per-edge vectors [E'] sorted by (batch row, query, key): `src`,
+    `dst`, `type`, `distance` (clamped to [0, max_distance - 1]), `edge` (all True, so
+    `NAME.edge` reads as a mask) and `batch` (each edge's batch row for the per-row form
+    [B, 2, E], else None). Duplicates resolve as the language says (the last wins, within a
+    batch row); with `self_loops` the diagonal of every row joins with type and distance 0
+    unless an edge gives its own. O(E) memory."""
+    src, dst, etype, distance, rows = _edge_inputs(name, edge_index, edge_type, edge_distance,
+                                                   q_len, kv_len, device, types=types,
+                                                   max_distance=max_distance, batch=batch)
     if self_loops:  # first, so that a listed (i, i) edge wins with its own type and distance
         diagonal = torch.arange(min(q_len, kv_len), device=device)
+        if rows is not None:  # (i, i) in every batch row
+            n_rows = edge_index.shape[0]
+            rows = torch.cat((torch.arange(n_rows, device=device).repeat_interleave(
+                diagonal.shape[0]), rows))
+            diagonal = diagonal.repeat(n_rows)
         zeros = torch.zeros_like(diagonal)
         src, dst = torch.cat((diagonal, src)), torch.cat((diagonal, dst))
         etype, distance = torch.cat((zeros, etype)), torch.cat((zeros, distance))
     key = src * kv_len + dst
+    if rows is not None:
+        key = key + rows * (q_len * kv_len)
     order = torch.argsort(key, stable=True)  # equal pairs keep their given order
     ordered = key[order]
     last = torch.ones_like(ordered, dtype=torch.bool)
     last[:-1] = ordered[1:] != ordered[:-1]
     keep = order[last]
     return _EdgeList(torch.ones_like(keep, dtype=torch.bool), etype[keep], distance[keep],
-                     src[keep], dst[keep])
+                     src[keep], dst[keep], None if rows is None else rows[keep])
+
+
+def _edge_batch_rows(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, edges: _EdgeList,
+                     rows: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """One edge list per batch row as one graph over every batch row's queries and keys:
+    q [B, H, Sq, D] -> [1, H, B·Sq, D] (k, v likewise over B·Sk), each edge's query row
+    `batch · Sq + rows` and key row `batch · Sk + dst`, and `b` = each edge's batch row as
+    [1, 1, E] for the pipeline (masks that read `b` see the edge's own row).
+    Returns (q, k, v, rows, keys, b); `_edge_batch_back` undoes the flattening of the output.
+
+    >>> q = torch.zeros(2, 1, 3, 4)
+    >>> e = _EdgeList(*(torch.tensor([1]),) * 5, torch.tensor([1]))
+    >>> [t.shape[2] if t.dim() == 4 else t.tolist() for t in _edge_batch_rows(q, q, q, e, e.src)]
+    [6, 6, 6, [4], [4], [[[1]]]]
+    """
+    q_len, kv_len = q.shape[2], k.shape[2]
+    q, k, v = (x.transpose(0, 1).flatten(1, 2).unsqueeze(0) for x in (q, k, v))
+    return (q, k, v, edges.batch * q_len + rows, edges.batch * kv_len + edges.dst,
+            edges.batch.view(1, 1, -1))
+
+
+def _edge_batch_back(x: torch.Tensor, batch: int) -> torch.Tensor:
+    """A flattened result [1, H, B·S, *] (out, or lse [1, H, B·S]) back to [B, H, S, *].
+
+    >>> _edge_batch_back(torch.arange(6).view(1, 1, 6), 2).tolist()
+    [[[0, 1, 2]], [[3, 4, 5]]]
+    """
+    return x[0].unflatten(1, (batch, -1)).transpose(0, 1)
 
 
 def _segment_softmax(score: torch.Tensor, index: torch.Tensor, n: int,

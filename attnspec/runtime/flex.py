@@ -488,6 +488,16 @@ def _flex_check_table_gradients(owner: str, q: torch.Tensor, tables: dict) -> No
             "(auto does)")
 
 
+def _flex_shared_edges(owner: str, name: str, edge_index: object) -> None:
+    """Refuse one edge list per batch row (`edge_index` [B, 2, E]): flex's mask_mod and
+    score_mod read one [Sq, Sk] table of the edges, shared by the batch. Raised before any
+    table is built; `auto` steps past it to the next backend."""
+    if isinstance(edge_index, torch.Tensor) and edge_index.dim() == 3:
+        raise UnsupportedInputError(
+            f"{owner}: {name} is one edge list per batch row ([B, 2, E]); flex reads one edge "
+            "list shared by the batch; per-row lists run on edges, eager or sdpa")
+
+
 def _flex_decode_block_mask(mask_mod: Callable, rows: torch.Tensor, q_len: int, kv_len: int,
                             block: int = _BLOCK) -> _BlockMask:
     """Decoding's BlockMask, built from the row lengths in O(B·blocks) without a device sync:

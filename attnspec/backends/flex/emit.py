@@ -49,7 +49,20 @@ def emit(emitter, plan, lowered) -> dict:
         "small": "flex-small" in lowered.auto_cuda,
         "index_settings": tuple_literal(index_settings) if index_settings else "",
         "fallback": repr(_fallback(lowered)),
+        "input_lines": _input_lines(emitter),
     }
+
+
+def _input_lines(emitter) -> list[str]:
+    """The prologue's input lines, each edges input first refused in its per-row form
+    (`_flex_shared_edges`): mask_mod and score_mod read one table shared by the batch."""
+    lines = []
+    for text in emitter.input_lines():
+        name, _, call = text.partition(" = ")
+        if call.startswith("_edge_tables("):
+            lines.append(f"_flex_shared_edges(type(self).__name__, {name!r}, {name})")
+        lines.append(text)
+    return lines
 
 
 # What the mask_mod factory may read besides captured tensors, and what `_attend_flex` passes.
