@@ -359,7 +359,8 @@ def _tensor_input(decl: ir.InputDecl, value, frame: Frame) -> Tensor:
 def _int_vector(name: str, value, shape: tuple[int, ...], form: str = "int[E]") -> Tensor:
     t = torch.as_tensor(value)
     if not _DTYPE_OK["int"](t) or t.shape != shape:
-        raise ValueError(f"input `{name}` must be {form} = {list(shape)} (one per edge), "
+        sizes = ", ".join(f"{d}={n}" for d, n in zip(form[4:-1].split(", "), shape))
+        raise ValueError(f"input `{name}` must be {form} with {sizes} (one per edge), "
                          f"got {t.dtype} {tuple(t.shape)}")
     return t.to(torch.int64)
 

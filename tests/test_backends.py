@@ -34,6 +34,8 @@ def test_backend_matches_eager_interpreter(path, attention, backend):
     module_ir, module = attnspec.build(path), attnspec.load(path)
     attn = next(a for a in module_ir.attentions if a.name == attention)
     for i, case in enumerate(cases_for(attn)):
+        if case.edge_rows and backend == "flex":
+            continue  # refused (one edge list per batch row): tests/test_edges_per_row.py
         result = check_case(attn, getattr(module, attention), backend, case, torch.float32,
                             "cpu", SEED + i, path.name)
         assert result.ok, f"seed {SEED + i}: {result}"
