@@ -74,7 +74,7 @@ _refused_backends __dict__ refused _forward_packed cu_seqlens max_seqlen total
 _cache_k _cache_v _cache_len _cache_pages _decode _decode_auto _storage getattr check_values
 _rows split _group _qf _logical _physical _count _offset _angles _band _name _decode_eager
 _decode_sdpa _decode_flex _decode_flash
-LSE_BACKENDS return_lse with_lse logaddexp _sink
+LSE_BACKENDS return_lse with_lse logaddexp _sink kv_rows
 """.split())
 
 # Float settings with a valid range: (low, high), None = unbounded.

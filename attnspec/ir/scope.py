@@ -111,7 +111,9 @@ GENERATED_LOCALS = frozenset(
     "captured choice enable_gqa fast kernel kernel_options kv_idx q_idx score_mod "
     "score_dtype return_lse with_lse "
     # context parallelism: the plan, this rank's rows and the choices `_attend_cp` tries
-    "cp q_pos rows n_rows length choices".split())
+    "cp q_pos rows n_rows length choices "
+    # the edges backend: each edge's key row (one graph over B·Sk keys for per-row edge lists)
+    "kv_rows".split())
 # Module-level names: SPEC_SOURCE, and every name the runtime binds at top level (a standalone
 # module inlines those it reaches, an import-linked one imports them), read from the runtime's
 # source (`runtime_names`: ast, no torch).
