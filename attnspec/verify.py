@@ -25,7 +25,7 @@ import random
 import sys
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -60,6 +60,10 @@ class Case:
     # Edges inputs as one edge list per batch row ([B, 2, E], padded with -1) instead of one
     # list shared by the batch.
     edge_rows: bool = False
+    # Whether the module is also called with `return_lse=True` (one more forward): `cases_for`
+    # asks it of the first case only, which checks each backend's lse path without doubling
+    # the cost of every check (flex on the CPU runs uncompiled).
+    lse_check: bool = True
 
 
 @dataclass
@@ -83,7 +87,13 @@ class Result:
 def cases_for(attn: ir.AttentionIR, device: str = "cpu") -> list[Case]:
     """Lengths that are not multiples of 128; q_len != kv_len where the spec allows it. On CUDA
     also the lengths where kernels broke (77: flash-attn 4's dense dq at head_dim 16; 300:
-    several tiles) and more queries than keys: a check at friendly shapes proves nothing."""
+    several tiles) and more queries than keys: a check at friendly shapes proves nothing. The
+    first case also checks the log-sum-exp (`Case.lse_check`)."""
+    cases = _cases(attn, device)
+    return cases[:1] + [replace(c, lse_check=False) for c in cases[1:]]
+
+
+def _cases(attn: ir.AttentionIR, device: str) -> list[Case]:
     if attn.kv_cache is not None:
         return _decode_cases(device)
     fixed = _group_total(attn)
@@ -298,18 +308,20 @@ def check_case(attn: ir.AttentionIR, module_cls, backend: str, case: Case, dtype
         grad_out = None
     return check_inputs(attn, module, args, inputs, sizes, dtype, grad_out,
                         Result(spec_name, attn.name, backend, case.name, True, 0.0, ""),
-                        overrides, case.packed)
+                        overrides, case.packed, case.lse_check)
 
 
 def check_inputs(attn: ir.AttentionIR, module, args: tuple, inputs: dict, sizes: dict | None,
                  dtype: torch.dtype, grad_out: torch.Tensor | None = None,
                  result: Result | None = None,
-                 overrides: dict | None = None, packed: str | None = None) -> Result:
+                 overrides: dict | None = None, packed: str | None = None,
+                 lse_check: bool = True) -> Result:
     """One module instance (on its device, in `dtype`) on the given inputs against the
     interpreter: outputs, and gradients of `(out * grad_out).sum()` when `grad_out` is given.
     Rows the reference makes exactly 0 (nothing to attend) must be exactly 0 (contract §9.4).
     A module whose backend returns the log-sum-exp (`returns_lse`) is called once more with
-    `return_lse=True`, forward only (the plain call stays the path every check covers): that
+    `return_lse=True` (unless `lse_check` is False), forward only (the plain call stays the
+    path every check covers): that
     output and lse are checked too (`lse_out`, `lse`); a backend that refuses the lse for these
     inputs (flash-attn 2 in training) skips it.
 
@@ -322,11 +334,13 @@ def check_inputs(attn: ir.AttentionIR, module, args: tuple, inputs: dict, sizes:
     """
     result = result or Result("", attn.name, getattr(module, "backend", ""), "inputs", True,
                               0.0, "")
+    with_lse = lse_check and returns_lse(module)
     runs = {name: _run(attn, module, name, args, inputs, sizes, run_dtype, grad_out,
-                       overrides, packed if name == "module" else None)
+                       overrides, packed if name == "module" else None,
+                       lse=with_lse and name != "module")
             for name, run_dtype in (("module", dtype), ("ref", torch.float64),
                                     ("eager_t", dtype))}
-    if returns_lse(module):
+    if with_lse:
         runs["module"][0].update(_lse_run(attn, module, args, inputs, sizes, dtype, packed))
     return _compare(runs, dtype, result)
 
@@ -366,15 +380,16 @@ def default_backends(cls, device: str) -> list[str]:
 
 
 def _run(attn, module, which: str, args, inputs, sizes, dtype, grad_out, overrides=None,
-         packed=None):
+         packed=None, lse=False):
     """One forward and (with `grad_out`) backward: the module, or the interpreter in `dtype`.
-    Returns ({"out": out, and for the interpreter "lse": its lse}, {gradient name: tensor})."""
+    Returns ({"out": out, and with `lse` (interpreter runs) "lse": its lse}, {gradient name:
+    tensor})."""
     grad = grad_out is not None
     leaves = [a.detach().to(dtype).requires_grad_(grad) for a in args]
     state = {k: v.detach().to(dtype).requires_grad_(grad and v.is_floating_point())
              for k, v in module.state_dict().items()}
-    # The interpreter's lse costs a log per row: it is the reference of the module's lse call.
-    lse = which != "module"
+    # The interpreter's lse is the reference of the module's lse call, asked only when the
+    # check compares one.
     with torch.set_grad_enabled(grad):
         result = _forward(attn, module, which, leaves, state, inputs, sizes, overrides, packed,
                           return_lse=lse)
