@@ -26,7 +26,8 @@ from attnspec.errors import AttnSpecError
 from attnspec.grammar.parser import MAX_DEPTH
 from attnspec.ir.build import build_text
 
-ROUNDS = int(os.environ.get("ATTNSPEC_FUZZ_ROUNDS", "64"))  # suite time; the long run: benchmarks/fuzz_frontend.py
+# 64 rounds keep the suite under its time; the long run is benchmarks/fuzz_frontend.py.
+ROUNDS = int(os.environ.get("ATTNSPEC_FUZZ_ROUNDS", "64"))
 SEED = int(os.environ.get("ATTNSPEC_FUZZ_SEED", "0"))
 ROOT = Path(__file__).resolve().parent.parent
 
