@@ -9,23 +9,23 @@ import random
 
 import pytest
 import torch
+from test_edges import BODIES as EDGE_BODIES
+from test_edges import GRAPH
 
 import attnspec
 from attnspec.errors import UnsupportedInputError
 from attnspec.verify import Case, cases_for, check_case
 
 SEED = random.randrange(2**31)  # fresh inputs each run; printed on failure
-GRAPH = " input g: edges(types = 3, max_distance = 8{loops})\n"
+# The graph declaration and two bodies are test_edges.py's (one definition of each spec).
 BODIES = {
-    "typed gated": ("param tb: float[heads, 3] = normal(1.0)\n"
-                    " param gate: float[heads, 3, 8] = normal(1.0)\n mask g.edge\n"
-                    " bias tb[h, g.type]\n score = score * sigmoid(gate[h, g.type, g.distance])"),
+    "typed gated": EDGE_BODIES["typed gated"],
     "b, padding, documents": ("input doc: int[batch, seq]\n input valid: bool[batch, seq]\n"
                               " input mix: float[batch, heads]\n"
                               " mask same(doc) & valid[b, k] & g.edge & (b + q) % 3 != 1\n"
                               " bias mix[b, h] - 0.1 * g.distance"),
     "gqa sinks": "kv_heads = 2\n sinks = true\n mask g.edge\n bias where(g.type == 1, -1.0, 0.5)",
-    "self loops": "mask g.edge\n bias -0.5 * g.distance",
+    "self loops": EDGE_BODIES["self loops"],
 }
 # The user story runs each batch row alone: as row 0, where a mask that reads `b` itself would
 # differ; the documents and key padding without it.
