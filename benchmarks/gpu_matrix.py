@@ -171,7 +171,6 @@ def _check_with_retries(attn, cls, backend, case, dtype: str, seed: int, spec: s
             return result, attempt
         torch.cuda.empty_cache()
         time.sleep(5 * (attempt + 1))
-    return result, attempts - 1
 
 
 def worker(args) -> None:
